@@ -1,0 +1,149 @@
+"""Command line: ``python -m infd_core {sample,render,info,import-authors} ...``.
+
+Examples::
+
+    python -m infd_core sample --seed 0 --size 4096 --out out.png
+    python -m infd_core sample --preset cpu --seed 0 --size 4096 --out random.png   # untrained
+    python -m infd_core render --latent out.latent.safetensors --size 8192 --region 0.4,0.4,0.6,0.6 --out crop.png
+    python -m infd_core import-authors ffhq.pth --out models/ffhq
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from .checkpoint import CheckpointError, import_authors
+from .configs import PRESETS, preset
+from .geometry import Box, box_to_pixels
+from .pipeline import Pipeline, check_size
+
+
+def _pipeline(args: argparse.Namespace) -> Pipeline:
+    kw = dict(device=args.device, precision=args.precision)
+    if getattr(args, "preset", None):
+        return Pipeline.from_config(preset(args.preset), **kw)
+    return Pipeline.load(args.model, **kw)
+
+
+def _size(args: argparse.Namespace) -> tuple[int, int]:
+    h, w = args.height or args.size, args.width or args.size
+    check_size(h, w)
+    return h, w
+
+
+def _region(args: argparse.Namespace, h: int, w: int):
+    if not args.region:
+        return None
+    try:
+        x0, y0, x1, y1 = (float(v) for v in args.region.split(","))
+    except ValueError:
+        raise ValueError(f"--region must be x0,y0,x1,y1 fractions of the image, got {args.region!r}") from None
+    return box_to_pixels(Box(x0, y0, x1, y1).check_inside(), h, w)
+
+
+def _write_image(pipe: Pipeline, z: torch.Tensor, args: argparse.Namespace) -> None:
+    h, w = _size(args)
+    region = _region(args, h, w)
+    field = pipe.field(z)
+    n_tiles = None
+    with tqdm(desc=f"render {w}x{h}", unit="tile", disable=args.quiet) as bar:
+        def progress(k: int, n: int) -> None:
+            nonlocal n_tiles
+            if n_tiles is None:
+                n_tiles = bar.total = n
+            bar.update(1)
+
+        img = pipe.render(field, h, w, region, tile=args.tile, progress=progress)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(img).save(args.out)
+    print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]})")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    pipe = _pipeline(args)
+    _size(args)  # fail on a bad size before sampling, not after
+    with tqdm(total=args.steps, desc=f"{args.sampler} seed {args.seed}", unit="step", disable=args.quiet) as bar:
+        z = pipe.sample(args.seed, steps=args.steps, sampler=args.sampler, eta=args.eta, callback=lambda s: bar.update(1))
+    latent = Path(args.out).with_suffix(".latent.safetensors")
+    save_file({"z": z.cpu().contiguous()}, str(latent), metadata={"model": pipe.cfg.name, "seed": str(args.seed)})
+    _write_image(pipe, z, args)
+
+
+def cmd_render(args: argparse.Namespace) -> None:
+    pipe = _pipeline(args)
+    try:
+        z = load_file(args.latent)["z"]
+    except Exception as e:  # safetensors raises several types for bad files
+        raise ValueError(f"{args.latent}: not a latent file written by infd ({e})") from e
+    _write_image(pipe, z, args)
+
+
+def cmd_info(args: argparse.Namespace) -> None:
+    print(json.dumps(_pipeline(args).describe(), indent=2))
+
+
+def cmd_import_authors(args: argparse.Namespace) -> None:
+    import_authors(args.checkpoint, args.out)
+    print(f"wrote {args.out}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m infd_core", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", help="model folder (default: the embedded model, or $INFD_MODEL)")
+        p.add_argument("--preset", choices=sorted(PRESETS), help="use randomly initialised weights of a preset instead")
+        p.add_argument("--device", default="cpu", help="cpu | cuda | mps")
+        p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+        p.add_argument("--quiet", action="store_true")
+
+    def image_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--size", type=int, default=1024, help="output side in pixels (square)")
+        p.add_argument("--height", type=int)
+        p.add_argument("--width", type=int)
+        p.add_argument("--region", help="render only x0,y0,x1,y1 (fractions of the image) of that size")
+        p.add_argument("--tile", type=int, default=256)
+        p.add_argument("--out", required=True)
+
+    p = sub.add_parser("sample", help="generate an image from a seed")
+    model_args(p), image_args(p)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
+    p.add_argument("--eta", type=float, default=1.0)
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("render", help="render a saved latent at any size or region")
+    model_args(p), image_args(p)
+    p.add_argument("--latent", required=True)
+    p.set_defaults(fn=cmd_render)
+
+    p = sub.add_parser("info", help="print a model's sizes")
+    model_args(p)
+    p.set_defaults(fn=cmd_info)
+
+    p = sub.add_parser("import-authors", help="convert an authors' .pth checkpoint to an infd model folder")
+    p.add_argument("checkpoint")
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_import_authors)
+
+    args = ap.parse_args(argv)
+    try:
+        args.fn(args)
+    except (ValueError, CheckpointError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+"""Model configurations: the paper's sizes (appendix H) and an interactive CPU size.
+
+A :class:`ModelConfig` is what ``config.json`` of a model folder holds. Parameter counts of
+the presets (``python -m infd_core info --preset paper``) are compared with the authors'
+numbers in FACTS §4 by ``bench/params.py``.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from .autoencoder import AutoencoderConfig, CoderConfig
+from .diffusion import DiffusionConfig, unet_kwargs
+from .renderers import RendererConfig
+
+FORMAT = "infd-model"
+VERSION = 1
+
+
+@dataclass
+class ModelConfig:
+    name: str = "infd"
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    diffusion: DiffusionConfig | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.autoencoder, dict):
+            self.autoencoder = AutoencoderConfig(**self.autoencoder)
+        if isinstance(self.diffusion, dict):
+            self.diffusion = DiffusionConfig(**self.diffusion)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **dataclasses.asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"not an infd model config (expected \"format\": \"{FORMAT}\")")
+        if data.get("version") != VERSION:
+            raise ValueError(f"unsupported infd model config version {data.get('version')!r} (this code reads {VERSION})")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in fields})
+
+
+def paper() -> ModelConfig:
+    """Appendix H: LDM encoder/decoder base 128 (1,2,4), CLIF width 256 with GroupNorm, VQ 8192x3,
+    ADM UNet 224 (1,2,3,4), 2 blocks, attention at 32/16/8, 32 channels per head."""
+    coder = CoderConfig(ch=128, ch_mult=(1, 2, 4), num_res_blocks=2, mid_attn=True)
+    ae = AutoencoderConfig(encoder=coder, decoder=dataclasses.replace(coder),
+                           renderer=RendererConfig("clif", width=256, blocks=2, norm="group"),
+                           regularizer="vq", n_embed=8192)
+    dm = DiffusionConfig(unet=unet_kwargs(224, (1, 2, 3, 4), 2, attn_levels=(1, 2, 3)))
+    return ModelConfig(name="paper", autoencoder=ae, diffusion=dm)
+
+
+def cpu() -> ModelConfig:
+    """Interactive on 2 CPU cores (FACTS §6 'small'/'tiny'): encoder/decoder base 32 without attention,
+    tile-exact CLIF (no norm) width 32 with 2 blocks, VQ 1024x3, UNet 64 (1,2,2,4), 1 block,
+    attention at 16^2 and 8^2."""
+    coder = CoderConfig(ch=32, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attn=False)
+    ae = AutoencoderConfig(encoder=coder, decoder=dataclasses.replace(coder),
+                           renderer=RendererConfig("clif", width=32, blocks=2, norm="none"),
+                           regularizer="vq", n_embed=1024)
+    dm = DiffusionConfig(unet=unet_kwargs(64, (1, 2, 2, 4), 1, attn_levels=(2, 3)))
+    return ModelConfig(name="cpu", autoencoder=ae, diffusion=dm)
+
+
+PRESETS = {"paper": paper, "cpu": cpu}
+
+
+def preset(name: str) -> ModelConfig:
+    try:
+        return PRESETS[name]()
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None

@@ -1,0 +1,150 @@
+"""Latent diffusion: the UNet, the noise schedule and the samplers.
+
+The UNet is diffusers' ``UNet2DModel`` and the update rules are diffusers' DDPM/DDIM
+schedulers; what lives here is the glue in the spirit of k-diffusion: small functions over
+tensors, with a per-step callback (progress, previews), a guidance hook (DPS, see
+:mod:`infd_core.guidance`) and cooperative cancellation.
+
+Latents seen by the UNet are *normalised*: ``(z - latent_mean) / latent_std`` with the
+statistics stored in :class:`DiffusionConfig` (the pipeline converts).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
+from torch import Tensor
+
+
+class Cancelled(Exception):
+    """Raised by a sampler when ``should_stop()`` returned True between two steps."""
+
+
+@dataclass
+class DiffusionConfig:
+    """UNet size (``UNet2DModel`` keyword arguments) and the authors' schedule."""
+
+    unet: dict[str, Any] = field(default_factory=dict)
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.0015
+    beta_end: float = 0.0195
+    latent_mean: float = 0.0
+    latent_std: float = 1.0
+
+    def betas(self) -> np.ndarray:
+        """Linear betas, float64, as the authors' ``np.linspace``."""
+        return np.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=np.float64)
+
+
+def unet_kwargs(ch: int, mult: tuple[int, ...], blocks: int, attn_levels: tuple[int, ...], head_dim: int = 32,
+                sample_size: int = 64, channels: int = 3) -> dict[str, Any]:
+    """``UNet2DModel`` arguments for an ADM-style UNet; ``attn_levels`` are level indices with attention."""
+    down = tuple("AttnDownBlock2D" if i in attn_levels else "DownBlock2D" for i in range(len(mult)))
+    up = tuple("AttnUpBlock2D" if i in attn_levels else "UpBlock2D" for i in reversed(range(len(mult))))
+    return dict(sample_size=sample_size, in_channels=channels, out_channels=channels,
+                block_out_channels=tuple(ch * m for m in mult), layers_per_block=blocks,
+                down_block_types=down, up_block_types=up, attention_head_dim=head_dim,
+                norm_num_groups=32, norm_eps=1e-5, add_attention=True)
+
+
+def build_unet(cfg: DiffusionConfig) -> UNet2DModel:
+    return UNet2DModel(**cfg.unet)
+
+
+def make_scheduler(cfg: DiffusionConfig, sampler: str) -> DDIMScheduler | DDPMScheduler:
+    """A fresh diffusers scheduler for ``sampler`` ("ddim" or "ddpm"); ε-prediction, no clipping."""
+    common = dict(num_train_timesteps=cfg.num_train_timesteps, trained_betas=cfg.betas(),
+                  prediction_type="epsilon", clip_sample=False)
+    if sampler == "ddim":
+        return DDIMScheduler(**common, set_alpha_to_one=False, timestep_spacing="trailing")
+    if sampler == "ddpm":
+        return DDPMScheduler(**common, variance_type="fixed_small", timestep_spacing="trailing")
+    raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+
+
+@dataclass
+class Step:
+    """What a callback sees after each step: ``x`` is x_{t-1}, ``x0`` the prediction made at t."""
+
+    index: int
+    total: int
+    timestep: int
+    x: Tensor
+    x0: Tensor
+
+
+class Guidance(Protocol):
+    def __call__(self, x_t: Tensor, x0: Tensor, step: int, total: int) -> Tensor | None:
+        """Given x_t (requires grad) and x0 = x0(x_t) (differentiable), return a correction
+        to add to x_{t-1}, or None."""
+
+
+EpsModel = Callable[[Tensor, Tensor], Tensor]
+
+
+def unet_eps(unet: UNet2DModel, autocast_dtype: torch.dtype | None = None) -> EpsModel:
+    """Wrap a UNet as ``eps(x [B, C, h, w], t [B]) -> eps [B, C, h, w]`` (float32 out)."""
+
+    def eps(x: Tensor, t: Tensor) -> Tensor:
+        ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
+        with ctx:
+            return unet(x, t).sample.float()
+
+    return eps
+
+
+def predict_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
+    """x0 = (x_t - sqrt(1 - ᾱ) ε) / sqrt(ᾱ)."""
+    return (x_t - (1 - alpha_bar).sqrt() * eps) / alpha_bar.sqrt()
+
+
+def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *, steps: int = 50, sampler: str = "ddim",
+           eta: float = 1.0, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
+           x_T: Tensor | None = None, guidance: Guidance | None = None,
+           callback: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
+    """Run the reverse process from noise; returns normalised latents ``shape`` (float32).
+
+    Deterministic for a given ``generator`` state (initial noise and DDIM/DDPM noise are
+    drawn from it on the CPU). ``eta`` is DDIM's (1.0 = the authors' setting; 0 = deterministic).
+    """
+    if not isinstance(steps, int) or not 1 <= steps <= cfg.num_train_timesteps:
+        raise ValueError(f"steps must be an integer in [1, {cfg.num_train_timesteps}], got {steps!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must be in [0, 1], got {eta}")
+    sched = make_scheduler(cfg, sampler)
+    sched.set_timesteps(steps)
+    alphas = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
+    generator = generator or torch.Generator().manual_seed(0)
+    x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator).to(device)
+    step_kw = {"eta": eta} if sampler == "ddim" else {}
+    n = len(sched.timesteps)
+    for i, t in enumerate(sched.timesteps):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"cancelled at step {i} of {n}")
+        tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
+        with torch.enable_grad() if guidance is not None else torch.no_grad():
+            x_in = x.detach().requires_grad_(guidance is not None)
+            eps = eps_model(x_in, tt)
+            x0 = predict_x0(x_in, eps, alphas[int(t)])
+            correction = guidance(x_in, x0, i, n) if guidance is not None else None
+        # step noise comes from the same CPU generator, so CPU and GPU runs draw alike
+        x = sched.step(eps.detach(), t, x.detach(), generator=generator, **step_kw).prev_sample
+        if correction is not None:
+            x = x + correction.detach()
+        if callback is not None:
+            callback(Step(i, n, int(t), x, x0.detach()))
+    return x
+
+
+def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alphas_cumprod: Tensor) -> Tensor:
+    """Forward process: x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε, for training. ``t [B]`` long."""
+    a = alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1)))
+    return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def alphas_cumprod(cfg: DiffusionConfig) -> Tensor:
+    return torch.from_numpy(np.cumprod(1.0 - cfg.betas())).float()

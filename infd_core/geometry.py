@@ -1,0 +1,162 @@
+"""Rectangles of the image <-> query grids of pixel centres and pixel sizes.
+
+The one coordinate convention of infd, stated here and nowhere else:
+
+* **Field frame.** The whole image is the square [-1, 1] x [-1, 1] whatever its aspect on
+  screen. A point is ``(y, x)``: **row axis first**, y grows downwards, x to the right.
+  (-1, -1) is the top-left corner of the top-left pixel, (1, 1) the bottom-right corner of
+  the bottom-right pixel. This is the authors' convention (and ``grid_sample``'s with the
+  last axis flipped).
+* **Query grid.** ``coord`` has shape ``[H, W, 2]`` (or ``[B, H, W, 2]``): the field-frame
+  centre ``(y, x)`` of each output pixel. ``cell`` has the same shape: the pixel's size
+  ``(h, w)`` in field units (the whole image is 2 wide), so rendering the whole image at
+  N x N gives ``cell == 2 / N``.
+* **Boxes.** :class:`Box` is what users, layouts and the viewer speak: ``(x0, y0, x1, y1)``
+  as fractions of the image width/height in [0, 1], x first like every image tool,
+  (x0, y0) top-left. Boxes are converted to the field frame only here.
+* **Levels.** Rendering the whole image at ``height x width`` pixels is a *level*; a tile or
+  sub-region of a level is a range of integer pixel rows and columns of it. Coordinates are
+  computed in float64 from absolute pixel indices, so a pixel has bit-identical coordinates
+  whichever tile or region it is rendered in (this is what makes tiles seamless).
+
+Known pixel, for the tests: at level 4x4, pixel (row 0, col 3) has centre (-0.75, 0.75) and
+cell (0.5, 0.5).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Box", "PixelRange", "level_grid", "box_grid", "check_level", "MAX_SIDE"]
+
+MAX_SIDE = 1 << 17  # 131072 px: beyond this a level is surely a mistake (and float32 cells lose bits)
+
+
+@dataclass(frozen=True)
+class Box:
+    """An axis-aligned rectangle in image fractions: x right, y down, (x0, y0) top-left.
+
+    Values are normally in [0, 1]; a box may extend past the image only where a caller allows
+    it (:meth:`clamped`). Zero-area, inverted and non-finite boxes are rejected.
+    """
+
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    def __post_init__(self) -> None:
+        vals = (self.x0, self.y0, self.x1, self.y1)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in vals):
+            raise ValueError(f"box coordinates must be finite numbers, got {vals}")
+        if not (self.x1 > self.x0 and self.y1 > self.y0):
+            raise ValueError(f"box must have x1 > x0 and y1 > y0 (positive area), got {vals}")
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    def inside_image(self, tol: float = 1e-9) -> bool:
+        return self.x0 >= -tol and self.y0 >= -tol and self.x1 <= 1 + tol and self.y1 <= 1 + tol
+
+    def check_inside(self) -> "Box":
+        """Return self, or raise if any part lies outside the image."""
+        if not self.inside_image():
+            raise ValueError(f"box {self} extends outside the image [0, 1] x [0, 1]")
+        return self
+
+    def clamped(self) -> "Box":
+        """The part of the box inside the image (raises if nothing is left)."""
+        return Box(max(self.x0, 0.0), max(self.y0, 0.0), min(self.x1, 1.0), min(self.y1, 1.0))
+
+    @classmethod
+    def from_pixels(cls, x0: float, y0: float, x1: float, y1: float, width: int, height: int) -> "Box":
+        """A box given in pixels of a ``width x height`` canvas."""
+        return cls(x0 / width, y0 / height, x1 / width, y1 / height)
+
+
+@dataclass(frozen=True)
+class PixelRange:
+    """Rows ``[r0, r1)`` and columns ``[c0, c1)`` of a level (integer pixel indices)."""
+
+    r0: int
+    r1: int
+    c0: int
+    c1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.r1 - self.r0, self.c1 - self.c0)
+
+    def padded(self, pad: int, height: int, width: int) -> "PixelRange":
+        """Grow by ``pad`` pixels on every side, clipped to the level ``height x width``."""
+        return PixelRange(max(self.r0 - pad, 0), min(self.r1 + pad, height),
+                          max(self.c0 - pad, 0), min(self.c1 + pad, width))
+
+    def check_within(self, height: int, width: int) -> "PixelRange":
+        if not (0 <= self.r0 < self.r1 <= height and 0 <= self.c0 < self.c1 <= width):
+            raise ValueError(f"pixel range {self} is empty or outside the {height}x{width} level")
+        return self
+
+
+def check_level(height: int, width: int, max_side: int = MAX_SIDE) -> tuple[int, int]:
+    """Validate a level size; returns it as ints."""
+    for name, v in (("height", height), ("width", width)):
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise ValueError(f"level {name} must be a positive integer, got {v!r}")
+        if v > max_side:
+            raise ValueError(f"level {name} {v} exceeds the maximum side {max_side}")
+    return height, width
+
+
+def _axis(start: float, size: float, n: int, i0: int, i1: int) -> torch.Tensor:
+    """Centres of pixels ``i0..i1-1`` of ``n`` pixels spanning ``[start, start+size]`` (float64)."""
+    i = torch.arange(i0, i1, dtype=torch.float64)
+    return start + (i + 0.5) * (size / n)
+
+
+def _grid(ys: torch.Tensor, xs: torch.Tensor, cell_h: float, cell_w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    coord = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).float()
+    cell = torch.empty_like(coord)
+    cell[..., 0] = cell_h
+    cell[..., 1] = cell_w
+    return coord, cell
+
+
+def level_grid(height: int, width: int, rng: PixelRange | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query grid of (part of) the whole image rendered at ``height x width``.
+
+    Returns ``coord, cell``, float32 tensors ``[h, w, 2]`` with (y, x) order, for the pixels in
+    ``rng`` (the whole level if None). Pixels may lie outside the level (halos): their centres
+    simply continue the grid.
+    """
+    check_level(height, width)
+    rng = rng or PixelRange(0, height, 0, width)
+    ys = _axis(-1.0, 2.0, height, rng.r0, rng.r1)
+    xs = _axis(-1.0, 2.0, width, rng.c0, rng.c1)
+    return _grid(ys, xs, 2.0 / height, 2.0 / width)
+
+
+def box_grid(box: Box, height: int, width: int, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Query grid covering ``box`` with ``height x width`` pixels, grown by ``pad`` pixels per side.
+
+    Returns ``coord, cell`` ``[height + 2 pad, width + 2 pad, 2]`` (y, x), field frame.
+    """
+    check_level(height, width)
+    ys = _axis(-1.0 + 2.0 * box.y0, 2.0 * box.height, height, -pad, height + pad)
+    xs = _axis(-1.0 + 2.0 * box.x0, 2.0 * box.width, width, -pad, width + pad)
+    return _grid(ys, xs, 2.0 * box.height / height, 2.0 * box.width / width)
+
+
+def box_to_pixels(box: Box, height: int, width: int) -> PixelRange:
+    """The pixels of a ``height x width`` level that ``box`` covers (rounded outwards, clipped)."""
+    rng = PixelRange(math.floor(box.y0 * height + 1e-9), math.ceil(box.y1 * height - 1e-9),
+                     math.floor(box.x0 * width + 1e-9), math.ceil(box.x1 * width - 1e-9))
+    return PixelRange(max(rng.r0, 0), min(max(rng.r1, rng.r0 + 1), height),
+                      max(rng.c0, 0), min(max(rng.c1, rng.c0 + 1), width))

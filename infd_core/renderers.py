@@ -1,0 +1,202 @@
+"""Renderers R: feature map phi + query grid -> RGB (coordinate conventions: :mod:`infd_core.geometry`).
+
+Both renderers see, for every query pixel, the same input: the nearest phi vector, the
+relative coordinate (query centre minus that phi cell's centre, in phi cells) and the
+relative cell (pixel size in phi cells). Shapes: ``phi [B, C, h, w]``, ``coord``/``cell``
+``[B, H, W, 2]`` (y, x), output ``[B, 3, H, W]`` (unbounded; ~[-1, 1]).
+
+* :class:`CLIF` (the paper's): a small conv net over the grid of those inputs.
+* :class:`LIIF` (the paper's ablation): the same inputs through a pointwise MLP.
+
+Seamless tiles. A conv net's output at a pixel depends only on inputs within
+``receptive_radius`` pixels, so a tile rendered with that much halo equals the whole render
+-- unless the net normalises over the tile. Our default CLIF has no normalisation. The
+authors' CLIF has GroupNorm; for it, :func:`norm_statistics` computes the statistics once
+per image, and rendering under :func:`fixed_norm_statistics` uses them for every tile.
+"""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+@dataclass
+class RendererConfig:
+    kind: str = "clif"  # "clif" | "liif"
+    width: int = 256
+    blocks: int = 2
+    norm: str = "group"  # "group" (authors') | "none" (tile-exact)
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("clif", "liif"):
+            raise ValueError(f"renderer kind must be 'clif' or 'liif', got {self.kind!r}")
+        if self.norm not in ("group", "none"):
+            raise ValueError(f"renderer norm must be 'group' or 'none', got {self.norm!r}")
+
+
+def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
+    """The per-pixel renderer input ``[B, C + 4, H, W]``: nearest phi vector, rel. coord, rel. cell.
+
+    The nearest phi cell is found in float32 from ``coord`` (query points outside the image
+    take the border cell). Relative values are in units of phi cells: a 1024^2 query on a 256^2
+    phi gives rel. coord in {+-0.25, +-0.75} and rel. cell 0.5.
+    """
+    b, c, h, w = phi.shape
+    if coord.shape != cell.shape or coord.ndim != 4 or coord.shape[-1] != 2 or coord.shape[0] != b:
+        raise ValueError(f"coord/cell must both be [B={b}, H, W, 2], got {tuple(coord.shape)} and {tuple(cell.shape)}")
+    coord, cell = coord.float(), cell.float()
+    size = coord.new_tensor([h, w])
+    idx = ((coord + 1) * 0.5 * size).floor().clamp_min(0)
+    idx = torch.minimum(idx, size - 1)  # [B, H, W, 2] (row, col) of the nearest phi cell
+    centre = (idx + 0.5) / size * 2 - 1
+    flat = (idx[..., 0] * w + idx[..., 1]).long().flatten(1)  # [B, H*W]
+    feat = phi.flatten(2).gather(2, flat[:, None].expand(-1, c, -1)).view(b, c, *coord.shape[1:3])
+    rel = torch.cat([(coord - centre) * size, cell * size], dim=-1).permute(0, 3, 1, 2)
+    return torch.cat([feat, rel.to(feat.dtype)], dim=1)
+
+
+# --- GroupNorm with optional fixed (per-image) statistics -----------------------------------
+
+_NORM_MODE: contextvars.ContextVar[tuple[str, list, list] | None] = contextvars.ContextVar("infd_norm_mode", default=None)
+
+
+class StatGroupNorm(nn.GroupNorm):
+    """GroupNorm that can record its per-sample statistics or replay recorded ones.
+
+    Outside :func:`fixed_norm_statistics` it is plain GroupNorm (statistics per rendered patch,
+    as the authors trained it).
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        mode = _NORM_MODE.get()
+        if mode is None:
+            return super().forward(x)
+        kind, stats, counter = mode
+        b, c = x.shape[:2]
+        g = x.float().view(b, self.num_groups, -1)
+        if kind == "record":
+            mean, var = g.mean(-1, keepdim=True), g.var(-1, unbiased=False, keepdim=True)
+            stats.append((mean, var))
+        else:  # layers run in the same order every pass: cycle through the recorded list
+            mean, var = stats[counter[0] % len(stats)]
+            counter[0] += 1
+        y = ((g - mean) * torch.rsqrt(var + self.eps)).view_as(x).to(x.dtype)
+        return y * self.weight[None, :, None, None] + self.bias[None, :, None, None]
+
+
+@contextlib.contextmanager
+def _norm_mode(kind: str, stats: list) -> Iterator[list]:
+    token = _NORM_MODE.set((kind, stats, [0]))
+    try:
+        yield stats
+    finally:
+        _NORM_MODE.reset(token)
+
+
+class _Block(nn.Module):
+    """ResNet block of the renderer: (norm) swish conv, twice, plus identity (LDM naming)."""
+
+    def __init__(self, width: int, norm: bool):
+        super().__init__()
+        self.norm1 = StatGroupNorm(min(32, width), width, eps=1e-6) if norm else nn.Identity()
+        self.conv1 = nn.Conv2d(width, width, 3, padding=1)
+        self.norm2 = StatGroupNorm(min(32, width), width, eps=1e-6) if norm else nn.Identity()
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x + self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
+
+
+class _ConvNet(nn.Module):
+    """conv3x3 -> ResNet blocks -> (norm) swish conv3x3 -> RGB; authors' names ``model``/``norm_out``/``conv_out``."""
+
+    def __init__(self, in_ch: int, width: int, blocks: int, norm: bool):
+        super().__init__()
+        self.model = nn.Sequential(nn.Conv2d(in_ch, width, 3, padding=1), *(_Block(width, norm) for _ in range(blocks)))
+        self.norm_out = StatGroupNorm(min(32, width), width, eps=1e-6) if norm else nn.Identity()
+        self.conv_out = nn.Conv2d(width, 3, 3, padding=1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.conv_out(F.silu(self.norm_out(self.model(x))))
+
+
+class CLIF(nn.Module):
+    """Convolutional Local Image Function: ``(phi, coord, cell) -> rgb [B, 3, H, W]``."""
+
+    def __init__(self, cfg: RendererConfig, phi_channels: int):
+        super().__init__()
+        self.cfg = cfg
+        self.net = _ConvNet(phi_channels + 4, cfg.width, cfg.blocks, cfg.norm == "group")
+        self.receptive_radius = 2 + 2 * cfg.blocks  # one pixel per 3x3 conv
+
+    @property
+    def last_layer(self) -> Tensor:
+        return self.net.conv_out.weight
+
+    def forward(self, phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
+        return self.net(renderer_inputs(phi, coord, cell))
+
+
+class LIIF(nn.Module):
+    """Pointwise MLP on the same inputs as CLIF (1x1 convs): the paper's ablation."""
+
+    def __init__(self, cfg: RendererConfig, phi_channels: int):
+        super().__init__()
+        self.cfg = cfg
+        layers: list[nn.Module] = [nn.Conv2d(phi_channels + 4, cfg.width, 1), nn.SiLU()]
+        for _ in range(cfg.blocks):
+            layers += [nn.Conv2d(cfg.width, cfg.width, 1), nn.SiLU()]
+        self.mlp = nn.Sequential(*layers, nn.Conv2d(cfg.width, 3, 1))
+        self.receptive_radius = 0
+
+    @property
+    def last_layer(self) -> Tensor:
+        return self.mlp[-1].weight
+
+    def forward(self, phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
+        return self.mlp(renderer_inputs(phi, coord, cell))
+
+
+def build_renderer(cfg: RendererConfig, phi_channels: int) -> CLIF | LIIF:
+    return (CLIF if cfg.kind == "clif" else LIIF)(cfg, phi_channels)
+
+
+def uses_group_norm(renderer: nn.Module) -> bool:
+    return any(isinstance(m, StatGroupNorm) for m in renderer.modules())
+
+
+@torch.no_grad()
+def norm_statistics(renderer: nn.Module, phi: Tensor, size: int = 256) -> list:
+    """Per-image GroupNorm statistics of ``renderer``, measured on a ``size``^2 render of the whole image.
+
+    Returns an opaque list to pass to :func:`fixed_norm_statistics` (empty without GroupNorm).
+    """
+    if not uses_group_norm(renderer):
+        return []
+    from .geometry import level_grid
+
+    coord, cell = level_grid(size, size)
+    b = phi.shape[0]
+    with _norm_mode("record", []) as stats:
+        renderer(phi, coord.to(phi.device).expand(b, -1, -1, -1), cell.to(phi.device).expand(b, -1, -1, -1))
+    return stats
+
+
+@contextlib.contextmanager
+def fixed_norm_statistics(stats: list) -> Iterator[None]:
+    """Render with recorded per-image statistics (tiles then equal the whole render exactly).
+
+    Any number of renderer calls may run inside; the statistics must come from the same
+    renderer and a phi batch of the same size.
+    """
+    if not stats:
+        yield
+        return
+    with _norm_mode("replay", stats):
+        yield

@@ -1,0 +1,1 @@
+"""Training of the infd autoencoder and latent diffusion model: data, losses, loops."""
