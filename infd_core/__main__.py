@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         args.fn(args)
-    except (ValueError, CheckpointError, RuntimeError, OSError) as e:
+    except (ValueError, TypeError, CheckpointError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

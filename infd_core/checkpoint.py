@@ -87,8 +87,8 @@ def read_authors_checkpoint(path: str | Path) -> dict[str, Tensor]:
         ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: refused to load: the pickle holds more than weights ({e})") from e
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({e})") from e
+    except Exception as e:  # corrupt files raise RuntimeError, EOFError, KeyError, ... depending on the damage
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({type(e).__name__}: {e})") from e
     sd = ckpt.get("model", {}).get("sd") if isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict) else None
     if not isinstance(sd, dict):
         raise CheckpointError(f"{path}: expected the authors' layout {{'model': {{'sd': state_dict}}}}")
@@ -102,6 +102,8 @@ def _count(sd: dict[str, Tensor], pattern: str) -> int:
 
 def _coder_config(sd: dict[str, Tensor], prefix: str, levels: str, extra_blocks: int) -> CoderConfig:
     n = _count(sd, rf"{re.escape(prefix)}\.{levels}\.(\d+)\.")
+    if n == 0:
+        raise KeyError(f"{prefix}.{levels}.0.*")
     widths = [sd[f"{prefix}.{levels}.{i}.block.0.conv2.weight"].shape[0] for i in range(n)]
     ch = math.gcd(*widths)
     mult = tuple(w // ch for w in widths)

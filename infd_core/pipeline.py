@@ -154,7 +154,8 @@ class Pipeline:
         with torch.set_grad_enabled(grad), self._autocast():
             phi = self.autoencoder.decode(z.to(self.device).float())
         phi = phi.float() if self.autocast_dtype is None else phi
-        stats = norm_statistics(self.autoencoder.renderer, phi.detach())
+        with self._autocast():  # a bf16 phi needs autocast, and the statistics should match bf16 renders
+            stats = norm_statistics(self.autoencoder.renderer, phi.detach())
         return Field(phi, stats)
 
     def render(self, field: Field, height: int, width: int, region: PixelRange | None = None, *,

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .geometry import PixelRange, check_level, level_grid
-from .renderers import fixed_norm_statistics
+from .renderers import fixed_norm_statistics, select_statistics
 
 DEFAULT_TILE = 256
 
@@ -66,7 +66,9 @@ def to_uint8(rgb: Tensor) -> np.ndarray:
 def iter_tiles(renderer: nn.Module, phi: Tensor, height: int, width: int, region: PixelRange | None = None, *,
                tile: int = DEFAULT_TILE, **kw) -> Iterator[tuple[PixelRange, np.ndarray]]:
     """Stream ``(tile range, [h, w, 3] uint8)`` over ``region`` (default: the whole level) of image 0 of phi."""
+    check_level(height, width)
     region = (region or PixelRange(0, height, 0, width)).check_within(height, width)
+    kw["norm_stats"] = select_statistics(kw.get("norm_stats") or [], slice(0, 1))  # image 0's, like phi[:1]
     with torch.no_grad():
         for rng in tile_ranges(region, tile):
             yield rng, to_uint8(render_pixels(renderer, phi[:1], height, width, rng, **kw)[0])
@@ -79,6 +81,7 @@ def render_region(renderer: nn.Module, phi: Tensor, height: int, width: int, reg
 
     Peak memory: the output array plus one tile's activations.
     """
+    check_level(height, width)
     region = (region or PixelRange(0, height, 0, width)).check_within(height, width)
     out = np.empty((*region.shape, 3), dtype=np.uint8)
     n = len(list(tile_ranges(region, tile)))

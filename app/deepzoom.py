@@ -1,0 +1,162 @@
+"""Deep Zoom pyramids of a neural field: tile geometry, tile PNGs and streamed exports.
+
+A canvas of ``width x height`` pixels is served as a Deep Zoom (DZI) pyramid, the level
+convention OpenSeadragon uses: level ``max_level = ceil(log2(max(width, height)))`` is the
+canvas itself, every level below halves it (rounding up), level 0 is 1 x 1. Level ``L`` is
+simply the whole image rendered at ``level_size(L)`` (see :mod:`infd_core.geometry`), so each
+tile is a :class:`~infd_core.geometry.PixelRange` of that level, rendered on demand.
+
+Tile ``(x, y)`` of a level covers columns ``[x T - o, (x + 1) T + o)`` (rows likewise), where
+``T`` is the tile size and ``o`` the overlap, with no overlap on the left/top edge of the first
+tile and everything clipped to the level.
+
+Exports never hold the whole image: PNGs are written strip by strip through zlib, Deep Zoom
+zips tile by tile; both are generators of bytes for a streamed HTTP response.
+"""
+from __future__ import annotations
+
+import io
+import math
+import struct
+import zipfile
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image
+
+from infd_core.geometry import PixelRange, check_level
+from infd_core.pipeline import Field, Pipeline
+
+TILE = 256
+OVERLAP = 1
+
+
+@dataclass(frozen=True)
+class Pyramid:
+    """The Deep Zoom levels and tiles of a ``width x height`` canvas."""
+
+    width: int
+    height: int
+    tile: int = TILE
+    overlap: int = OVERLAP
+
+    def __post_init__(self) -> None:
+        check_level(self.height, self.width)
+
+    @property
+    def max_level(self) -> int:
+        return math.ceil(math.log2(max(self.width, self.height)))
+
+    @property
+    def min_level(self) -> int:
+        """The largest level that fits in one tile: the coarsest one worth showing."""
+        return max(0, self.max_level - math.ceil(math.log2(max(self.width, self.height) / self.tile)))
+
+    def level_size(self, level: int) -> tuple[int, int]:
+        """``(width, height)`` of a level (ceil of the canvas size over ``2 ** (max_level - level)``)."""
+        k = 1 << (self.max_level - level)
+        return -(-self.width // k), -(-self.height // k)
+
+    def tile_count(self, level: int) -> tuple[int, int]:
+        """``(columns, rows)`` of tiles at a level."""
+        w, h = self.level_size(level)
+        return -(-w // self.tile), -(-h // self.tile)
+
+    def tile_range(self, level: int, x: int, y: int) -> PixelRange:
+        """The pixels of tile ``(x, y)`` at ``level``; ValueError if there is no such tile."""
+        if not 0 <= level <= self.max_level:
+            raise ValueError(f"level {level} is outside 0..{self.max_level}")
+        cols, rows = self.tile_count(level)
+        if not (0 <= x < cols and 0 <= y < rows):
+            raise ValueError(f"tile ({x}, {y}) is outside the {cols}x{rows} tiles of level {level}")
+        w, h = self.level_size(level)
+        t, o = self.tile, self.overlap
+        return PixelRange(max(y * t - o, 0), min((y + 1) * t + o, h), max(x * t - o, 0), min((x + 1) * t + o, w))
+
+    def dzi_xml(self) -> str:
+        """The ``.dzi`` descriptor of this pyramid (PNG tiles)."""
+        return ('<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<Image xmlns="http://schemas.microsoft.com/deepzoom/2008" Format="png" Overlap="{self.overlap}" '
+                f'TileSize="{self.tile}"><Size Width="{self.width}" Height="{self.height}"/></Image>\n')
+
+
+def encode_png(rgb: np.ndarray) -> bytes:
+    """``[h, w, 3]`` uint8 -> PNG bytes (fast compression: tiles are rendered on demand anyway)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def render_tile(pipe: Pipeline, field: Field, pyramid: Pyramid, level: int, x: int, y: int) -> bytes:
+    """One tile of the pyramid as PNG bytes."""
+    rng = pyramid.tile_range(level, x, y)
+    w, h = pyramid.level_size(level)
+    rgb = pipe.render(field, h, w, rng, tile=max(rng.shape))
+    return encode_png(rgb)
+
+
+# --- streamed exports -----------------------------------------------------------------------------
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def stream_png(pipe: Pipeline, field: Field, width: int, height: int, *, strip: int = TILE,
+               before_strip: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """The whole image at ``width x height`` as PNG bytes, rendered and compressed strip by strip.
+
+    Memory is one strip of ``strip`` rows; ``before_strip`` runs before each strip is rendered
+    (the server uses it to let interactive tile requests go first).
+    """
+    check_level(height, width)
+    yield b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    z = zlib.compressobj(6)
+    for r0 in range(0, height, strip):
+        if before_strip is not None:
+            before_strip()
+        rows = pipe.render(field, height, width, PixelRange(r0, min(r0 + strip, height), 0, width), tile=strip)
+        # every scanline starts with filter type 0 (None)
+        raw = np.concatenate([np.zeros((rows.shape[0], 1), np.uint8), rows.reshape(rows.shape[0], -1)], axis=1)
+        data = z.compress(raw.tobytes())
+        if data:
+            yield _png_chunk(b"IDAT", data)
+    yield _png_chunk(b"IDAT", z.flush()) + _png_chunk(b"IEND", b"")
+
+
+class _Spool(io.RawIOBase):
+    """A write-only, unseekable byte sink that the generator drains (lets zipfile stream)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buf = bytearray()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.buf += b
+        return len(b)
+
+    def drain(self) -> bytes:
+        out, self.buf = bytes(self.buf), bytearray()
+        return out
+
+
+def stream_deepzoom_zip(pipe: Pipeline, field: Field, width: int, height: int, *, name: str = "image",
+                        before_tile: Callable[[], None] | None = None) -> Iterator[bytes]:
+    """A Deep Zoom folder (``name.dzi`` + ``name_files/<level>/<x>_<y>.png``, all levels) as a streamed zip."""
+    pyramid = Pyramid(width, height)
+    spool = _Spool()
+    with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(f"{name}.dzi", pyramid.dzi_xml())
+        for level in range(pyramid.max_level + 1):
+            cols, rows = pyramid.tile_count(level)
+            for y in range(rows):
+                for x in range(cols):
+                    if before_tile is not None:
+                        before_tile()
+                    zf.writestr(f"{name}_files/{level}/{x}_{y}.png", render_tile(pipe, field, pyramid, level, x, y))
+                    yield spool.drain()
+    yield spool.drain()

@@ -1,0 +1,155 @@
+"""The web server: tile, export and session-file routes, the viewer's static files, the Gradio UI.
+
+Routes (outside Gradio's queue; the unguessable session key in the URL is the access check):
+
+* ``GET /tiles/{key}/{gen}/{level}/{x}_{y}.png``: a Deep Zoom tile of view ``gen`` of a session
+  (see :mod:`app.deepzoom`). A view never changes, so tiles are sent ``immutable`` and kept in
+  a byte-bounded LRU; misses are rendered on the tile pool, newest request first.
+* ``GET /export/{key}/{gen}/image.png?width=&height=``: the whole image at any size within the
+  limit, streamed strip by strip; ``.../deepzoom.zip`` the same as a Deep Zoom folder.
+* ``GET /session/{key}/infd-session.zip``: the session file (image, boxes, prompts).
+* ``/infd/osd/`` (vendored OpenSeadragon) and ``/infd/viewer/`` (viewer.js, viewer.css).
+
+Bad input gets a 4xx with a JSON ``detail``: unknown/expired session or view and tiles outside
+the pyramid 404, non-numeric parameters 422, exports over the limit 400, too many exports 429.
+"""
+from __future__ import annotations
+
+import asyncio
+import threading
+from pathlib import Path
+from typing import Iterator
+
+import gradio as gr
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+
+from infd_core import configs
+from infd_core.pipeline import Pipeline, default_model_dir
+
+from .context import AppContext, Limits
+from .deepzoom import stream_deepzoom_zip, stream_png
+from .sessionfile import dump as dump_session
+from .sessions import Session, SessionNotFound, View
+from .ui import STATIC, build_ui
+
+ROOT = Path(__file__).resolve().parent.parent
+OSD = ROOT / "assets" / "openseadragon"
+IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
+NO_STORE = {"Cache-Control": "no-store"}
+
+
+def _lookup(ctx: AppContext, key: str, gen: int) -> tuple[Session, View]:
+    try:
+        session = ctx.store.get(key)
+    except SessionNotFound as e:
+        raise HTTPException(404, e.args[0], headers=NO_STORE) from None
+    view = session.get_view(gen)
+    if view is None:
+        raise HTTPException(404, "no such image version (it was replaced; reload the view)", headers=NO_STORE)
+    return session, view
+
+
+def _export_slot(ctx: AppContext) -> threading.BoundedSemaphore:
+    if not ctx.exports.acquire(blocking=False):
+        raise HTTPException(429, "too many exports running; try again in a moment", headers=NO_STORE)
+    return ctx.exports
+
+
+def _released(chunks: Iterator[bytes], slot: threading.BoundedSemaphore) -> Iterator[bytes]:
+    """Pass ``chunks`` through and free the export slot however the stream ends (done, error, client gone)."""
+    try:
+        yield from chunks
+    finally:
+        slot.release()
+
+
+def add_routes(app: FastAPI, ctx: AppContext) -> None:
+    """The tile, export and session-file routes."""
+
+    @app.get("/tiles/{key}/{gen}/{level}/{x}_{y}.png")
+    async def tile(key: str, gen: int, level: int, x: int, y: int) -> Response:
+        session, view = _lookup(ctx, key, gen)
+        try:
+            view.pyramid.tile_range(level, x, y)
+        except ValueError as e:
+            raise HTTPException(404, str(e), headers=NO_STORE) from None
+        cache_key = (key, gen, level, x, y)
+        data = ctx.cache.get(cache_key)
+        if data is None:
+            job = ctx.workers.submit(cache_key, lambda: ctx.tile_png(session, view, level, x, y))
+            data = await asyncio.wrap_future(job)
+            ctx.cache.put(cache_key, data)
+        return Response(data, media_type="image/png", headers=IMMUTABLE)
+
+    def export(key: str, gen: int, width: int, height: int, deepzoom: bool) -> StreamingResponse:
+        session, view = _lookup(ctx, key, gen)
+        try:
+            ctx.check_export(width, height)
+        except ValueError as e:
+            raise HTTPException(400, str(e), headers=NO_STORE) from None
+        field_ = ctx.store.field(session, view, ctx.pipe)  # cheap (one decoder pass) next to the export
+        slot = _export_slot(ctx)
+        seed = view.picture.seed
+        stem = f"infd-{'seed' + str(seed) if seed is not None else 'image'}-{width}x{height}"
+        if deepzoom:
+            chunks = stream_deepzoom_zip(ctx.pipe, field_, width, height, name=stem,
+                                         before_tile=ctx.workers.yield_to_tiles)
+            media, name = "application/zip", f"{stem}-deepzoom.zip"
+        else:
+            chunks = stream_png(ctx.pipe, field_, width, height, before_strip=ctx.workers.yield_to_tiles)
+            media, name = "image/png", f"{stem}.png"
+        headers = {**NO_STORE, "Content-Disposition": f'attachment; filename="{name}"'}
+        return StreamingResponse(_released(chunks, slot), media_type=media, headers=headers)
+
+    @app.get("/export/{key}/{gen}/image.png")
+    def export_png(key: str, gen: int, width: int = Query(gt=0), height: int = Query(gt=0)) -> StreamingResponse:
+        return export(key, gen, width, height, deepzoom=False)
+
+    @app.get("/export/{key}/{gen}/deepzoom.zip")
+    def export_deepzoom(key: str, gen: int, width: int = Query(gt=0), height: int = Query(gt=0)) -> StreamingResponse:
+        return export(key, gen, width, height, deepzoom=True)
+
+    @app.get("/session/{key}/infd-session.zip")
+    def session_file(key: str) -> Response:
+        try:
+            session = ctx.store.get(key)
+        except SessionNotFound as e:
+            raise HTTPException(404, e.args[0], headers=NO_STORE) from None
+        with session.lock:
+            data = dump_session(session.state, session.canvas, ctx.model_name)
+        headers = {**NO_STORE, "Content-Disposition": 'attachment; filename="infd-session.zip"'}
+        return Response(data, media_type="application/zip", headers=headers)
+
+
+def load_pipeline(model: str | Path | None = None, *, device: str = "cpu",
+                  precision: str = "auto") -> tuple[Pipeline, str]:
+    """The model to serve and a note for the UI header.
+
+    ``model`` None means the default model folder; if that is not installed (yet), a randomly
+    initialised pipeline of the cpu preset is used, noted as "random weights". An explicit
+    ``model`` that cannot be loaded raises :class:`~infd_core.checkpoint.CheckpointError`.
+    """
+    if model is None and not default_model_dir().is_dir():
+        return Pipeline.from_config(configs.cpu(), seed=0, device=device, precision=precision), "random weights"
+    return Pipeline.load(model, device=device, precision=precision), ""
+
+
+def create_app(pipe: Pipeline, *, limits: Limits | None = None, scorer: str | None = None,
+               model_note: str = "") -> FastAPI:
+    """The whole app around ``pipe`` (tests inject a small random pipeline here).
+
+    The context is available as ``app.state.ctx`` (sessions, caches, limits).
+    """
+    ctx = AppContext(pipe, limits or Limits(), scorer_spec=scorer, model_note=model_note)
+    app = FastAPI(title="infd", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.ctx = ctx
+    add_routes(app, ctx)
+    app.mount("/infd/osd", StaticFiles(directory=OSD), name="openseadragon")
+    app.mount("/infd/viewer", StaticFiles(directory=STATIC), name="viewer")
+    demo = build_ui(ctx)
+    gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, css_paths=[STATIC / "viewer.css"],
+                        max_file_size="64mb", footer_links=[], theme=gr.themes.Soft())
+    return app
+

@@ -1,0 +1,154 @@
+"""Session files: a zip with ``session.json``, ``latent.safetensors`` and the boxes' reference images.
+
+``session.json``::
+
+    {"format": "infd-session", "version": 1, "model": "<model name>", "seed": 3,
+     "canvas": [4096, 4096], "global_prompt": "...", "boxes": [BoxSpec.to_json(), ...]}
+
+Loading validates everything (sizes before decompressing, shapes, ranges) and raises
+ValueError with a message meant for the user; nothing in the file is executed or unpickled.
+"""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
+from safetensors.torch import save as save_tensors
+
+from infd_core.pipeline import Pipeline
+
+from .deepzoom import Pyramid
+from .sessions import MAX_BOXES, BoxSpec, Picture, State
+
+FORMAT = "infd-session"
+VERSION = 1
+MAX_FILE = 64 << 20     # bytes of the whole upload
+MAX_MEMBER = 32 << 20   # uncompressed bytes of any one member
+MAX_IMAGE_SIDE = 4096   # reference images
+
+
+@dataclass
+class Loaded:
+    """A validated session file."""
+
+    state: State
+    canvas: tuple[int, int]
+    seed: int | None
+    warnings: list[str] = field(default_factory=list)
+
+
+def dump(state: State, canvas: tuple[int, int], model: str) -> bytes:
+    """The session file for ``state`` shown at ``canvas`` (``(width, height)``)."""
+    pic = state.picture
+    meta = {"format": FORMAT, "version": VERSION, "model": model, "seed": pic.seed if pic else None,
+            "canvas": list(canvas), "global_prompt": state.global_prompt, "boxes": [b.to_json() for b in state.boxes]}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("session.json", json.dumps(meta, indent=1))
+        if pic is not None:
+            zf.writestr("latent.safetensors", save_tensors({"latent": pic.latent.contiguous()}))
+        for b in state.boxes:
+            if b.image is not None:
+                png = io.BytesIO()
+                Image.fromarray(b.image).save(png, format="PNG")
+                zf.writestr(f"boxes/{b.id}.png", png.getvalue())
+    return buf.getvalue()
+
+
+def load(data: bytes, pipe: Pipeline, max_canvas_side: int) -> Loaded:
+    """Parse and validate a session file made by :func:`dump` for use with ``pipe``."""
+    if len(data) > MAX_FILE:
+        raise ValueError(f"session file is larger than {MAX_FILE >> 20} MB")
+    try:
+        zf = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise ValueError("not an infd session file (expected a .zip made by 'Save session')") from None
+    with zf:
+        meta = _json(_read(zf, "session.json"))
+        warnings = []
+        if meta.get("model") != pipe.cfg.name:
+            warnings.append(f"saved with model {meta.get('model')!r}, loaded into {pipe.cfg.name!r}")
+        canvas = meta.get("canvas")
+        if not (isinstance(canvas, list) and len(canvas) == 2 and all(type(v) is int for v in canvas)
+                and 0 < min(canvas) and max(canvas) <= max_canvas_side):
+            raise ValueError(f"canvas must be [width, height], positive integers up to {max_canvas_side}")
+        Pyramid(*canvas)
+        seed = meta.get("seed")
+        if seed is not None and type(seed) is not int:
+            raise ValueError("seed must be an integer or null")
+        prompt = meta.get("global_prompt", "")
+        if not isinstance(prompt, str):
+            raise ValueError("global_prompt must be a string")
+        boxes = meta.get("boxes", [])
+        if not isinstance(boxes, list) or len(boxes) > MAX_BOXES:
+            raise ValueError(f"boxes must be a list of at most {MAX_BOXES} boxes")
+        specs = tuple(_box(zf, b) for b in boxes)
+        if len({b.id for b in specs}) != len(specs):
+            raise ValueError("box ids must be unique")
+        picture = None
+        if "latent.safetensors" in zf.namelist():
+            picture = Picture(_latent(_read(zf, "latent.safetensors"), pipe), seed=seed, label="loaded")
+    return Loaded(State(picture, specs, prompt), (canvas[0], canvas[1]), seed, warnings)
+
+
+def _read(zf: zipfile.ZipFile, name: str) -> bytes:
+    try:
+        info = zf.getinfo(name)
+    except KeyError:
+        raise ValueError(f"session file has no {name}") from None
+    if info.file_size > MAX_MEMBER:
+        raise ValueError(f"{name} in the session file is too large")
+    try:
+        return zf.read(info)
+    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        raise ValueError(f"{name} in the session file is damaged: {e}") from None
+
+
+def _json(raw: bytes) -> dict[str, Any]:
+    try:
+        meta = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"session.json is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"session.json is not an infd session (expected \"format\": \"{FORMAT}\")")
+    if meta.get("version") != VERSION:
+        raise ValueError(f"unsupported session file version {meta.get('version')!r} (this app reads {VERSION})")
+    return meta
+
+
+def _latent(raw: bytes, pipe: Pipeline):
+    try:
+        tensors = load_tensors(raw)
+    except (SafetensorError, ValueError) as e:
+        raise ValueError(f"latent.safetensors is damaged: {e}") from None
+    z = tensors.get("latent")
+    if z is None:
+        raise ValueError("latent.safetensors has no 'latent' tensor")
+    try:
+        pipe.autoencoder.check_latent(z)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"latent does not fit this model: {e}") from None
+    if z.shape[0] != 1:
+        raise ValueError(f"latent must hold one image, got {z.shape[0]}")
+    return z
+
+
+def _box(zf: zipfile.ZipFile, data: Any) -> BoxSpec:
+    image = None
+    if isinstance(data, dict) and data.get("has_image"):
+        raw = _read(zf, f"boxes/{data.get('id')}.png")
+        try:
+            with Image.open(io.BytesIO(raw)) as im:
+                if max(im.size) > MAX_IMAGE_SIDE:
+                    raise ValueError(f"reference image of box {data.get('id')} is larger than {MAX_IMAGE_SIDE} px")
+                image = np.asarray(im.convert("RGB"))
+        except (OSError, Image.DecompressionBombError) as e:
+            raise ValueError(f"reference image of box {data.get('id')} is damaged: {e}") from None
+    return BoxSpec.from_json(data, image)

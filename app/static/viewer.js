@@ -1,0 +1,351 @@
+/*
+ * The infd canvas: an OpenSeadragon deep-zoom viewer of tiles rendered on demand, and boxes
+ * drawn on it.
+ *
+ * Mounted by the gr.HTML component of app/ui.py (js_on_load):
+ *   InfdViewer.mount(element, props, trigger, watch, eventNames)
+ * Python -> browser: props.value = {session, image, boxes, selected, rev, progress} (viewer_value
+ * in ui.py); watch('value') redraws. Browser -> Python: trigger('box_edit', {op, rev, box|id}),
+ * trigger('box_select', {id}), trigger('history', {action}). The server holds the state; this
+ * file keeps a local copy of the boxes so that dragging is instant.
+ *
+ * Boxes are stored as fractions of the image (x0, y0, x1, y1 in [0, 1], y down). OpenSeadragon
+ * viewport coordinates are x in [0, 1] and y in [0, height / width], hence `aspect` below.
+ */
+(function () {
+  'use strict';
+
+  const HANDLE_PX = 9;      // grab distance of a resize handle, in screen pixels
+  const MIN_BOX_PX = 6;     // a drag shorter than this is a click, not a box
+  const HANDLES = ['nw', 'n', 'ne', 'e', 'se', 's', 'sw', 'w'];
+  const CURSORS = { nw: 'nwse-resize', se: 'nwse-resize', ne: 'nesw-resize', sw: 'nesw-resize',
+                    n: 'ns-resize', s: 'ns-resize', e: 'ew-resize', w: 'ew-resize' };
+
+  function clamp(v, lo, hi) { return Math.min(hi, Math.max(lo, v)); }
+
+  function isTyping(target) {
+    const tag = target && target.tagName;
+    return tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT' || (target && target.isContentEditable);
+  }
+
+  function mount(element, props, trigger, watch) {
+    const root = element.querySelector('.infd-viewer');
+    const viewer = OpenSeadragon({
+      element: root.querySelector('.infd-osd'),
+      prefixUrl: 'infd/osd/images/',
+      showNavigator: true,
+      navigatorPosition: 'BOTTOM_RIGHT',
+      showRotationControl: false,
+      showFlipControl: false,
+      preserveImageSizeOnResize: true,
+      visibilityRatio: 0.2,
+      maxZoomPixelRatio: 4,
+      imageLoaderLimit: 4,      // a few requests at a time: the server renders newest first
+      timeout: 120000,          // tiles may wait behind a busy CPU
+      blendTime: 0.15,
+      gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
+    });
+
+    const st = {
+      value: null,
+      shownKey: null,     // "session/gen" of the image on screen
+      pendingKey: null,   // the one loading behind it at opacity 0
+      pending: null,
+      boxes: [],
+      selected: null,
+      localRev: 0,        // edits sent; server boxes older than this are stale (see update)
+      drawMode: false,
+      drag: null,         // {mode: 'draw'|'move'|'resize', box, orig, start, handle}
+      overlays: new Map(),
+    };
+
+    // --- coordinates ------------------------------------------------------------------------
+    function aspect() {
+      const img = st.value && st.value.image;
+      return img ? img.height / img.width : 1;
+    }
+    function toFrac(pos) {   // viewer-element pixels -> image fractions
+      const p = viewer.viewport.viewerElementToViewportCoordinates(pos);
+      return { x: p.x, y: p.y / aspect() };
+    }
+    function boxRect(b) {    // image fractions -> viewport rectangle
+      const a = aspect();
+      return new OpenSeadragon.Rect(b.x0, b.y0 * a, b.x1 - b.x0, (b.y1 - b.y0) * a);
+    }
+    function screenRect(b) {
+      return viewer.viewport.viewportToViewerElementRectangle(boxRect(b));
+    }
+
+    // --- images: a new version fades in only once its visible tiles are loaded ----------------
+    function tileSource(img, session) {
+      return {
+        width: img.width, height: img.height, tileSize: img.tile, tileOverlap: img.overlap,
+        minLevel: img.min_level, maxLevel: img.max_level,
+        getTileUrl: (level, x, y) => `tiles/${session}/${img.gen}/${level}/${x}_${y}.png`,
+      };
+    }
+
+    function showImage(v) {
+      const img = v.image;
+      const key = img ? `${v.session}/${img.gen}` : null;
+      if (key === st.shownKey || key === st.pendingKey) return;
+      if (st.pending) {                       // superseded before it finished loading
+        viewer.world.removeItem(st.pending);
+        st.pending = null;
+      }
+      st.pendingKey = key;
+      if (!img) {
+        viewer.world.removeAll();
+        st.shownKey = null;
+        return;
+      }
+      const first = viewer.world.getItemCount() === 0;
+      viewer.addTiledImage({
+        tileSource: tileSource(img, v.session),
+        opacity: first ? 1 : 0,
+        preload: true,                        // load although hidden (opacity 0)
+        success: (e) => {
+          const item = e.item;
+          if (st.pendingKey !== key) { viewer.world.removeItem(item); return; }
+          st.pending = item;
+          const reveal = () => {
+            if (st.pending !== item) return;
+            item.setOpacity(1);
+            for (let i = viewer.world.getItemCount() - 1; i >= 0; i--) {
+              const other = viewer.world.getItemAt(i);
+              if (other !== item) viewer.world.removeItem(other);
+            }
+            st.pending = null;
+            st.pendingKey = null;
+            st.shownKey = key;
+            renderBoxes();                    // the aspect may have changed
+          };
+          if (first) { viewer.viewport.goHome(true); reveal(); } else item.whenFullyLoaded(reveal);
+        },
+      });
+    }
+
+    // --- boxes ------------------------------------------------------------------------------
+    function boxLabel(b, i) {
+      const text = b.kind === 'text' ? (b.prompt || '(no prompt)') : b.kind;
+      return `${i + 1}. ${text}`;
+    }
+
+    function renderBoxes() {
+      const seen = new Set();
+      st.boxes.forEach((b, i) => {
+        seen.add(b.id);
+        let el = st.overlays.get(b.id);
+        if (!el) {
+          el = document.createElement('div');
+          el.innerHTML = '<span class="infd-label"></span>' +
+            HANDLES.map((h) => `<i class="infd-handle infd-${h}"></i>`).join('');
+          viewer.addOverlay({ element: el, location: boxRect(b) });
+          st.overlays.set(b.id, el);
+        } else {
+          viewer.updateOverlay(el, boxRect(b));
+        }
+        el.className = `infd-box infd-kind-${b.kind}` + (b.id === st.selected ? ' infd-selected' : '');
+        el.style.setProperty('--box-color', b.kind === 'color' && b.color
+          ? `rgb(${b.color.map((c) => Math.round(c * 255)).join(',')})` : '');
+        el.querySelector('.infd-label').textContent = boxLabel(b, i);
+      });
+      for (const [id, el] of st.overlays) {
+        if (!seen.has(id)) { viewer.removeOverlay(el); st.overlays.delete(id); }
+      }
+    }
+
+    // What is under a screen point: a handle of the selected box, else the topmost box body.
+    function hitTest(pos) {
+      const sel = st.boxes.find((b) => b.id === st.selected);
+      if (sel) {
+        const r = screenRect(sel);
+        const xs = { w: r.x, e: r.x + r.width }, ys = { n: r.y, s: r.y + r.height };
+        const mx = r.x + r.width / 2, my = r.y + r.height / 2;
+        for (const h of HANDLES) {
+          const hx = h.includes('w') ? xs.w : h.includes('e') ? xs.e : mx;
+          const hy = h.includes('n') ? ys.n : h.includes('s') ? ys.s : my;
+          if (Math.abs(pos.x - hx) <= HANDLE_PX && Math.abs(pos.y - hy) <= HANDLE_PX) return { box: sel, handle: h };
+        }
+      }
+      for (let i = st.boxes.length - 1; i >= 0; i--) {
+        const r = screenRect(st.boxes[i]);
+        if (pos.x >= r.x && pos.x <= r.x + r.width && pos.y >= r.y && pos.y <= r.y + r.height) {
+          return { box: st.boxes[i], handle: null };
+        }
+      }
+      return null;
+    }
+
+    function select(id) {
+      if (id === st.selected) return;
+      st.selected = id;
+      renderBoxes();
+      trigger('box_select', { id });
+    }
+
+    function send(op) {
+      st.localRev += 1;
+      trigger('box_edit', Object.assign({ rev: st.localRev }, op));
+    }
+
+    function geometry(b) { return { id: b.id, x0: b.x0, y0: b.y0, x1: b.x1, y1: b.y1 }; }
+
+    // The dragged box for the pointer at fraction p (draw: from the press point; move/resize: from the original).
+    function dragged(d, p) {
+      const o = d.orig, dx = p.x - d.start.x, dy = p.y - d.start.y;
+      let x0 = o.x0, y0 = o.y0, x1 = o.x1, y1 = o.y1;
+      if (d.mode === 'draw') {
+        x0 = Math.min(d.start.x, p.x); x1 = Math.max(d.start.x, p.x);
+        y0 = Math.min(d.start.y, p.y); y1 = Math.max(d.start.y, p.y);
+      } else if (d.mode === 'move') {
+        const mx = clamp(dx, -o.x0, 1 - o.x1), my = clamp(dy, -o.y0, 1 - o.y1);
+        x0 += mx; x1 += mx; y0 += my; y1 += my;
+      } else {
+        if (d.handle.includes('w')) x0 = Math.min(o.x0 + dx, o.x1);
+        if (d.handle.includes('e')) x1 = Math.max(o.x1 + dx, o.x0);
+        if (d.handle.includes('n')) y0 = Math.min(o.y0 + dy, o.y1);
+        if (d.handle.includes('s')) y1 = Math.max(o.y1 + dy, o.y0);
+      }
+      return Object.assign({}, d.box, { x0: clamp(x0, 0, 1), y0: clamp(y0, 0, 1), x1: clamp(x1, 0, 1), y1: clamp(y1, 0, 1) });
+    }
+
+    viewer.addHandler('canvas-press', (e) => {
+      if (!st.value || !st.value.image) return;
+      const hit = hitTest(e.position);
+      const start = toFrac(e.position);
+      if (hit && hit.handle) {
+        st.drag = { mode: 'resize', handle: hit.handle, box: hit.box, orig: hit.box, start };
+      } else if (st.drawMode || e.originalEvent.shiftKey) {
+        const id = 'b' + Date.now().toString(36) + Math.floor(Math.random() * 1296).toString(36);
+        const box = { id, x0: start.x, y0: start.y, x1: start.x, y1: start.y, kind: 'text', prompt: '', weight: 1 };
+        st.drag = { mode: 'draw', box, orig: box, start };
+      } else if (hit) {
+        select(hit.box.id);
+        st.drag = { mode: 'move', box: hit.box, orig: hit.box, start };
+      }
+    });
+
+    viewer.addHandler('canvas-drag', (e) => {
+      const d = st.drag;
+      if (!d) return;                          // no box gesture: let the viewer pan
+      e.preventDefaultAction = true;
+      const b = dragged(d, toFrac(e.position));
+      if (d.mode === 'draw' && !st.boxes.includes(d.box)) {
+        st.boxes = st.boxes.concat([b]);
+      } else {
+        st.boxes = st.boxes.map((x) => (x.id === b.id ? b : x));
+      }
+      d.box = b;
+      renderBoxes();
+    });
+
+    viewer.addHandler('canvas-drag-end', (e) => { if (st.drag) e.preventDefaultAction = true; });  // no flick
+
+    viewer.addHandler('canvas-release', () => {
+      const d = st.drag;
+      st.drag = null;
+      if (!d) return;
+      const r = screenRect(d.box);
+      const big = r.width >= MIN_BOX_PX && r.height >= MIN_BOX_PX;
+      if (d.mode === 'draw') {
+        if (!big) { st.boxes = st.boxes.filter((b) => b.id !== d.box.id); renderBoxes(); return; }
+        st.selected = d.box.id;
+        send({ op: 'add', box: geometry(d.box) });
+        setDrawMode(false);
+      } else if (d.box !== d.orig) {
+        if (big) send({ op: 'update', box: geometry(d.box) });
+        else { st.boxes = st.boxes.map((x) => (x.id === d.orig.id ? d.orig : x)); }  // collapsed: undo the resize
+      }
+      renderBoxes();
+    });
+
+    viewer.addHandler('canvas-click', (e) => {   // a quick click on empty canvas deselects
+      if (e.quick && !hitTest(e.position)) select(null);
+    });
+
+    // Cursor feedback only (the gestures above are the viewer's own handlers).
+    viewer.canvas.addEventListener('pointermove', (e) => {
+      if (st.drag) return;
+      const rect = viewer.canvas.getBoundingClientRect();
+      const hit = hitTest(new OpenSeadragon.Point(e.clientX - rect.left, e.clientY - rect.top));
+      viewer.canvas.style.cursor = (st.drawMode || e.shiftKey) ? 'crosshair'
+        : hit && hit.handle ? CURSORS[hit.handle] : hit ? 'move' : '';
+    });
+
+    // --- toolbar, keyboard --------------------------------------------------------------------
+    function setDrawMode(on) {
+      st.drawMode = on;
+      root.classList.toggle('infd-drawing', on);
+    }
+
+    function zoomOneToOne() {
+      const item = viewer.world.getItemAt(viewer.world.getItemCount() - 1);
+      if (item) viewer.viewport.zoomTo(item.imageToViewportZoom(1));
+    }
+
+    const actions = {
+      draw: () => setDrawMode(!st.drawMode),
+      one: zoomOneToOne,
+      home: () => viewer.viewport.goHome(),
+    };
+    root.querySelectorAll('.infd-toolbar button').forEach((b) => {
+      b.addEventListener('click', () => actions[b.dataset.action]());
+    });
+
+    function clickButton(id) {
+      const b = document.getElementById(id);
+      if (b && !b.disabled) b.click();
+    }
+
+    document.addEventListener('keydown', (e) => {
+      if (!root.isConnected || isTyping(e.target)) return;
+      const mod = e.ctrlKey || e.metaKey;
+      const k = e.key.toLowerCase();
+      let handled = true;
+      if (mod && k === 'z') trigger('history', { action: e.shiftKey ? 'redo' : 'undo' });
+      else if (mod && k === 'y') trigger('history', { action: 'redo' });
+      else if (mod || e.altKey) handled = false;
+      else if ((k === 'delete' || k === 'backspace') && st.selected) {
+        const id = st.selected;
+        st.boxes = st.boxes.filter((b) => b.id !== id);
+        st.selected = null;
+        renderBoxes();
+        send({ op: 'delete', id });
+      } else if (k === 'b') actions.draw();
+      else if (k === '1') zoomOneToOne();
+      else if (k === 'escape') { st.drag = null; setDrawMode(false); select(null); }
+      else if (k === 'g') clickButton(e.shiftKey ? 'infd-guided' : 'infd-generate');
+      else handled = false;
+      if (handled) e.preventDefault();
+    });
+
+    // --- values from Python -------------------------------------------------------------------
+    function renderProgress(p) {
+      root.classList.toggle('infd-busy', !!p);
+      if (!p) return;
+      root.querySelector('.infd-bar').style.width = `${(100 * p.step) / Math.max(p.total, 1)}%`;
+      root.querySelector('.infd-progress-text').textContent = `step ${p.step} / ${p.total}`;
+    }
+
+    function update(v) {
+      if (!v) return;
+      st.value = v;
+      showImage(v);
+      // Boxes: skip server copies that predate our own unacknowledged edits, and never mid-gesture.
+      if (!st.drag && v.rev >= st.localRev) {
+        st.boxes = v.boxes;
+        st.selected = v.selected;
+      }
+      renderBoxes();
+      renderProgress(v.progress);
+      root.classList.toggle('infd-empty', !v.image);
+    }
+
+    watch('value', () => update(props.value));
+    update(props.value);
+    window.infd = { viewer, state: st };  // for the browser tests and for debugging in the console
+  }
+
+  window.InfdViewer = { mount };
+})();

@@ -1,0 +1,77 @@
+"""Shared pieces of the benchmark scripts: arguments, the pipeline under test, timing.
+
+Every script runs as ``python bench/NAME.py [--config cpu|paper] [--precision fp32|bf16]`` and
+prints numbers; nothing is asserted. Timings on a shared 2-core machine are noisy (another busy
+process makes everything 2-5x slower, FACTS §6), so each script prints the load average first.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from infd_core import configs  # noqa: E402
+from infd_core.pipeline import Pipeline  # noqa: E402
+
+
+def parse(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--config", default="cpu", choices=sorted(configs.PRESETS))
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    ap.add_argument("--reps", type=int, default=None, help="repetitions per timing (default: 10 for cpu, 3 for paper)")
+    if extra is not None:
+        extra(ap)
+    args = ap.parse_args()
+    if args.reps is None:
+        args.reps = 10 if args.config == "cpu" else 3
+    return args
+
+
+def header(args: argparse.Namespace, what: str) -> None:
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"# {what}: config={args.config} precision={args.precision} torch={torch.__version__} "
+          f"threads={torch.get_num_threads()} load average={load} (shared machine: timings are noisy)")
+
+
+def model_config(name: str, diffusion: bool = True) -> configs.ModelConfig:
+    cfg = configs.preset(name)
+    if not diffusion:
+        cfg.diffusion = None
+    return cfg
+
+
+def pipeline(args: argparse.Namespace, diffusion: bool = True) -> Pipeline:
+    """Randomly initialised preset (weights do not change the cost)."""
+    return Pipeline.from_config(model_config(args.config, diffusion), precision=args.precision)
+
+
+def latent(seed: int = 0) -> torch.Tensor:
+    return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
+
+
+def median_time(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` in seconds, after ``warmup`` untimed calls."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn()
+        times = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+    return statistics.median(times)
+
+
+def once(fn: Callable[[], object]) -> float:
+    with torch.no_grad():
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t

@@ -1,0 +1,226 @@
+"""The app end to end: a real server and headless Debian Chromium (FACTS §1), fully offline.
+
+One browser session walks through what a user does: generate, zoom, draw a box with a prompt,
+guided generation, undo, export. Screenshots go to ``artifacts/`` (gitignored); the tile
+timings of the second test to ``artifacts/app-timings.json``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import statistics
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from urllib.parse import urlparse
+
+import httpx
+import pytest
+import torch
+import uvicorn
+from PIL import Image
+
+from app.server import create_app, load_pipeline
+from app.sessions import Picture, State
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "artifacts"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+TILE = re.compile(r"/tiles/[\w-]+/(\d+)/(\d+)/(\d+)_(\d+)\.png$")
+STEPS = "4"
+
+
+@pytest.fixture(scope="module")
+def live():
+    """The app on a free localhost port, served by uvicorn on a thread."""
+    pipe, _ = load_pipeline()
+    app = create_app(pipe)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}", app.state.ctx
+    server.should_exit = True
+    thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def browser_page(live):
+    """A Chromium page that may only talk to the local server; records tile responses and outside requests."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (apt-get install chromium)")
+    ARTIFACTS.mkdir(exist_ok=True)
+    base, _ = live
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        context = browser.new_context(viewport={"width": 1360, "height": 860}, accept_downloads=True)
+        outside: list[str] = []
+
+        def only_local(route):
+            if urlparse(route.request.url).hostname == "127.0.0.1":
+                route.continue_()
+            else:
+                outside.append(route.request.url)
+                route.abort()
+
+        context.route("**/*", only_local)
+        page = context.new_page()
+        page.tiles, page.outside = {}, outside  # url -> PNG bytes of every tile loaded
+
+        def on_response(response):
+            if TILE.search(response.url) and response.status == 200:
+                page.tiles[response.url] = response.body()
+
+        page.on("response", on_response)
+        yield page
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=str(ARTIFACTS / f"app-{name}.png"))
+
+
+def wait_settled(page, timeout: float = 120_000) -> None:
+    """Until the newest image is on screen and every tile of the current view has loaded."""
+    page.wait_for_function("""() => {
+        const w = infd.viewer.world, s = infd.state;
+        return s.pendingKey === null && s.shownKey !== null && w.getItemCount() === 1 && w.getItemAt(0).getFullyLoaded();
+    }""", timeout=timeout)
+
+
+def wait_status(page, text: str, timeout: float = 180_000) -> None:
+    page.wait_for_function("t => document.querySelector('#infd-status').innerText.includes(t)", arg=text,
+                           timeout=timeout)
+
+
+def tiles_of(page, gen: int) -> dict[tuple[int, int, int], bytes]:
+    out = {}
+    for url, data in page.tiles.items():
+        g, level, x, y = map(int, TILE.search(url).groups())
+        if g == gen:
+            out[(level, x, y)] = data
+    return out
+
+
+def shown_gen(page) -> int:
+    return int(page.evaluate("infd.state.shownKey").split("/")[1])
+
+
+def test_canvas_end_to_end(live, browser_page):
+    base, ctx = live
+    page = browser_page
+    page.goto(base)
+    page.wait_for_function("window.infd && infd.state.value && infd.state.value.session", timeout=60_000)
+    assert page.locator(".infd-hint").is_visible()
+    shot(page, "01-loaded")
+    session = ctx.store.get(page.evaluate("infd.state.value.session"))
+
+    # generate; the fit view of the 2048² canvas loads
+    page.fill("#infd-steps input", STEPS)
+    page.click("#infd-generate")
+    wait_status(page, "Done")
+    wait_settled(page)
+    first = shown_gen(page)
+    levels_fit = {level for level, _, _ in tiles_of(page, first)}
+    shot(page, "02-generated")
+
+    # zoom to 1:1 with the keyboard: tiles of the top level load
+    page.keyboard.press("1")
+    page.wait_for_timeout(1500)  # zoom animation
+    wait_settled(page)
+    levels_zoomed = {level for level, _, _ in tiles_of(page, first)}
+    assert max(levels_zoomed) == 11 > max(levels_fit), (levels_fit, levels_zoomed)
+    shot(page, "03-zoomed-1to1")
+    page.keyboard.press("0")
+    page.wait_for_timeout(1500)
+    wait_settled(page)
+
+    # draw a box (shift-drag) and give it a prompt
+    box = page.locator(".infd-osd").bounding_box()
+    x0, y0 = box["x"] + box["width"] * 0.35, box["y"] + box["height"] * 0.3
+    page.keyboard.down("Shift")
+    page.mouse.move(x0, y0)
+    page.mouse.down()
+    for i in range(1, 11):
+        page.mouse.move(x0 + 18 * i, y0 + 14 * i)
+    page.mouse.up()
+    page.keyboard.up("Shift")
+    page.wait_for_function("document.querySelector('#infd-prompt textarea, #infd-prompt input') !== null")
+    page.locator("#infd-prompt textarea, #infd-prompt input").first.fill("a red apple")
+    page.keyboard.press("Enter")
+    page.wait_for_function("infd.state.boxes.length === 1 && infd.state.boxes[0].prompt === 'a red apple'")
+    (b,) = session.state.boxes
+    assert b.prompt == "a red apple" and b.kind == "text" and 0.3 < b.x0 < b.x1 < 1 and 0.25 < b.y0 < b.y1 < 1
+    shot(page, "04-box")
+
+    # guided generation replaces the tiles
+    page.click("#infd-guided")
+    wait_status(page, "Done: guided", timeout=240_000)
+    wait_settled(page)
+    guided = shown_gen(page)
+    before, after = tiles_of(page, first), tiles_of(page, guided)
+    common = set(before) & set(after)
+    assert guided > first and common and any(before[k] != after[k] for k in common)
+    assert session.state.picture.label.startswith("guided") and "Guidance" in page.inner_text("#infd-report")
+    shot(page, "05-guided")
+
+    # undo and redo the generation with the keyboard (focus on the page, not in a text field)
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("Control+z")
+    page.wait_for_function("n => infd.state.value.image.gen > n", arg=guided)
+    assert not session.state.picture.label.startswith("guided")
+    page.keyboard.press("Control+Shift+z")
+    page.wait_for_function("n => infd.state.value.image.gen > n + 1", arg=guided)
+    assert session.state.picture.label.startswith("guided")
+
+    # export a PNG at a chosen size
+    page.get_by_role("tab", name="Export").click()
+    page.fill("#infd-export-w input", "640")
+    page.fill("#infd-export-h input", "480")
+    with page.expect_download(timeout=120_000) as download:
+        page.click("#infd-export")
+    path = download.value.path()
+    with Image.open(path) as img:
+        assert img.size == (640, 480) and img.format == "PNG"
+    shot(page, "06-exported")
+    assert page.outside == [], f"the page tried to reach the internet: {page.outside}"
+
+
+def test_tile_timings(live):
+    """Time to first tile and to a whole 2048² view at 1:1 (64 tiles), over HTTP like the viewer (4 at a time)."""
+    base, ctx = live
+    s = ctx.store.create(canvas=(2048, 2048))
+    results = {}
+    with httpx.Client(base_url=base, timeout=120) as client:
+        for run in range(3):
+            z = torch.randn((1, *ctx.pipe.latent_shape), generator=torch.Generator().manual_seed(run))
+            s.commit(State(Picture(z, seed=run)))  # a new picture: cold field and cold tiles
+            gen = s.view.gen
+            urls = [f"/tiles/{s.key}/{gen}/11/{x}_{y}.png" for y in range(8) for x in range(8)]
+            t0 = time.perf_counter()
+            assert client.get(urls[0]).status_code == 200
+            first = time.perf_counter() - t0
+            with ThreadPoolExecutor(4) as pool:
+                assert all(r.status_code == 200 for r in pool.map(client.get, urls[1:]))
+            results.setdefault("first_tile_s", []).append(first)
+            results.setdefault("full_2048_view_1to1_s", []).append(time.perf_counter() - t0)
+    summary = {k: round(statistics.median(v), 3) for k, v in results.items()}
+    summary.update(model=ctx.model_name, precision=ctx.pipe.describe()["precision"], tiles=64, runs=3)
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "app-timings.json").write_text(json.dumps(summary, indent=1))
+    print(summary)
+    assert summary["first_tile_s"] < 10 and summary["full_2048_view_1to1_s"] < 120

@@ -1,0 +1,351 @@
+"""The app's server side without a browser: tile route, caching, session isolation, bad input, files.
+
+Uses the default model when it is installed, else the cpu preset with random weights
+(:func:`app.server.load_pipeline`); pictures are random latents, so no sampling is needed
+except in the generation test.
+"""
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+from safetensors.torch import save as save_tensors
+
+from app import sessionfile
+from app.context import Limits
+from app.deepzoom import Pyramid
+from app.generate import Cancelled, Finished, Progress, generate
+from app.server import create_app, load_pipeline
+from app.sessions import BoxSpec, Picture, Session, SessionStore, State
+from app.tiles import ByteLRU, TileWorkers
+from app.ui import _int, apply_box_edit
+
+EXPORT_LIMIT = 640 * 480
+
+
+@pytest.fixture(scope="module")
+def server():
+    pipe, _ = load_pipeline()
+    app = create_app(pipe, limits=Limits(max_export_pixels=EXPORT_LIMIT, concurrent_exports=1))
+    with TestClient(app) as client:
+        yield client, app.state.ctx
+
+
+def new_session(ctx, seed: int = 0, canvas: tuple[int, int] = (1024, 1024)) -> Session:
+    """A session showing a random latent (no sampling needed)."""
+    s = ctx.store.create(canvas=canvas)
+    z = torch.randn((1, *ctx.pipe.latent_shape), generator=torch.Generator().manual_seed(seed))
+    s.commit(State(Picture(z, seed=seed)))
+    return s
+
+
+def tile_url(s: Session, level: int | str, x: int | str, y: int | str, gen: int | str | None = None) -> str:
+    return f"/tiles/{s.key}/{s.view.gen if gen is None else gen}/{level}/{x}_{y}.png"
+
+
+def png(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+# --- tiles ------------------------------------------------------------------------------------------
+
+def test_tile_is_the_matching_part_of_a_whole_render_and_cached_immutably(server):
+    client, ctx = server
+    s = new_session(ctx)
+    r = client.get(tile_url(s, 10, 1, 2))  # level 10 of a 1024 canvas = the canvas itself
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert "immutable" in r.headers["cache-control"] and "max-age=31536000" in r.headers["cache-control"]
+    tile = png(r.content)
+    assert tile.shape == (258, 258, 3)  # 256 + one pixel of overlap on both sides (an interior tile)
+    field = ctx.pipe.field(s.state.picture.latent)
+    whole = ctx.pipe.render(field, 1024, 1024)
+    assert np.array_equal(tile, whole[511:769, 255:513])
+    hits = len(ctx.cache)
+    assert client.get(tile_url(s, 10, 1, 2)).content == r.content and len(ctx.cache) == hits
+
+
+def test_low_levels_are_whole_image_renders(server):
+    client, ctx = server
+    s = new_session(ctx, canvas=(1000, 600))
+    p = Pyramid(1000, 600)
+    assert (p.max_level, p.level_size(p.max_level), p.level_size(9), p.level_size(0)) == (10, (1000, 600), (500, 300), (1, 1))
+    for level in (0, 3, p.min_level):
+        w, h = p.level_size(level)
+        assert png(client.get(tile_url(s, level, 0, 0)).content).shape == (h, w, 3)
+
+
+@pytest.mark.parametrize("level, x, y, status", [
+    (11, 0, 0, 404),     # above the top level
+    (-1, 0, 0, 404),
+    (10, 4, 0, 404),     # one column too far (4 tiles of 256 in 1024)
+    (10, 0, 99, 404),
+    (10, -1, 0, 404),
+    ("ten", 0, 0, 422),  # not numbers
+    (10, "a", 0, 422),
+    (10, 0, "1e3", 422),
+    (10, 0.5, 0, 422),
+])
+def test_bad_tile_coordinates(server, level, x, y, status):
+    client, ctx = server
+    s = new_session(ctx)
+    r = client.get(tile_url(s, level, x, y))
+    assert r.status_code == status
+    assert status == 422 or r.headers["cache-control"] == "no-store"
+
+
+def test_unknown_gen_and_sessions_and_traversal(server):
+    client, ctx = server
+    s = new_session(ctx)
+    assert client.get(tile_url(s, 10, 0, 0, gen=s.view.gen + 1)).status_code == 404
+    assert client.get(tile_url(s, 10, 0, 0, gen="latest")).status_code == 422
+    fake = "A" * 32
+    for path in (f"/tiles/{fake}/1/10/0_0.png", "/tiles/short/1/10/0_0.png",
+                 f"/tiles/{s.key[:-1]}/1/10/0_0.png", f"/tiles/..%2F..%2F{s.key}/1/10/0_0.png",
+                 f"/tiles/{s.key}/1/10/0_0.jpg", "/infd/viewer/..%2F..%2Fapp.py", "/infd/osd/../../app/ui.py",
+                 f"/export/{fake}/1/image.png?width=8&height=8", f"/session/{fake}/infd-session.zip"):
+        assert client.get(path).status_code == 404, path
+    assert client.get("/infd/viewer/viewer.js").status_code == 200
+    assert client.get("/infd/osd/openseadragon.min.js").status_code == 200
+
+
+def test_sessions_are_isolated(server):
+    client, ctx = server
+    a, b = new_session(ctx, seed=1), new_session(ctx, seed=2)
+    assert a.key != b.key and a.view.gen == b.view.gen  # same tile path apart from the key
+    ta, tb = client.get(tile_url(a, 10, 0, 0)).content, client.get(tile_url(b, 10, 0, 0)).content
+    assert ta != tb
+    ctx.store.delete(a.key)
+    assert client.get(tile_url(a, 10, 0, 0)).status_code == 404  # even though the tile is cached
+    assert client.get(tile_url(b, 10, 0, 0)).content == tb
+
+
+def test_a_new_picture_gets_a_new_gen_and_old_views_expire(server):
+    client, ctx = server
+    s = new_session(ctx)
+    first = s.view.gen
+    for seed in range(5):
+        s.commit(State(Picture(torch.randn(1, *ctx.pipe.latent_shape), seed=seed)))
+    assert s.view.gen == first + 5
+    assert client.get(tile_url(s, 8, 0, 0, gen=first)).status_code == 404  # beyond KEEP_VIEWS
+    s.set_canvas(2048, 1024)
+    assert s.view.gen == first + 6 and client.get(tile_url(s, 11, 7, 3)).status_code == 200
+
+
+# --- exports --------------------------------------------------------------------------------------
+
+def test_export_png_is_the_whole_render_at_the_requested_size(server):
+    client, ctx = server
+    s = new_session(ctx)
+    r = client.get(f"/export/{s.key}/{s.view.gen}/image.png?width=300&height=200")
+    assert r.status_code == 200 and "attachment" in r.headers["content-disposition"]
+    img = png(r.content)
+    assert img.shape == (200, 300, 3)
+    assert np.array_equal(img, ctx.pipe.render(ctx.pipe.field(s.state.picture.latent), 200, 300))
+
+
+def test_export_deepzoom_zip_has_every_tile(server):
+    client, ctx = server
+    s = new_session(ctx)
+    r = client.get(f"/export/{s.key}/{s.view.gen}/deepzoom.zip?width=600&height=300")
+    assert r.status_code == 200
+    names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
+    p = Pyramid(600, 300)
+    assert sum(c * r_ for c, r_ in map(p.tile_count, range(p.max_level + 1))) == len(names) - 1
+    assert names[0].endswith(".dzi") and any(n.endswith("_files/10/2_1.png") for n in names)
+
+
+@pytest.mark.parametrize("query, status", [
+    ("width=641&height=480", 400),     # over the limit
+    ("width=100000&height=1", 400),
+    ("width=0&height=10", 422),
+    ("width=-5&height=10", 422),
+    ("width=abc&height=10", 422),
+    ("width=10", 422),                  # missing height
+])
+def test_bad_exports(server, query, status):
+    client, ctx = server
+    s = new_session(ctx)
+    assert client.get(f"/export/{s.key}/{s.view.gen}/image.png?{query}").status_code == status
+
+
+def test_too_many_exports_at_once(server):
+    client, ctx = server
+    s = new_session(ctx)
+    assert ctx.exports.acquire(blocking=False)  # the only slot (concurrent_exports=1)
+    try:
+        assert client.get(f"/export/{s.key}/{s.view.gen}/image.png?width=8&height=8").status_code == 429
+    finally:
+        ctx.exports.release()
+    assert client.get(f"/export/{s.key}/{s.view.gen}/image.png?width=8&height=8").status_code == 200
+
+
+# --- session files --------------------------------------------------------------------------------
+
+def test_session_file_round_trip(server):
+    client, ctx = server
+    s = new_session(ctx, seed=7, canvas=(3000, 1500))
+    ref = np.full((20, 30, 3), 200, np.uint8)
+    s.commit(s.state.with_box(BoxSpec("b1", 0.1, 0.2, 0.5, 0.6, prompt="a red apple", weight=2.0)))
+    s.commit(s.state.with_box(BoxSpec("b2", 0.5, 0.5, 0.9, 0.9, kind="image", image=ref)))
+    s.commit(State(s.state.picture, s.state.boxes, "a still life"))
+    r = client.get(f"/session/{s.key}/infd-session.zip")
+    assert r.status_code == 200
+    loaded = sessionfile.load(r.content, ctx.pipe, max_canvas_side=65536)
+    assert loaded.canvas == (3000, 1500) and loaded.seed == 7 and not loaded.warnings
+    assert torch.equal(loaded.state.picture.latent, s.state.picture.latent)
+    assert loaded.state.global_prompt == "a still life"
+    assert [b.to_json() for b in loaded.state.boxes] == [b.to_json() for b in s.state.boxes]
+    assert np.array_equal(loaded.state.boxes[1].image, ref)
+
+
+def _zip(meta: dict | bytes | None, latent: torch.Tensor | None = None) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        if meta is not None:
+            zf.writestr("session.json", meta if isinstance(meta, bytes) else json.dumps(meta))
+        if latent is not None:
+            zf.writestr("latent.safetensors", save_tensors({"latent": latent}))
+    return buf.getvalue()
+
+
+GOOD = {"format": "infd-session", "version": 1, "model": "x", "seed": 1, "canvas": [1024, 1024],
+        "global_prompt": "", "boxes": []}
+
+
+@pytest.mark.parametrize("data, message", [
+    (b"not a zip", "not an infd session file"),
+    (_zip(None), "no session.json"),
+    (_zip(b"{broken"), "not valid JSON"),
+    (_zip({**GOOD, "format": "other"}), "not an infd session"),
+    (_zip({**GOOD, "version": 99}), "unsupported session file version"),
+    (_zip({**GOOD, "canvas": [0, 10]}), "canvas must be"),
+    (_zip({**GOOD, "canvas": [10 ** 9, 10]}), "canvas must be"),
+    (_zip({**GOOD, "seed": "zero"}), "seed must be"),
+    (_zip({**GOOD, "boxes": [{"id": "a", "x0": 0.5, "y0": 0, "x1": 0.2, "y1": 1}]}), "box must lie in"),
+    (_zip({**GOOD, "boxes": [{"id": "../x", "x0": 0, "y0": 0, "x1": 1, "y1": 1}]}), "box id"),
+    (_zip({**GOOD, "boxes": [{"id": "a", "x0": 0, "y0": 0, "x1": 1, "y1": 1, "kind": "magic"}]}), "kind"),
+    (_zip({**GOOD, "boxes": [{"id": "a", "x0": 0, "y0": 0, "x1": 1, "y1": 1, "has_image": True}]}), "no boxes/a.png"),
+    (_zip({**GOOD, "boxes": ["box"]}), "JSON object"),
+    (_zip(GOOD, torch.zeros(1, 3, 8, 8)), "does not fit this model"),
+    (_zip(GOOD, torch.full((1, 3, 64, 64), float("nan"))), "does not fit this model"),
+])
+def test_malformed_session_files_are_refused_with_a_reason(server, data, message):
+    _, ctx = server
+    with pytest.raises(ValueError, match=message):
+        sessionfile.load(data, ctx.pipe, max_canvas_side=65536)
+
+
+# --- state: boxes, undo/redo, eviction -------------------------------------------------------------
+
+def test_box_edits_undo_and_redo():
+    s = Session("k" * 32)
+    apply_box_edit(s, {"op": "add", "rev": 1, "box": {"id": "b1", "x0": 0.1, "y0": 0.1, "x1": 0.4, "y1": 0.3}})
+    apply_box_edit(s, {"op": "update", "rev": 2, "box": {"id": "b1", "x0": 0.2, "y0": 0.1, "x1": 0.5, "y1": 0.3}})
+    assert s.client_rev == 2 and s.selected == "b1" and s.state.box("b1").x0 == 0.2
+    apply_box_edit(s, {"op": "delete", "rev": 3, "id": "b1"})
+    assert s.state.boxes == () and s.selected is None
+    assert s.undo() and s.state.box("b1").x0 == 0.2
+    assert s.undo() and s.state.box("b1").x0 == 0.1
+    assert s.redo() and s.redo() and not s.redo() and s.state.boxes == ()
+    for bad in ({"op": "add", "box": {"id": "b2", "x0": 0.5, "y0": 0, "x1": 0.1, "y1": 1}},
+                {"op": "add", "box": {"id": "b2", "x0": "a", "y0": 0, "x1": 0.1, "y1": 1}},
+                {"op": "update", "box": {"id": "nope", "x0": 0, "y0": 0, "x1": 1, "y1": 1}},
+                {"op": "explode"}, "junk"):
+        with pytest.raises(ValueError):
+            apply_box_edit(s, bad)
+    assert s.state.boxes == ()
+
+
+def test_ui_numbers_are_checked():
+    assert _int("12", "steps", 1, 100) == 12 and _int(3.0, "seed", 0, 9) == 3
+    for bad in (None, "", "x", 2.5, 0, 101, float("nan")):
+        with pytest.raises(Exception, match="steps must be"):
+            _int(bad, "steps", 1, 100)
+
+
+def test_store_evicts_idle_and_oldest_sessions_but_not_busy_ones():
+    now = [0.0]
+    store = SessionStore(max_sessions=3, ttl=100, clock=lambda: now[0])
+    a = store.create()
+    now[0] = 50
+    b = store.create()
+    now[0] = 120  # a has been idle for 120 s > ttl
+    store.create()
+    with pytest.raises(KeyError):
+        store.get(a.key)
+    with b.busy:  # b is the oldest, but generating
+        keys = [store.create().key for _ in range(3)]
+    assert len(store) == 3 and store.get(b.key) is b
+    assert [k in store._sessions for k in keys] == [False, True, True]
+
+
+def test_store_drops_decoded_fields_before_sessions():
+    store = SessionStore(max_bytes=10 << 20)
+
+    class FakePipe:  # decodes into 4 MB fields
+        def field(self, z):
+            return type("Field", (), {"phi": torch.zeros(1 << 20)})()
+
+    s = store.create()
+    pics = [Picture(torch.zeros(1, 3, 64, 64)) for _ in range(3)]
+    for p in pics:
+        s.commit(State(p))
+        store.field(s, s.view, FakePipe())
+    assert [p.field_bytes > 0 for p in pics] == [False, True, True]  # the least recently used one went
+    assert store.get(s.key) is s
+
+
+def test_tile_workers_run_newest_first_and_merge_duplicates():
+    workers = TileWorkers(threads=1)
+    gate = threading.Event()
+    order: list[str] = []
+    blocker = workers.submit("blocker", lambda: gate.wait() and b"")
+    futures = [workers.submit(k, lambda k=k: order.append(k) or k.encode()) for k in ("a", "b", "c")]
+    assert workers.submit("b", lambda: b"other") is futures[1]
+    gate.set()
+    assert [f.result(5) for f in futures] == [b"a", b"b", b"c"] and blocker.result(5) == b""
+    assert order == ["c", "b", "a"]
+    workers.yield_to_tiles(max_wait=5)
+    assert not workers.busy
+
+
+def test_byte_lru_is_bounded_by_bytes():
+    cache = ByteLRU(10)
+    cache.put("a", b"12345")
+    cache.put("b", b"12345")
+    cache.get("a")
+    cache.put("c", b"123")
+    assert cache.get("b") is None and cache.get("a") and cache.get("c") and cache.nbytes == 8
+    cache.put("huge", b"x" * 11)
+    assert cache.get("huge") is None
+
+
+# --- generation -----------------------------------------------------------------------------------
+
+def test_generate_previews_commits_and_cancels(server):
+    _, ctx = server
+    s = ctx.store.create(canvas=(512, 512))
+    events = list(generate(ctx, s, seed=3, steps=4))
+    assert [type(e) for e in events] == [Progress] * 4 + [Finished]
+    assert sum(e.preview is not None for e in events[:-1]) == 3  # every step but the last
+    done = events[-1].view
+    assert not done.preview and done.picture is s.state.picture and s.state.picture.seed == 3
+
+    run = generate(ctx, s, seed=4, steps=20)
+    next(run)
+    s.cancel.set()
+    with pytest.raises(Cancelled):
+        list(run)
+    deadline = time.monotonic() + 10
+    while s.busy.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert s.state.picture is done.picture and s.view.picture is done.picture and not s.view.preview
+    assert s.undo() and s.state.picture is None

@@ -1,0 +1,270 @@
+"""Training data: coordinates address the crop, bad files never stop an epoch, mixing, seeds."""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage import data as skdata
+from torch.utils.data import DataLoader
+
+from training.data import (
+    MAX_PIXELS,
+    BadImageWarning,
+    ImageFolder,
+    MixedDataset,
+    NeuralFieldCrops,
+    RandomSquares,
+    SquareCrops,
+    _random_square,
+    field_crop,
+    load_image,
+)
+from training.photoset import build_photoset
+
+LEVEL = 2.0 / 255.0  # one 8-bit step in [-1, 1] units
+
+
+def _t(im: Image.Image) -> torch.Tensor:
+    """PIL RGB → [1, 3, H, W] in [-1, 1] (independent of the module under test)."""
+    return torch.from_numpy(np.asarray(im, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1.0
+
+
+def _field(img: Image.Image, r: int, flip: bool) -> torch.Tensor:
+    """Level r of the field: the whole image resized to r x r, mirrored if flipped."""
+    im = img.resize((r, r), Image.Resampling.LANCZOS)
+    return _t(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else im)
+
+
+def _sample(field: torch.Tensor, coord: torch.Tensor) -> torch.Tensor:
+    """Nearest field pixel at each coord; geometry is (y, x), grid_sample wants (x, y)."""
+    return F.grid_sample(field, coord.flip(-1)[None], mode="nearest", align_corners=False)[0]
+
+
+@pytest.fixture(scope="module")
+def coffee() -> Image.Image:
+    return Image.fromarray(skdata.coffee())  # 600 x 400, not square: the field squashes it
+
+
+@pytest.mark.parametrize("r,y0,x0,flip", [(400, 0, 0, False), (300, 37, 211, True), (97, 33, 0, False),
+                                          (1000, 936, 5, True)])
+def test_coord_addresses_the_crop_of_the_resized_image(coffee: Image.Image, r: int, y0: int, x0: int,
+                                                       flip: bool) -> None:
+    ex = field_crop(coffee, r, y0, x0, patch=64, enc_size=32, flip=flip)
+    field = _field(coffee, r, flip)
+    sampled = _sample(field, ex["coord"])
+    assert torch.equal(sampled, field[0, :, y0:y0 + 64, x0:x0 + 64])  # coord is exactly the crop's pixels
+    # gt is that crop (Pillow evaluates the resize over the crop only: 8-bit rounding may differ)
+    assert (ex["gt"] - sampled).abs().max() <= LEVEL + 1e-6
+    assert (ex["gt"] - sampled).abs().mean() < 1e-3
+    assert torch.equal(ex["cell"], torch.full((64, 64, 2), 2.0 / r))
+    assert ex["inp"].shape == (3, 32, 32) and ex["gt"].shape == (3, 64, 64)
+    inp = _t(coffee.resize((32, 32), Image.Resampling.LANCZOS))[0]
+    assert torch.equal(ex["inp"], inp.flip(-1) if flip else inp)
+    # one pixel off is far off: the check above has teeth
+    shifted = _sample(field, ex["coord"] + torch.tensor([0.0, 2.0 / r]))
+    assert (ex["gt"] - shifted).abs().mean() > 10 * (ex["gt"] - sampled).abs().mean() + 1e-3
+
+
+def test_gt_is_exact_when_no_resampling_is_needed() -> None:
+    img = Image.fromarray(skdata.astronaut())  # 512², level 512 is the image itself
+    for flip in (False, True):
+        ex = field_crop(img, 512, 100, 300, patch=128, enc_size=64, flip=flip)
+        assert torch.equal(ex["gt"], _sample(_field(img, 512, flip), ex["coord"]))
+
+
+def test_dataset_items_address_their_level(coffee: Image.Image) -> None:
+    ds = NeuralFieldCrops([coffee, Image.fromarray(skdata.rocket())], patch=64, enc_size=32, max_r=512)
+    torch.manual_seed(0)
+    for i in range(6):
+        img = ds.images[i % 2]
+        ex = ds[i % 2]
+        r = round(2.0 / ex["cell"][0, 0, 0].item())
+        assert torch.allclose(ex["cell"], torch.full_like(ex["cell"], 2.0 / r))
+        assert 64 <= r <= min(min(img.size), 512)
+        errors = {flip: (ex["gt"] - _sample(_field(img, r, flip), ex["coord"])).abs().max().item()
+                  for flip in (False, True)}
+        flip = min(errors, key=errors.__getitem__)
+        assert errors[flip] <= LEVEL + 1e-6 < errors[not flip]  # one orientation matches, the other does not
+        inp = _t(img.resize((32, 32), Image.Resampling.LANCZOS))[0]
+        assert torch.equal(ex["inp"], inp.flip(-1) if flip else inp)  # inp flipped consistently
+
+
+def test_level_distribution() -> None:
+    ds = NeuralFieldCrops([], patch=256, max_r=1024, p_max=0.5)
+    torch.manual_seed(0)
+    rs = torch.tensor([ds.draw_level(1500) for _ in range(4000)])
+    assert rs.min() >= 256 and rs.max() == 1024
+    assert abs((rs == 1024).float().mean().item() - (0.5 + 0.5 / 769)) < 0.03
+    assert abs(rs[rs < 1024].float().mean().item() - 639.5) < 15  # uniform on [256, 1023]
+    assert {ds.draw_level(700) for _ in range(200)} <= set(range(256, 701))
+    assert ds.draw_level(100) == 256  # smaller than a patch: upsampled to min_r
+
+
+def _write_bad_and_odd_files(root: Path) -> None:
+    coffee = skdata.coffee()
+    Image.fromarray(coffee).save(root / "good.jpg", quality=90)
+    (root / "sub").mkdir()
+    Image.fromarray(skdata.chelsea()).save(root / "sub" / "cat.webp")
+    full = (root / "good.jpg").read_bytes()
+    (root / "truncated.jpg").write_bytes(full[: len(full) // 2])
+    (root / "empty.png").write_bytes(b"")
+    (root / "text.png").write_text("not an image")
+    (root / "notes.txt").write_text("ignored: not an image extension")
+    Image.fromarray(coffee[..., 0]).save(root / "grey.png")
+    rgba = np.dstack([coffee, np.full(coffee.shape[:2], 255, np.uint8)])
+    rgba[:10, :10, 3] = 0
+    Image.fromarray(rgba).save(root / "rgba.png")
+    pal = Image.fromarray(coffee).quantize(16)
+    pal.info["transparency"] = int(np.asarray(pal)[0, 0])
+    pal.save(root / "palette.png", transparency=int(np.asarray(pal)[0, 0]))
+    Image.fromarray(coffee).convert("CMYK").save(root / "cmyk.jpg")
+    Image.fromarray(np.full((300, 300), 32768, np.uint16)).save(root / "deep16.png")
+    Image.fromarray(coffee[:100, :100]).save(root / "tiny.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    Image.fromarray(coffee).save(root / "rotated.jpg", exif=exif)  # stored 600 wide, shown 400 wide
+
+
+def test_bad_files_are_converted_or_skipped(tmp_path: Path) -> None:
+    _write_bad_and_odd_files(tmp_path)
+    with pytest.warns(BadImageWarning) as caught:
+        folder = ImageFolder(tmp_path, min_side=256)
+    skipped = {Path(str(w.message).split()[2].rstrip(":")).name for w in caught}
+    assert skipped == {"empty.png", "text.png", "tiny.png"}
+    names = [p.name for p in folder.paths]
+    assert folder.paths == sorted(folder.paths) and "cat.webp" in names and "notes.txt" not in names
+    assert "truncated.jpg" in names  # its header is fine: it fails only when decoded
+
+    by_name = {name: i for i, name in enumerate(names)}
+    grey = np.asarray(folder[by_name["grey.png"]])
+    assert grey.shape == (400, 600, 3) and (grey[..., 0] == grey[..., 2]).all()
+    assert (np.asarray(folder[by_name["rgba.png"]])[:10, :10] == 255).all()  # alpha on white
+    assert (np.asarray(folder[by_name["palette.png"]])[0, 0] == 255).all()
+    assert folder[by_name["cmyk.jpg"]].mode == "RGB"
+    assert (np.asarray(folder[by_name["deep16.png"]]) == 128).all()  # 32768 / 257, not clipped to 255
+    assert folder.sizes[by_name["rotated.jpg"]] == (600, 400)
+    assert folder[by_name["rotated.jpg"]].size == (400, 600)  # (width, height), upright
+
+    with pytest.warns(BadImageWarning, match="truncated.jpg"):
+        replacement = folder[by_name["truncated.jpg"]]
+    following = folder[(by_name["truncated.jpg"] + 1) % len(folder)]  # the next index (wrapping), deterministically
+    assert np.array_equal(np.asarray(replacement), np.asarray(following))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BadImageWarning)  # warned once per file, not every time
+        folder[by_name["truncated.jpg"]]
+
+    with pytest.warns(BadImageWarning) as caught:  # a whole epoch over a fresh folder
+        crops = NeuralFieldCrops(ImageFolder(tmp_path), patch=64, enc_size=32, max_r=128)
+        batches = list(DataLoader(crops, batch_size=4))
+    assert sum("failed to decode" in str(w.message) for w in caught) == 1
+    assert sum(len(b["gt"]) for b in batches) == len(crops) == len(names)
+    assert all(bool(b["gt"].abs().max() <= 1.0) for b in batches)
+
+    with pytest.warns(BadImageWarning) as caught:
+        ImageFolder(tmp_path, verify=True)  # decoding up front finds it at listing time
+    assert any("truncated.jpg: unreadable" in str(w.message) for w in caught)
+
+
+def test_pixel_limits(tmp_path: Path) -> None:
+    Image.fromarray(skdata.coffee()).save(tmp_path / "ok.png")
+    Image.new("1", (16384, MAX_PIXELS // 16384 + 1)).save(tmp_path / "bomb.png")  # just over MAX_PIXELS
+    with pytest.warns(BadImageWarning, match="bomb.png"):
+        assert [p.name for p in ImageFolder(tmp_path).paths] == ["ok.png"]
+    with pytest.raises(Image.DecompressionBombWarning):  # raised as an error, not just warned
+        load_image(tmp_path / "bomb.png")
+    with pytest.warns(BadImageWarning) as caught, pytest.raises(ValueError, match="no usable image"):
+        ImageFolder(tmp_path, max_pixels=1000)
+    assert any("ok.png: too large" in str(w.message) for w in caught)
+
+
+def test_mixing_probabilities() -> None:
+    low, high = [0] * 100, [1] * 5
+    torch.manual_seed(0)
+    balanced = MixedDataset([low, high], length=4000)
+    assert len(balanced) == 4000
+    assert abs(np.mean([balanced[i] for i in range(4000)]) - 0.5) < 0.03
+    weighted = MixedDataset([low, high], weights=[0.8, 0.2], length=4000)
+    assert abs(np.mean([weighted[i] for i in range(4000)]) - 0.2) < 0.03
+    assert len(MixedDataset([low, high])) == 105
+    with pytest.raises(ValueError):
+        MixedDataset([low, high], weights=[1.0, -1.0])
+
+
+def _flat(batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+    return torch.cat([torch.cat([b["gt"].flatten(), b["coord"].flatten(), b["inp"].flatten()]) for b in batches])
+
+
+def test_determinism_under_a_seed(coffee: Image.Image) -> None:
+    ds = NeuralFieldCrops([coffee, coffee.rotate(90, expand=True)] * 2, patch=32, enc_size=32, max_r=400)
+
+    def run(seed: int, workers: int) -> torch.Tensor:
+        torch.manual_seed(seed)
+        loader = DataLoader(ds, batch_size=2, num_workers=workers, generator=torch.Generator().manual_seed(seed))
+        return _flat(list(loader))
+
+    assert torch.equal(run(0, 0), run(0, 0))
+    assert not torch.equal(run(0, 0), run(1, 0))
+    assert torch.equal(run(3, 2), run(3, 2))
+
+
+def test_square_crops(coffee: Image.Image) -> None:
+    whole = SquareCrops([coffee], size=64)
+    ex = whole[0]
+    assert torch.equal(ex["inp"], _t(coffee.resize((64, 64), Image.Resampling.LANCZOS))[0])
+    assert ex["box"].tolist() == [0.0, 0.0, 1.0, 1.0]
+
+    crops = SquareCrops([coffee], size=64, crop_scale=(0.5, 0.8), hflip=True, repeats=50)
+    assert len(crops) == 50
+    torch.manual_seed(0)
+    flips = 0
+    for i in range(0, 50, 5):
+        ex = crops[i]
+        x0, y0, x1, y1 = ex["box"].tolist()
+        side_w, side_h = (x1 - x0) * 600, (y1 - y0) * 400
+        assert abs(side_w - side_h) < 1e-3 and 0.5 * 400 - 1 <= side_h <= 0.8 * 400 + 1  # square in pixels
+        ref = _t(coffee.resize((64, 64), Image.Resampling.LANCZOS, box=(x0 * 600, y0 * 400, x1 * 600, y1 * 400)))[0]
+        mirrored = _t(coffee.resize((64, 64), Image.Resampling.LANCZOS,
+                                    box=((1 - x1) * 600, y0 * 400, (1 - x0) * 600, y1 * 400)))[0].flip(-1)
+        # (box is float32: rebuilding the crop from it may move an 8-bit value by one step)
+        plain, flipped = (torch.allclose(ex["inp"], t, atol=LEVEL + 1e-6) for t in (ref, mirrored))
+        assert plain or flipped
+        flips += not plain
+    assert 0 < flips < 10
+
+
+def test_random_squares_and_cache(tmp_path: Path, coffee: Image.Image) -> None:
+    coffee.save(tmp_path / "coffee.png")
+    folder = ImageFolder(tmp_path, cache=True)
+    first = folder[0]
+    (tmp_path / "coffee.png").unlink()  # served from memory now
+    assert np.array_equal(np.asarray(folder[0]), np.asarray(first))
+    squares = RandomSquares(folder, (0.1, 0.5), min_side=150)
+    torch.manual_seed(0)
+    sides = [squares[0].size for _ in range(50)]
+    assert all(w == h and 150 <= w <= 200 for w, h in sides) and len(set(sides)) > 5
+    torch.manual_seed(1)
+    crop = np.asarray(squares[0])
+    torch.manual_seed(1)
+    x0, y0, side = _random_square(600, 400, (0.1, 0.5), 150)  # the same draws
+    assert np.array_equal(crop, np.asarray(coffee)[y0:y0 + side, x0:x0 + side])  # a true sub-image, not resampled
+
+
+def test_photoset_without_debian(tmp_path: Path) -> None:
+    entries = build_photoset(tmp_path, holdout=1, debian=False)
+    assert len(entries) == 10
+    held = [e for e in entries if e["split"] == "holdout"]
+    assert [e["id"] for e in held] == ["skimage-retina"]  # the only photo >= 1024 px
+    train = {Path(e["file"]).name for e in entries} - {"skimage-retina.jpg"}
+    assert {p.name for p in (tmp_path / "train").iterdir()} == train
+    manifest = (tmp_path / "manifest.json").read_text()
+    assert all(e["licence"] and e["width"] >= 300 for e in json.loads(manifest)["files"])
+    build_photoset(tmp_path, holdout=1, debian=False)
+    assert (tmp_path / "manifest.json").read_text() == manifest  # idempotent
+    build_photoset(tmp_path, holdout=2, debian=False)
+    assert len(list((tmp_path / "holdout").iterdir())) == 2 and len(list((tmp_path / "train").iterdir())) == 8

@@ -1,0 +1,105 @@
+"""Evaluation: metrics against known values, and the CLI end to end on real photos (small sizes)."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from skimage import data
+
+from infd_core import configs
+from infd_core.pipeline import Pipeline
+from training import features
+from training.data import ImageFolder
+from training.evaluate import (Settings, evaluate_image, frechet_distance, main, patch_label, psnr, random_crops,
+                               square)
+from training.losses import offline_lpips
+
+SMALL = Settings(scales=(64, 128), consistency_size=64, fid_size=128, patch_sizes=(64, 128), crops=8,
+                 samples=2, steps=2)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> Pipeline:
+    return Pipeline.from_config(configs.cpu(), seed=0)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("holdout")
+    for name in ("astronaut", "coffee"):  # square 512² and 600x400 (squashed like in training)
+        Image.fromarray(getattr(data, name)()).save(root / f"{name}.png")
+    return root
+
+
+def test_psnr_identical_and_known_noise() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 250, size=(32, 32, 3), dtype=np.uint8)
+    assert psnr(a, a) == math.inf
+    assert psnr(a, a + 5) == pytest.approx(20 * math.log10(255 / 5))  # MSE = (5/255)^2 everywhere
+    f = a / 255.0
+    noisy = f + rng.choice([-0.01, 0.01], size=f.shape)  # |error| = 0.01 everywhere: 40 dB
+    assert psnr(f, noisy) == pytest.approx(40.0)
+
+
+def test_frechet_distance_zero_for_same_set_and_grows_with_shift() -> None:
+    x = np.random.default_rng(0).normal(size=(500, 8))
+    assert frechet_distance(x, x) == pytest.approx(0.0, abs=1e-6)
+    assert frechet_distance(x, x + 1) == pytest.approx(8.0, rel=1e-6)  # |mean shift|^2, same covariance
+    assert frechet_distance(x, x + 2) > frechet_distance(x, x + 1)
+    few = x[:5, :4].repeat(16, axis=1)  # 5 vectors in 64-d: singular covariance, still defined
+    assert frechet_distance(few, few) == pytest.approx(0.0, abs=1e-4)
+    assert frechet_distance(few, few + 0.5) == pytest.approx(64 * 0.25, rel=1e-3)
+
+
+def test_offline_features_tell_photos_from_blur() -> None:
+    extractor = features.efficientnet_lite0()
+    assert extractor.label == "pFID-EffNetLite0 (not Inception-FID)"
+    img = square(Image.fromarray(data.astronaut()), 512)
+    blurred = np.array(Image.fromarray(img).resize((64, 64)).resize((512, 512), Image.Resampling.BILINEAR))
+    crops, blurry = random_crops([img], 128, 12), random_crops([blurred], 128, 12)
+    assert [c.shape for c in crops] == [(128, 128, 3)] * 12
+    f, g = extractor(crops), extractor(blurry)
+    assert f.shape == (12, 1280) and np.isfinite(f).all()
+    assert frechet_distance(f, f) == pytest.approx(0.0, abs=1e-3)
+    assert frechet_distance(f, g) > 1.0
+
+
+def test_inception_path_loads_a_state_dict(tmp_path: Path) -> None:
+    import torchvision
+
+    net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False)
+    torch.save(net.state_dict(), tmp_path / "inception.pth")
+    extractor = features.inception_v3(tmp_path / "inception.pth")
+    out = extractor([np.zeros((100, 100, 3), np.uint8), np.full((100, 100, 3), 255, np.uint8)])
+    assert out.shape == (2, 2048) and np.isfinite(out).all()
+
+
+def test_scale_consistency_and_bicubic_baseline(pipe: Pipeline, photos: Path) -> None:
+    res = evaluate_image(ImageFolder(photos)[0], {"model": pipe}, SMALL, offline_lpips())
+    assert {(r["method"], r["scale"]) for r in res.rows} == {(m, s) for m in ("bicubic", "model") for s in (64, 128)}
+    bicubic = [r for r in res.rows if r["method"] == "bicubic"]
+    assert all(20 < r["psnr"] < 60 and 0 <= r["lpips"] < 0.3 for r in bicubic)
+    assert math.isfinite(res.consistency["model"])
+    assert res.images["model"][128].shape == res.images["gt"][128].shape == (128, 128, 3)
+
+
+def test_cli_end_to_end(pipe: Pipeline, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pipe.save(tmp_path / "model")
+    out = tmp_path / "report.json"
+    main(["--model", str(tmp_path / "model"), "--data", str(photos), "--samples", "2", "--steps", "2",
+          "--scales", "64", "128", "--consistency-size", "64", "--fid-size", "128", "--patch-sizes", "64", "128",
+          "--crops", "8", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert set(report["reconstruction"]["mean"]) == {"bicubic", "model"}
+    assert len(report["scale_consistency"]["per_image_db"]["model"]) == 2
+    pfid = report["pfid"]["by_features"]["pFID-EffNetLite0 (not Inception-FID)"]
+    assert set(pfid) == {patch_label(64, 128), patch_label(128, 128)} == {"64/128", "128/128"}
+    assert all(v["reconstruction"] >= 0 and v["samples"] >= 0 for v in pfid.values())
+    assert report["pfid"]["n_samples"] == 2
+    printed = capsys.readouterr().out
+    assert "pFID-EffNetLite0 (not Inception-FID)" in printed and "| 128² | bicubic" in printed

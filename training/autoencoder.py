@@ -1,0 +1,211 @@
+"""Stage 1: train the neural-field autoencoder (E, VQ, D, CLIF) on mixed-resolution images.
+
+    python -m training.autoencoder --config training/configs/ae_cpu.json --data photos/train --out runs/ae
+    torchrun --nproc_per_node 4 -m training.autoencoder --config training/configs/ae_ffhq.json ...
+
+Each step: encoder input = whole image at 256²; target = a random P×P crop of the image
+randomly downsampled to r×r; prediction = the renderer queried at the crop's pixel centres and
+cells (paper §4.1). Loss: L1 + LPIPS + VQ + adaptive hinge GAN (training.losses). Writes
+``OUT/model`` (an infd model folder, autoencoder only), ``OUT/state.pt`` (resume),
+``OUT/log.csv`` and ``OUT/samples/*.png``. ``--resume`` continues exactly where it stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from infd_core.autoencoder import Autoencoder
+from infd_core.checkpoint import load_weights, save_weights, write_config
+from infd_core.configs import ModelConfig, preset
+
+from .common import (CSVLog, Dist, autocast, chunk_batches, cleanup_distributed, load_json_config, load_state, save_state,
+                     setup_distributed, unwrap)
+from .data import ImageFolder, MixedDataset, NeuralFieldCrops, RandomSquares
+from .losses import AutoencoderLoss, NLayerDiscriminator
+
+
+@dataclass
+class AETrainConfig:
+    """Stage-1 settings; defaults are the authors' (FACTS §4) except where the cpu preset overrides."""
+
+    model: str | dict[str, Any] = "paper"  # preset name or a full ModelConfig JSON dict
+    batch: int = 8  # per process
+    lr: float = 3.6e-5
+    betas: tuple[float, float] = (0.5, 0.9)
+    patch: int = 256
+    min_r: int = 256
+    max_r: int = 1024
+    p_max: float = 0.5
+    square_crops: tuple[float, float] | None = None  # augment: random square sub-images (fraction of short side)
+    mix_weights: list[float] | None = None  # one per --data folder (the paper's "bal." mixing)
+    lpips_weight: float = 1.0
+    disc_weight: float = 0.75
+    disc_start: int = 0
+    disc_ndf: int = 64
+    steps: int = 100_000
+    ckpt_every: int = 1000
+    log_every: int = 50
+    sample_every: int = 1000
+    workers: int = 2
+    cache_images: bool = False
+    precision: str = "fp32"  # "bf16": autocast forward passes (3-6x faster on CPUs with AMX, FACTS §6)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        if self.square_crops is not None:
+            self.square_crops = tuple(self.square_crops)
+
+
+class FieldReconstruction(nn.Module):
+    """The training forward pass (one module so DDP sees one call): image + query -> rendered crop.
+
+    ``inp [B, 3, 256, 256]``, ``coord``/``cell [B, P, P, 2]`` -> ``(pred [B, 3, P, P], reg_loss)``.
+    """
+
+    def __init__(self, ae: Autoencoder):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, inp: Tensor, coord: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
+        z, reg = self.ae.regularize(self.ae.encode(inp))
+        phi = self.ae.decoder(z)
+        return self.ae.renderer(phi, coord, cell), reg
+
+
+def model_config(spec: str | dict[str, Any]) -> ModelConfig:
+    return preset(spec) if isinstance(spec, str) else ModelConfig.from_json(spec)
+
+
+def build_dataset(cfg: AETrainConfig, folders: list[str]) -> MixedDataset:
+    sets = []
+    for folder in folders:
+        images = ImageFolder(folder, min_side=cfg.patch, cache=cfg.cache_images)
+        if cfg.square_crops is not None:
+            images = RandomSquares(images, cfg.square_crops, min_side=cfg.min_r)
+        sets.append(NeuralFieldCrops(images, patch=cfg.patch, min_r=cfg.min_r, max_r=cfg.max_r, p_max=cfg.p_max))
+    return MixedDataset(sets, weights=cfg.mix_weights, length=10**9)
+
+
+def train(cfg: AETrainConfig, data: list[str], out: Path, *, device: str = "cpu", resume: bool = False,
+          steps: int | None = None, progress: bool = True) -> dict[str, float]:
+    """Train (or resume) to ``steps`` (default ``cfg.steps``); returns the last logged values."""
+    d = setup_distributed(device)
+    try:
+        return _train(cfg, data, out, d, resume, steps or cfg.steps, progress)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool, total: int,
+           progress: bool) -> dict[str, float]:
+    mcfg = model_config(cfg.model)
+    mcfg.diffusion = None
+    torch.manual_seed(cfg.seed)
+    ae = Autoencoder(mcfg.autoencoder).to(d.device)
+    criterion = AutoencoderLoss(cfg.lpips_weight, cfg.disc_weight, cfg.disc_start,
+                                discriminator=NLayerDiscriminator(ndf=cfg.disc_ndf)).to(d.device)
+    opt_g = torch.optim.Adam(ae.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_d = torch.optim.Adam(criterion.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
+    out.mkdir(parents=True, exist_ok=True)
+    step = 0
+    if resume and (out / "state.pt").exists():
+        state = load_state(out / "state.pt")
+        load_weights(ae, out / "model" / "autoencoder.safetensors")
+        load_weights(criterion.discriminator, out / "discriminator.safetensors")
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        step = int(state["step"])
+    net: nn.Module = FieldReconstruction(ae)
+    disc: nn.Module = criterion.discriminator
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        criterion.discriminator = disc = nn.parallel.DistributedDataParallel(
+            disc, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    dataset = build_dataset(cfg, data)
+    log = CSVLog(out / "log.csv") if d.main else None
+    last: dict[str, float] = {}
+    bar = tqdm(total=total, initial=step, desc="autoencoder", unit="step", disable=not (progress and d.main))
+    while step < total:
+        chunk = step // cfg.ckpt_every
+        n = min(cfg.ckpt_every - step % cfg.ckpt_every, total - step)
+        for batch in chunk_batches(dataset, cfg.batch, n, seed=cfg.seed, chunk=chunk, rank=d.rank, workers=cfg.workers):
+            batch = {k: v.to(d.device) for k, v in batch.items()}
+            with autocast(d.device, cfg.precision):
+                pred, reg = net(batch["inp"], batch["coord"], batch["cell"])
+                pred = pred.float()
+                g_loss, g_log = criterion.generator_loss(pred, batch["gt"], reg, ae.renderer.last_layer, step)
+            opt_g.zero_grad(set_to_none=True)
+            g_loss.backward()
+            opt_g.step()
+            with autocast(d.device, cfg.precision):
+                d_loss, d_log = criterion.discriminator_loss(pred, batch["gt"], step)
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+            step += 1
+            bar.update(1)
+            last = {**g_log, **d_log}
+            if not all(math.isfinite(v) for v in last.values()):
+                raise FloatingPointError(f"non-finite loss at step {step}: {last}")
+            if log is not None and (step % cfg.log_every == 0 or step == total):
+                log.write(step, last)
+                bar.set_postfix(l1=f"{last['l1']:.3f}", lpips=f"{last['lpips']:.3f}")
+            if d.main and (step % cfg.sample_every == 0 or step == total):
+                save_samples(ae, batch, pred, out / "samples" / f"{step:07d}.png")
+        if d.main:
+            save_checkpoint(out, mcfg, ae, unwrap(disc), opt_g, opt_d, step, cfg)
+    bar.close()
+    return last
+
+
+def save_checkpoint(out: Path, mcfg: ModelConfig, ae: Autoencoder, disc: nn.Module, opt_g: torch.optim.Optimizer,
+                    opt_d: torch.optim.Optimizer, step: int, cfg: AETrainConfig) -> None:
+    mcfg.meta = {**mcfg.meta, "stage1_steps": step, "stage1_config": dataclasses.asdict(cfg)}
+    write_config(out / "model", mcfg)
+    save_weights(ae, out / "model" / "autoencoder.safetensors")
+    save_weights(disc, out / "discriminator.safetensors")
+    save_state(out / "state.pt", {"step": step, "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict()})
+
+
+@torch.no_grad()
+def save_samples(ae: Autoencoder, batch: dict[str, Tensor], pred: Tensor, path: Path) -> None:
+    """A strip per example: encoder input (256²), ground-truth crop, rendered crop."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    p = pred.shape[-1]
+    rows = []
+    for i in range(min(4, pred.shape[0])):
+        inp = torch.nn.functional.interpolate(batch["inp"][i:i + 1], size=(p, p), mode="area")[0]
+        rows.append(torch.cat([inp, batch["gt"][i], pred[i].detach().clamp(-1, 1)], dim=2))
+    img = ((torch.cat(rows, dim=1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    Image.fromarray(np.ascontiguousarray(img)).save(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="JSON file of AETrainConfig fields (see training/configs/)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    ap.add_argument("--data", nargs="+", required=True, help="image folder(s); several are mixed by mix_weights")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--resume", action="store_true", help="continue from OUT/state.pt if present")
+    ap.add_argument("--steps", type=int, help="train until this step (default: config steps)")
+    args = ap.parse_args(argv)
+    cfg = load_json_config(AETrainConfig, args.config, args.set)
+    last = train(cfg, args.data, args.out, device=args.device, resume=args.resume, steps=args.steps)
+    print(json.dumps(last))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+"""Stage 2: train the latent diffusion UNet on cached latents of a trained autoencoder.
+
+    python -m training.diffusion --config training/configs/dm_cpu.json --ae runs/ae/model \
+        --data photos/train --out runs/dm
+
+First encodes the images once into ``OUT/latents.safetensors`` (with ``repeats`` random square
+crops per image for small sets; reused on resume), stores the latents' mean/std in the model
+config (the UNet sees normalised latents), then trains with the ε-objective under the authors'
+schedule, AdamW, and an EMA of the weights (torch.optim.swa_utils). Writes ``OUT/model``: the
+autoencoder plus the EMA UNet, a complete infd model folder.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import TensorDataset
+from tqdm import tqdm
+
+from infd_core.checkpoint import load_weights, read_config, save_weights, write_config
+from infd_core.configs import preset
+from infd_core.diffusion import DiffusionConfig, alphas_cumprod, build_unet, q_sample
+from infd_core.pipeline import Pipeline
+
+from .common import (CSVLog, Dist, chunk_batches, cleanup_distributed, load_json_config, load_state, save_state,
+                     setup_distributed, unwrap)
+from .data import ImageFolder, SquareCrops
+
+
+@dataclass
+class DMTrainConfig:
+    """Stage-2 settings; defaults are the authors' (FACTS §4)."""
+
+    unet: str | dict[str, Any] = "paper"  # preset name (its diffusion part) or DiffusionConfig JSON dict
+    batch: int = 48  # per process
+    lr: float = 9.6e-5
+    weight_decay: float = 0.01
+    ema: float = 0.9999
+    steps: int = 600_000
+    repeats: int = 1  # latents cached per image (random square crops if crop_scale is set)
+    crop_scale: tuple[float, float] | None = None
+    hflip: bool = True
+    ckpt_every: int = 5000
+    log_every: int = 100
+    sample_every: int = 5000
+    workers: int = 0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.crop_scale is not None:
+            self.crop_scale = tuple(self.crop_scale)
+
+
+def diffusion_config(spec: str | dict[str, Any]) -> DiffusionConfig:
+    return preset(spec).diffusion if isinstance(spec, str) else DiffusionConfig(**spec)
+
+
+@torch.no_grad()
+def cache_latents(pipe: Pipeline, cfg: DMTrainConfig, data: list[str], path: Path) -> Tensor:
+    """Encode every image ``repeats`` times (augmented) once; ``[N, 3, 64, 64]`` saved to ``path``."""
+    if path.exists():
+        return load_file(str(path))["z"]
+    torch.manual_seed(cfg.seed)
+    zs = []
+    for folder in data:
+        crops = SquareCrops(ImageFolder(folder), size=pipe.cfg.autoencoder.input_size, crop_scale=cfg.crop_scale,
+                            hflip=cfg.hflip, repeats=cfg.repeats)
+        loader = torch.utils.data.DataLoader(crops, batch_size=16, num_workers=cfg.workers)
+        for batch in tqdm(loader, desc=f"encode {folder}", unit="batch"):
+            zs.append(pipe.autoencoder.encode(batch["inp"].to(pipe.device)).cpu())
+    z = torch.cat(zs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"z": z.contiguous()}, str(path))
+    return z
+
+
+def train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, *, device: str = "cpu", resume: bool = False,
+          steps: int | None = None, progress: bool = True) -> dict[str, float]:
+    d = setup_distributed(device)
+    try:
+        return _train(cfg, ae_dir, data, out, d, resume, steps or cfg.steps, progress)
+    finally:
+        cleanup_distributed()
+
+
+def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist, resume: bool, total: int,
+           progress: bool) -> dict[str, float]:
+    ae_pipe = Pipeline.load(ae_dir, device=d.device) if (ae_dir / "config.json").exists() else None
+    if ae_pipe is None:
+        raise FileNotFoundError(f"{ae_dir}: no autoencoder model folder (run training.autoencoder first)")
+    out.mkdir(parents=True, exist_ok=True)
+    z = cache_latents(ae_pipe, cfg, data, out / "latents.safetensors") if d.main else None
+    if d.world > 1:
+        torch.distributed.barrier()
+        z = load_file(str(out / "latents.safetensors"))["z"]
+    dcfg = diffusion_config(cfg.unet)
+    dcfg.latent_mean, dcfg.latent_std = float(z.mean()), float(z.std())
+    latents = TensorDataset((z - dcfg.latent_mean) / dcfg.latent_std)
+
+    torch.manual_seed(cfg.seed)
+    unet = build_unet(dcfg).to(d.device)
+    ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    step = 0
+    if resume and (out / "state.pt").exists():
+        state = load_state(out / "state.pt")
+        load_weights(unet, out / "unet_raw.safetensors")
+        load_weights(ema.module, out / "model" / "unet.safetensors")
+        ema.n_averaged.fill_(int(state["n_averaged"]))
+        opt.load_state_dict(state["opt"])
+        step = int(state["step"])
+    net: nn.Module = unet
+    if d.world > 1:
+        net = nn.parallel.DistributedDataParallel(unet, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    abar = alphas_cumprod(dcfg).to(d.device)
+    log = CSVLog(out / "log.csv") if d.main else None
+    last: dict[str, float] = {}
+    bar = tqdm(total=total, initial=step, desc="diffusion", unit="step", disable=not (progress and d.main))
+    while step < total:
+        chunk = step // cfg.ckpt_every
+        n = min(cfg.ckpt_every - step % cfg.ckpt_every, total - step)
+        gen = torch.Generator().manual_seed(cfg.seed * 7919 + chunk * 31 + d.rank)
+        for (x0,) in chunk_batches(latents, cfg.batch, n, seed=cfg.seed, chunk=chunk, rank=d.rank, workers=0):
+            x0 = x0.to(d.device)
+            t = torch.randint(0, dcfg.num_train_timesteps, (x0.shape[0],), generator=gen).to(d.device)
+            noise = torch.randn(x0.shape, generator=gen).to(d.device)
+            loss = nn.functional.mse_loss(net(q_sample(x0, t, noise, abar), t).sample, noise)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            ema.update_parameters(unet)
+            step += 1
+            bar.update(1)
+            last = {"loss": loss.item()}
+            if not math.isfinite(last["loss"]):
+                raise FloatingPointError(f"non-finite loss at step {step}")
+            if log is not None and (step % cfg.log_every == 0 or step == total):
+                log.write(step, last)
+                bar.set_postfix(loss=f"{last['loss']:.4f}")
+        if d.main:
+            save_checkpoint(out, ae_dir, dcfg, unwrap(net), ema, opt, step, cfg)
+            if step % cfg.sample_every == 0 or step == total:
+                save_samples(out / "model", out / "samples" / f"{step:07d}.png", d.device)
+    bar.close()
+    return last
+
+
+def save_checkpoint(out: Path, ae_dir: Path, dcfg: DiffusionConfig, unet: nn.Module, ema: AveragedModel,
+                    opt: torch.optim.Optimizer, step: int, cfg: DMTrainConfig) -> None:
+    mcfg = read_config(ae_dir)
+    mcfg.diffusion = dcfg
+    mcfg.meta = {**mcfg.meta, "stage2_steps": step, "stage2_config": dataclasses.asdict(cfg)}
+    model = out / "model"
+    write_config(model, mcfg)
+    if (model / "autoencoder.safetensors").resolve() != (ae_dir / "autoencoder.safetensors").resolve():
+        (model / "autoencoder.safetensors").write_bytes((ae_dir / "autoencoder.safetensors").read_bytes())
+    save_weights(ema.module, model / "unet.safetensors")
+    save_weights(unet, out / "unet_raw.safetensors")
+    save_state(out / "state.pt", {"step": step, "opt": opt.state_dict(), "n_averaged": int(ema.n_averaged)})
+
+
+@torch.no_grad()
+def save_samples(model_dir: Path, path: Path, device: torch.device, n: int = 4, steps: int = 50) -> None:
+    """A row of ``n`` samples from the EMA model at 256²."""
+    from PIL import Image
+    import numpy as np
+
+    pipe = Pipeline.load(model_dir, device=device)
+    imgs = [pipe.render(pipe.field(pipe.sample(seed, steps=steps)), 256, 256) for seed in range(n)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.concatenate(imgs, axis=1)).save(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="JSON file of DMTrainConfig fields (see training/configs/)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="override config fields")
+    ap.add_argument("--ae", required=True, type=Path, help="autoencoder model folder (stage-1 OUT/model)")
+    ap.add_argument("--data", nargs="+", required=True, help="image folder(s) to encode")
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--steps", type=int)
+    args = ap.parse_args(argv)
+    cfg = load_json_config(DMTrainConfig, args.config, args.set)
+    print(json.dumps(train(cfg, args.ae, args.data, args.out, device=args.device, resume=args.resume, steps=args.steps)))
+
+
+if __name__ == "__main__":
+    main()

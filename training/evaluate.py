@@ -1,0 +1,382 @@
+"""Evaluate an infd model on held-out photos: zoom reconstruction, scale consistency, patch-FID.
+
+    python -m training.evaluate --model assets/models/infd-cpu-photos --data runs/photoset/holdout \\
+        [--compare LIIF_MODEL_DIR] [--samples 16] [--out report.json]
+
+Prints a markdown report (for the model card) and writes it as JSON with ``--out``.
+
+1. **Reconstruction** (paper §5.2). Every photo is squashed to a square like in training:
+   the encoder input is the whole photo resized to 256² (LANCZOS), the model renders the whole
+   image at s×s for each scale s (default 256, 512, 1024: up to a 4× zoom of the input), and the
+   ground truth is the photo resized to s×s (LANCZOS). Baselines: bicubic upsampling of the
+   256² input, and optionally another model (``--compare``, e.g. a LIIF-renderer autoencoder).
+   PSNR in dB on [0, 1]. LPIPS-VGG with the offline weights (:func:`training.losses.offline_lpips`):
+   on the whole image for s ≤ 512; for larger s, the mean over five fixed 256² crops at full
+   resolution (the centre and the four quadrant centres), so that LPIPS judges the fine detail a
+   zoom is about instead of a downsample that hides it.
+2. **Scale consistency.** Render at 2c, area-downsample (2×2 mean) to c, PSNR against the
+   render at c (default c = 1024), per photo and mean.
+3. **Patch-FID "P/1K"** (paper §5.1): the Fréchet distance between features of random P×P crops
+   (the whole image for P = 1K) of ground-truth and generated images at 1024². Ground truth: the
+   ``--fid-data`` photos (default: ``--data``) resized to 1024². "reconstruction" (the baseline:
+   what the autoencoder alone reaches): the model's 1024² reconstructions of those photos,
+   cropped at the same positions. "samples": ``--samples`` latents drawn with seeds 0..N-1,
+   rendered at 1024². The default features are EfficientNet-Lite0's (installs offline; see
+   :mod:`training.features`), labelled "pFID-EffNetLite0 (not Inception-FID)": these numbers
+   are not comparable with published FIDs. ``--inception-weights`` adds the Inception-v3 path.
+
+Small-N caveats: FID is biased upwards for few features, so only compare numbers computed with
+the same counts (reconstruction and sample sets both use ``--crops`` crops for P < 1K; for 1K/1K
+the counts are the numbers of photos and of samples). With fewer vectors than feature dimensions
+the covariances are singular; :func:`frechet_distance` adds ``eps·I`` to both (a Fréchet distance
+between slightly widened Gaussians, still 0 for identical sets) so the matrix square root exists.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lpips
+import numpy as np
+import scipy.linalg
+import torch
+from PIL import Image
+from skimage.metrics import peak_signal_noise_ratio
+from skimage.transform import downscale_local_mean
+from tqdm import tqdm
+
+from infd_core.geometry import PixelRange
+from infd_core.pipeline import Field, Pipeline, default_model_dir, image_to_tensor
+
+from . import features
+from .data import ImageFolder
+from .losses import offline_lpips
+
+__all__ = [
+    "Settings", "ImageResult", "psnr", "square", "lpips_regions", "lpips_distance", "reconstruct",
+    "scale_consistency", "evaluate_image", "reconstruction_pairs", "generate", "random_crops",
+    "frechet_distance", "patch_label", "patch_fid", "evaluate", "markdown", "main",
+]
+
+LANCZOS = Image.Resampling.LANCZOS
+BICUBIC = Image.Resampling.BICUBIC
+ENC_SIZE = 256  # the encoder input (paper §4.3)
+LPIPS_FULL_MAX = 512  # LPIPS on the whole image up to this side, on fixed crops above it
+LPIPS_CROP = 256
+FID_EPS = 1e-6
+LPIPS_NOTE = (f"LPIPS-VGG (offline weights) on the whole image for sides <= {LPIPS_FULL_MAX}; above, the mean "
+              f"over five fixed {LPIPS_CROP}x{LPIPS_CROP} full-resolution crops (centre and quadrant centres)")
+
+
+@dataclass
+class Settings:
+    scales: tuple[int, ...] = (256, 512, 1024)
+    consistency_size: int = 1024  # render at 2x this, downsample, compare with a render at this
+    fid_size: int = 1024  # the "1K" of P/1K
+    patch_sizes: tuple[int, ...] = (256, 1024)  # P; P == fid_size means whole images
+    crops: int = 512  # random crops per set for P < fid_size
+    samples: int = 0  # generated images for the sample pFID (0: skip)
+    steps: int = 50  # sampler steps
+    seed: int = 0  # crop positions
+
+
+# --- images and metrics --------------------------------------------------------------------
+def psnr(reference: np.ndarray, test: np.ndarray) -> float:
+    """PSNR in dB of two same-shape images, each uint8 (0..255) or float in [0, 1]; inf if equal."""
+    unit = [a.astype(np.float64) / 255 if a.dtype == np.uint8 else a.astype(np.float64) for a in (reference, test)]
+    with np.errstate(divide="ignore"):
+        return float(peak_signal_noise_ratio(*unit, data_range=1.0))
+
+
+def square(img: Image.Image, size: int, resample: Image.Resampling = LANCZOS) -> np.ndarray:
+    """The whole image squashed to ``size x size`` (as in training): ``[size, size, 3]`` uint8, writable."""
+    return np.array(img.resize((size, size), resample))
+
+
+def lpips_regions(size: int) -> list[PixelRange]:
+    """Where LPIPS is measured on a ``size²`` image: all of it, or five fixed 256² crops if large."""
+    if size <= LPIPS_FULL_MAX:
+        return [PixelRange(0, size, 0, size)]
+    half = LPIPS_CROP // 2
+    centres = [(size // 2, size // 2)] + [(size * i // 4, size * j // 4) for i in (1, 3) for j in (1, 3)]
+    return [PixelRange(y - half, y + half, x - half, x + half) for y, x in centres]
+
+
+@torch.no_grad()
+def lpips_distance(net: lpips.LPIPS, reference: np.ndarray, test: np.ndarray) -> float:
+    """LPIPS of two ``[s, s, 3]`` uint8 images over :func:`lpips_regions` (mean)."""
+    regions = lpips_regions(reference.shape[0])
+    device = next(net.parameters()).device
+
+    def batch(a: np.ndarray) -> torch.Tensor:
+        return torch.cat([image_to_tensor(a[r.r0:r.r1, r.c0:r.c1]) for r in regions]).to(device)
+
+    return float(net(batch(reference), batch(test)).mean())
+
+
+# --- the model -----------------------------------------------------------------------------
+def reconstruct(pipe: Pipeline, img: Image.Image) -> Field:
+    """The field of ``img`` from the whole image resized to the encoder's input size (LANCZOS)."""
+    n = pipe.cfg.autoencoder.input_size
+    return pipe.field(pipe.encode(square(img, n)))
+
+
+def scale_consistency(pipe: Pipeline, field: Field, size: int, low: np.ndarray | None = None) -> float:
+    """PSNR (dB) between ``field`` rendered at ``size²`` (or ``low``, that render if already made)
+    and rendered at ``(2 size)²`` then area-downsampled to ``size²``."""
+    low = pipe.render(field, size, size) if low is None else low
+    high = pipe.render(field, 2 * size, 2 * size)
+    return psnr(low, downscale_local_mean(high.astype(np.float64) / 255, (2, 2, 1)))
+
+
+@dataclass
+class ImageResult:
+    """One photo's evaluation: metric rows, scale consistency per model, and the images compared."""
+
+    rows: list[dict[str, Any]]  # {method, scale, psnr, lpips}
+    consistency: dict[str, float]  # model name -> dB
+    images: dict[str, dict[int, np.ndarray]]  # "gt", "bicubic", model names -> scale -> [s, s, 3] uint8
+
+
+def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Settings,
+                   lpips_net: lpips.LPIPS) -> ImageResult:
+    """Reconstruct one photo at ``settings.scales`` with ``bicubic`` and each of ``models``
+    (from the same encoder input) and score them; plus each model's scale consistency."""
+    inp = img.resize((ENC_SIZE, ENC_SIZE), LANCZOS)
+    images = {"gt": {s: square(img, s) for s in settings.scales},
+              "bicubic": {s: square(inp, s, BICUBIC) for s in settings.scales}}
+    consistency = {}
+    for name, pipe in models.items():
+        field = reconstruct(pipe, inp)  # the same encoder input as the bicubic baseline
+        images[name] = {s: pipe.render(field, s, s) for s in settings.scales}
+        c = settings.consistency_size
+        consistency[name] = scale_consistency(pipe, field, c, images[name].get(c))
+    gt = images["gt"]
+    rows = [{"method": m, "scale": s, "psnr": psnr(gt[s], out[s]), "lpips": lpips_distance(lpips_net, gt[s], out[s])}
+            for s in settings.scales for m, out in images.items() if m != "gt"]
+    return ImageResult(rows, consistency, images)
+
+
+def reconstruction_pairs(pipe: Pipeline, images: ImageFolder, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Each photo resized to ``size²`` and the model's ``size²`` reconstruction of it (uint8)."""
+    gts, recons = [], []
+    for i in tqdm(range(len(images)), desc="pFID reference", leave=False):
+        img = images[i]
+        gts.append(square(img, size))
+        recons.append(pipe.render(reconstruct(pipe, img), size, size))
+    return gts, recons
+
+
+def generate(pipe: Pipeline, n: int, size: int, steps: int, seed: int = 0) -> list[np.ndarray]:
+    """``n`` samples (seeds ``seed .. seed+n-1``) rendered at ``size²``, uint8."""
+    return [pipe.render(pipe.field(pipe.sample(seed + i, steps=steps)), size, size)
+            for i in tqdm(range(n), desc="samples", leave=False)]
+
+
+# --- patch-FID -------------------------------------------------------------------------------
+def random_crops(images: Sequence[np.ndarray], patch: int, count: int, seed: int = 0) -> list[np.ndarray]:
+    """``count`` random ``patch²`` crops (views) of images drawn at random; all the images when
+    ``patch`` is their size. The same seed on same-size sets gives the same positions."""
+    side = images[0].shape[0]
+    if patch == side:
+        return list(images)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(len(images), size=count)
+    ys, xs = rng.integers(side - patch + 1, size=(2, count))
+    return [images[i][y:y + patch, x:x + patch] for i, y, x in zip(idx, ys, xs)]
+
+
+def frechet_distance(a: np.ndarray, b: np.ndarray, eps: float = FID_EPS) -> float:
+    """Fréchet distance between Gaussians fitted to feature sets ``a [N, D]`` and ``b [M, D]``.
+
+    ``eps·I`` is added to both covariances (singular when N or M <= D), and the real part of
+    ``scipy.linalg.sqrtm`` is taken (numerical noise makes it slightly complex). When
+    ``N + M < D`` both sets are first expressed in an orthonormal basis of the span of their
+    centred vectors and mean difference: exact (outside that span both covariances are ``eps·I``
+    and the terms cancel) and much cheaper than a ``D x D`` square root.
+    """
+    if min(len(a), len(b)) < 2:
+        raise ValueError(f"need at least 2 feature vectors per set, got {len(a)} and {len(b)}")
+    if len(a) + len(b) < a.shape[1]:
+        basis = scipy.linalg.orth(np.vstack([a - a.mean(0), b - b.mean(0), a.mean(0) - b.mean(0)]).T)
+        a, b = a @ basis, b @ basis
+    ridge = eps * np.eye(a.shape[1])
+    cov_a, cov_b = np.cov(a, rowvar=False) + ridge, np.cov(b, rowvar=False) + ridge
+    covmean = scipy.linalg.sqrtm(cov_a @ cov_b).real
+    diff = a.mean(0) - b.mean(0)
+    return float(diff @ diff + np.trace(cov_a) + np.trace(cov_b) - 2 * np.trace(covmean))
+
+
+def _side(n: int) -> str:
+    return f"{n // 1024}K" if n % 1024 == 0 else str(n)
+
+
+def patch_label(patch: int, size: int) -> str:
+    """``256/1K``-style name of a pFID setting: P×P crops of size² images."""
+    return f"{_side(patch)}/{_side(size)}"
+
+
+def patch_fid(extractor: features.FeatureExtractor, reference: Sequence[np.ndarray],
+              fakes: dict[str, Sequence[np.ndarray]], settings: Settings) -> dict[str, dict[str, float]]:
+    """``{"256/1K": {fake set name: pFID}}`` for each of ``settings.patch_sizes``."""
+    out = {}
+    for p in settings.patch_sizes:
+        ref = extractor(random_crops(reference, p, settings.crops, settings.seed))
+        out[patch_label(p, settings.fid_size)] = {
+            name: frechet_distance(ref, extractor(random_crops(imgs, p, settings.crops, settings.seed)))
+            for name, imgs in fakes.items() if imgs}
+    return out
+
+
+# --- the whole evaluation ----------------------------------------------------------------------
+def _describe(pipe: Pipeline) -> str:
+    return f"{pipe.cfg.name} ({pipe.cfg.autoencoder.renderer.kind.upper()} renderer)"
+
+
+def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = None, *,
+             compare: Pipeline | None = None, reference: ImageFolder | None = None,
+             extractors: Sequence[features.FeatureExtractor] = ()) -> dict[str, Any]:
+    """All three evaluations of ``pipe`` (and ``compare``) on ``images``; pFID against ``reference``
+    (default: ``images``) with each of ``extractors`` (none: pFID skipped). Returns the report."""
+    settings = settings or Settings()
+    fid = settings.fid_size
+    models = {"model": pipe} | ({"compare": compare} if compare is not None else {})
+    lpips_net = offline_lpips(pipe.device)
+    names = [str(p.relative_to(images.root)) for p in images.paths]
+    reuse = reference is None and fid in settings.scales  # pFID pairs come out of the photo loop
+    rows, consistency, gts, recons = [], defaultdict(dict), [], []
+    for i, name in enumerate(tqdm(names, desc="photos", leave=False)):
+        res = evaluate_image(images[i], models, settings, lpips_net)
+        rows += [{"image": name, **r} for r in res.rows]
+        for m, v in res.consistency.items():
+            consistency[m][name] = v
+        if reuse and extractors:
+            gts.append(res.images["gt"][fid])
+            recons.append(res.images["model"][fid])
+    mean = defaultdict(dict)
+    for m in ("bicubic", *models):
+        for s in settings.scales:
+            sel = [r for r in rows if r["method"] == m and r["scale"] == s]
+            mean[m][str(s)] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "lpips")}
+    report: dict[str, Any] = {
+        "model": _describe(pipe),
+        "methods": {"bicubic": f"bicubic upsampling of the {ENC_SIZE}² input",
+                    **{m: _describe(p) for m, p in models.items()}},
+        "images": [{"image": n, "size": list(images.sizes[i][::-1])} for i, n in enumerate(names)],
+        "settings": dataclasses.asdict(settings),
+        "reconstruction": {"lpips_note": LPIPS_NOTE, "mean": mean, "per_image": rows},
+        "scale_consistency": {"size": settings.consistency_size,
+                              "mean_db": {m: float(np.mean(list(v.values()))) for m, v in consistency.items()},
+                              "per_image_db": consistency},
+    }
+    if extractors:
+        if not reuse:
+            gts, recons = reconstruction_pairs(pipe, reference or images, fid)
+        report["pfid"] = _pfid_report(pipe, (reference or images).root, gts, recons, settings, extractors)
+    return report
+
+
+def _pfid_report(pipe: Pipeline, root: Path, gts: list[np.ndarray], recons: list[np.ndarray], settings: Settings,
+                 extractors: Sequence[features.FeatureExtractor]) -> dict[str, Any]:
+    fakes = {"reconstruction": recons}
+    note = ""
+    if settings.samples and pipe.unet is None:
+        note = "model has no diffusion UNet: no samples"
+    elif settings.samples:
+        fakes["samples"] = generate(pipe, settings.samples, settings.fid_size, settings.steps)
+    return {"reference": str(root), "n_reference": len(gts), "n_samples": len(fakes.get("samples", [])),
+            "crops": settings.crops, "eps": FID_EPS, "note": note,
+            "by_features": {e.label: patch_fid(e, gts, fakes, settings) for e in extractors}}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as markdown tables (what goes into the model card)."""
+    methods = report["methods"]
+    n = len(report["images"])
+    out = [f"### Reconstruction from the {ENC_SIZE}² encoder input ({n} held-out photos)", "",
+           "| output | method | PSNR (dB) ↑ | LPIPS ↓ |", "|---|---|---:|---:|"]
+    for s in report["settings"]["scales"]:
+        for m, label in methods.items():
+            v = report["reconstruction"]["mean"][m][str(s)]
+            out.append(f"| {s}² | {label} | {v['psnr']:.2f} | {v['lpips']:.4f} |")
+    small = [i["image"] for i in report["images"] if min(i["size"]) < max(report["settings"]["scales"])]
+    out += ["", f"{report['reconstruction']['lpips_note']}."]
+    if small:
+        out.append(f"Ground truth above the native size of {', '.join(small)} is an upsampled photo.")
+    sc = report["scale_consistency"]
+    c = sc["size"]
+    out += ["", f"### Scale consistency: render {2 * c}² → area-downsample to {c}² vs render {c}²", "",
+            "| model | mean PSNR (dB) | min PSNR (dB) |", "|---|---:|---:|"]
+    for m, v in sc["mean_db"].items():
+        out.append(f"| {methods[m]} | {v:.2f} | {min(sc['per_image_db'][m].values()):.2f} |")
+    if "pfid" in report:
+        pf = report["pfid"]
+        fid = _side(report["settings"]["fid_size"])
+        for label, values in pf["by_features"].items():
+            out += ["", f"### {label}", "",
+                    f"Reference: {pf['n_reference']} photos from `{pf['reference']}`; {pf['crops']} random crops "
+                    f"per set for P < {fid}; {pf['n_samples']} samples. Lower is better; small-N FID is biased "
+                    "upwards, compare only within this table.", "",
+                    f"| P/{fid} | reconstruction (baseline) | samples |", "|---|---:|---:|"]
+            for key, v in values.items():
+                smp = f"{v['samples']:.2f}" if "samples" in v else "—"
+                out.append(f"| {key} | {v['reconstruction']:.2f} | {smp} |")
+        if pf["note"]:
+            out += ["", pf["note"]]
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    ap = argparse.ArgumentParser(prog="python -m training.evaluate", description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, default=None, help="model folder (default: the shipped model)")
+    ap.add_argument("--data", type=Path, required=True, help="folder of held-out photos")
+    ap.add_argument("--compare", type=Path, help="another model folder to compare with (e.g. a LIIF renderer)")
+    ap.add_argument("--fid-data", type=Path,
+                    help="ground-truth photos for pFID, e.g. the training set (default: --data)")
+    ap.add_argument("--samples", type=int, default=0, help="samples for the sample pFID (0: reconstruction pFID only)")
+    ap.add_argument("--steps", type=int, default=50, help="sampler steps")
+    ap.add_argument("--scales", type=int, nargs="+", default=[256, 512, 1024])
+    ap.add_argument("--consistency-size", type=int, default=1024)
+    ap.add_argument("--fid-size", type=int, default=1024, help="the '1K' of P/1K")
+    ap.add_argument("--patch-sizes", type=int, nargs="+", default=[256, 1024], help="P of P/1K")
+    ap.add_argument("--crops", type=int, default=512, help="random crops per set for P < fid-size")
+    ap.add_argument("--seed", type=int, default=0, help="crop positions")
+    ap.add_argument("--no-pfid", action="store_true", help="skip patch-FID")
+    ap.add_argument("--inception-weights", type=Path,
+                    help="torchvision inception_v3 state dict: adds Inception pFID (pool3 features)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", type=Path, help="write the report as JSON here")
+    args = ap.parse_args(argv)
+    if any(p > args.fid_size for p in args.patch_sizes):
+        ap.error("--patch-sizes must not exceed --fid-size")
+
+    settings = Settings(tuple(args.scales), args.consistency_size, args.fid_size, tuple(args.patch_sizes),
+                        args.crops, args.samples, args.steps, args.seed)
+    pipe = Pipeline.load(args.model or default_model_dir(), device=args.device)
+    compare = Pipeline.load(args.compare, device=args.device) if args.compare else None
+    extractors = []
+    if not args.no_pfid:
+        extractors.append(features.efficientnet_lite0(args.device))
+        if args.inception_weights:
+            extractors.append(features.inception_v3(args.inception_weights, args.device))
+    images = ImageFolder(args.data)
+    reference = ImageFolder(args.fid_data) if args.fid_data else None
+    report = evaluate(pipe, images, settings, compare=compare, reference=reference, extractors=extractors)
+    print(markdown(report))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1))
+        print(f"\nwrote {args.out}", file=sys.stderr)
+    return report
+
+
+if __name__ == "__main__":
+    main()
