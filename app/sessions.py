@@ -18,8 +18,9 @@ import secrets
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from torch import Tensor
@@ -78,7 +79,7 @@ class BoxSpec:
                                            and self.image.shape[2] == 3 and self.image.dtype == np.uint8):
             raise ValueError("reference image must be an [h, w, 3] uint8 array")
 
-    def same_as(self, other: "BoxSpec") -> bool:
+    def same_as(self, other: BoxSpec) -> bool:
         """Value equality (the reference image compared by identity: it is never mutated)."""
         fields = ("id", "x0", "y0", "x1", "y1", "kind", "prompt", "weight", "color")
         return all(getattr(self, f) == getattr(other, f) for f in fields) and self.image is other.image
@@ -90,7 +91,7 @@ class BoxSpec:
                 "color": list(self.color) if self.color is not None else None, "has_image": self.image is not None}
 
     @classmethod
-    def from_json(cls, data: Any, image: np.ndarray | None = None) -> "BoxSpec":
+    def from_json(cls, data: Any, image: np.ndarray | None = None) -> BoxSpec:
         """Inverse of :meth:`to_json`; raises ValueError on anything malformed."""
         if not isinstance(data, dict):
             raise ValueError("a box must be a JSON object")
@@ -145,14 +146,16 @@ class State:
     boxes: tuple[BoxSpec, ...] = ()
     global_prompt: str = ""
 
-    def same_as(self, other: "State") -> bool:
-        return (self.picture is other.picture and self.global_prompt == other.global_prompt
-                and len(self.boxes) == len(other.boxes) and all(a.same_as(b) for a, b in zip(self.boxes, other.boxes)))
+    def same_as(self, other: State) -> bool:
+        if self.picture is not other.picture or self.global_prompt != other.global_prompt:
+            return False
+        return len(self.boxes) == len(other.boxes) and all(
+            a.same_as(b) for a, b in zip(self.boxes, other.boxes, strict=True))
 
     def box(self, box_id: str) -> BoxSpec | None:
         return next((b for b in self.boxes if b.id == box_id), None)
 
-    def with_box(self, box: BoxSpec) -> "State":
+    def with_box(self, box: BoxSpec) -> State:
         """Replace the box with the same id, or append it (at most :data:`MAX_BOXES`)."""
         if self.box(box.id) is not None:
             return replace(self, boxes=tuple(box if b.id == box.id else b for b in self.boxes))
@@ -160,7 +163,7 @@ class State:
             raise ValueError(f"at most {MAX_BOXES} boxes")
         return replace(self, boxes=self.boxes + (box,))
 
-    def without_box(self, box_id: str) -> "State":
+    def without_box(self, box_id: str) -> State:
         return replace(self, boxes=tuple(b for b in self.boxes if b.id != box_id))
 
 
@@ -263,7 +266,9 @@ class Session:
 
     def _show_current_picture(self, force: bool = False) -> None:
         pic, view = self.state.picture, self.view
-        if pic is not None and (force or view is None or view.picture is not pic):
+        if pic is None:
+            self.views.clear()  # e.g. the first generation undone: an empty canvas
+        elif force or view is None or view.picture is not pic:
             self.publish(pic)
 
     def pictures(self) -> set[Picture]:

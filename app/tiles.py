@@ -15,8 +15,8 @@ import heapq
 import itertools
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from typing import Callable, Hashable
 
 
 class ByteLRU:

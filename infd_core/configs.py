@@ -56,10 +56,10 @@ def paper() -> ModelConfig:
 
 
 def cpu() -> ModelConfig:
-    """Interactive on 2 CPU cores (FACTS §6 'small'/'tiny'): encoder/decoder base 32 (1,2,2) without attention,
-    tile-exact CLIF (no norm) width 32 with 2 blocks, VQ 1024x3, UNet 64 (1,2,2,4), 1 block,
+    """Interactive on 2 CPU cores and trainable on them: encoder/decoder base 16 (1,2,4) without attention
+    (phi has 16 channels), tile-exact CLIF (no norm) width 32 with 2 blocks, VQ 1024x3, UNet 64 (1,2,2,4), 1 block,
     attention at 16^2 and 8^2."""
-    coder = CoderConfig(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, mid_attn=False)
+    coder = CoderConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attn=False)
     ae = AutoencoderConfig(encoder=coder, decoder=dataclasses.replace(coder),
                            renderer=RendererConfig("clif", width=32, blocks=2, norm="none"),
                            regularizer="vq", n_embed=1024)

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .diffusion import Step
-from .geometry import Box
+from .geometry import Box, box_to_pixels
 from .pipeline import Field, Pipeline
 
 KINDS = ("text", "image", "color", "keep")
@@ -202,6 +202,13 @@ class Objective:
                 item["known"] = bool(getattr(self.targets[i], "known", True))
             out.append(item)
         return out
+
+
+def render_box_fixed_resolution(pipe: Pipeline, fld: Field, box: Box, canvas: int, size: int = SCORE_SIZE) -> Tensor:
+    """The fixed-resolution way, for comparison only (bench/guidance.py): render the box's whole
+    region at the canvas resolution, then resize it to ``size``^2. Cost grows with ``canvas``."""
+    full = pipe.render_tensor(fld, canvas, canvas, box_to_pixels(box, canvas, canvas))
+    return F.interpolate(full, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def strength(step: int, total: int) -> float:

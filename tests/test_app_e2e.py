@@ -98,7 +98,8 @@ def wait_settled(page, timeout: float = 120_000) -> None:
     """Until the newest image is on screen and every tile of the current view has loaded."""
     page.wait_for_function("""() => {
         const w = infd.viewer.world, s = infd.state;
-        return s.pendingKey === null && s.shownKey !== null && w.getItemCount() === 1 && w.getItemAt(0).getFullyLoaded();
+        return s.pendingKey === null && s.shownKey !== null && w.getItemCount() === 1
+            && w.getItemAt(0).getFullyLoaded();
     }""", timeout=timeout)
 
 
@@ -167,6 +168,15 @@ def test_canvas_end_to_end(live, browser_page):
     assert b.prompt == "a red apple" and b.kind == "text" and 0.3 < b.x0 < b.x1 < 1 and 0.25 < b.y0 < b.y1 < 1
     shot(page, "04-box")
 
+    # a long run can be cancelled: the previous picture comes back
+    page.fill("#infd-steps input", "500")
+    page.click("#infd-generate")
+    wait_status(page, "Step 3/")
+    page.click("#infd-cancel")
+    wait_status(page, "Cancelled")
+    assert session.state.picture.label.endswith(f"{STEPS} steps") and not session.busy.locked()
+    page.fill("#infd-steps input", STEPS)
+
     # guided generation replaces the tiles
     page.click("#infd-guided")
     wait_status(page, "Done: guided", timeout=240_000)
@@ -197,6 +207,13 @@ def test_canvas_end_to_end(live, browser_page):
     with Image.open(path) as img:
         assert img.size == (640, 480) and img.format == "PNG"
     shot(page, "06-exported")
+
+    # save the session, then load it back (one more undo step: the same picture and box)
+    with page.expect_download(timeout=60_000) as download:
+        page.click("#infd-save")
+    page.set_input_files("input[type=file][accept='.zip']", download.value.path())
+    wait_status(page, "Session loaded")
+    assert [b.prompt for b in session.state.boxes] == ["a red apple"]
     assert page.outside == [], f"the page tried to reach the internet: {page.outside}"
 
 

@@ -23,10 +23,10 @@ from app import sessionfile
 from app.context import Limits
 from app.deepzoom import Pyramid
 from app.generate import Cancelled, Finished, Progress, generate
+from app.handlers import apply_box_edit, whole
 from app.server import create_app, load_pipeline
 from app.sessions import BoxSpec, Picture, Session, SessionStore, State
 from app.tiles import ByteLRU, TileWorkers
-from app.ui import _int, apply_box_edit
 
 EXPORT_LIMIT = 640 * 480
 
@@ -76,7 +76,8 @@ def test_low_levels_are_whole_image_renders(server):
     client, ctx = server
     s = new_session(ctx, canvas=(1000, 600))
     p = Pyramid(1000, 600)
-    assert (p.max_level, p.level_size(p.max_level), p.level_size(9), p.level_size(0)) == (10, (1000, 600), (500, 300), (1, 1))
+    assert p.max_level == 10 and p.level_size(10) == (1000, 600)
+    assert p.level_size(9) == (500, 300) and p.level_size(0) == (1, 1) and p.min_level == 8
     for level in (0, 3, p.min_level):
         w, h = p.level_size(level)
         assert png(client.get(tile_url(s, level, 0, 0)).content).shape == (h, w, 3)
@@ -265,10 +266,10 @@ def test_box_edits_undo_and_redo():
 
 
 def test_ui_numbers_are_checked():
-    assert _int("12", "steps", 1, 100) == 12 and _int(3.0, "seed", 0, 9) == 3
+    assert whole("12", "steps", 1, 100) == 12 and whole(3.0, "seed", 0, 9) == 3
     for bad in (None, "", "x", 2.5, 0, 101, float("nan")):
         with pytest.raises(Exception, match="steps must be"):
-            _int(bad, "steps", 1, 100)
+            whole(bad, "steps", 1, 100)
 
 
 def test_store_evicts_idle_and_oldest_sessions_but_not_busy_ones():

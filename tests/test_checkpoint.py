@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from infd_core import configs
 from infd_core.__main__ import main
@@ -120,8 +120,6 @@ def test_config_sizes_that_do_not_match_the_weights(model_copy):
 
 def test_extra_weights_are_refused(model_copy):
     path = model_copy / "autoencoder.safetensors"
-    from safetensors.torch import load_file
-
     state = load_file(str(path))
     state["stowaway"] = torch.zeros(1)
     save_file(state, str(path))
@@ -208,7 +206,7 @@ def bad_latent_file(tmp_path: Path) -> str:
     (["sample", "--size", "0"], "height must be a positive integer"),
     (["sample", "--size", "1000000"], "exceeds the maximum side"),
     (["sample", "--height", "64", "--width", "-3"], "width must be a positive integer"),
-    (["sample", "--steps", "0", "--size", "64"], "no diffusion UNet"),  # this model has none
+    (["sample", "--size", "64"], "no diffusion UNet"),  # this model is autoencoder-only
     (["render", "--latent", "{tmp}/missing.safetensors", "--size", "64"], "not a latent file"),
     (["render", "--latent", "{bad_latent}", "--size", "64"], "floating-point"),
     (["render", "--latent", "{bad_latent}", "--size", "64", "--region", "0.5,0.5,0.4,0.9"], "x1 > x0"),
@@ -230,6 +228,8 @@ def test_cli_bad_model_and_checkpoint(tmp_path, capsys):
     garbage.write_bytes(b"not a checkpoint" * 10)
     assert main(["import-authors", str(garbage), "--out", str(tmp_path / "imported")]) == 2
     assert "garbage.pth: " in capsys.readouterr().err  # a CheckpointError naming the file
+    assert main(["sample", "--preset", "cpu", "--steps", "0", "--size", "64", "--out", str(tmp_path / "x.png")]) == 2
+    assert "steps must be an integer" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:  # argparse's own usage errors also exit with 2
         main(["sample", "--size", "big", "--out", "x.png"])
     assert exit_info.value.code == 2

