@@ -66,17 +66,18 @@ def rgb_to_hex(rgb: tuple[float, float, float]) -> str:
     return "#" + "".join(f"{round(c * 255):02x}" for c in rgb)
 
 
-def whole(value: Any, name: str, lo: int, hi: int) -> int:
-    """A whole number in ``[lo, hi]`` from a UI field, or a gr.Error saying what is wrong."""
+def number(value: Any, name: str, lo: float, hi: float, *, whole: bool = False) -> float:
+    """A number in ``[lo, hi]`` (a whole one if ``whole``) from a UI field, or a gr.Error saying what is wrong."""
+    kind = "a whole number" if whole else "a number"
     if isinstance(value, str):
         value = value.strip()
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be a whole number, got {value!r}") from None
-    if not math.isfinite(f) or f != int(f) or not lo <= f <= hi:
-        raise gr.Error(f"{name} must be a whole number from {lo} to {hi}, got {value!r}")
-    return int(f)
+        raise gr.Error(f"{name} must be {kind}, got {value!r}") from None
+    if not math.isfinite(f) or (whole and f != int(f)) or not lo <= f <= hi:
+        raise gr.Error(f"{name} must be {kind} from {lo:g} to {hi:g}, got {value!r}")
+    return int(f) if whole else f
 
 
 def apply_box_edit(s: Session, data: Any) -> bool:
@@ -122,8 +123,7 @@ def commit_editor(s: Session, box_id: str | None, kind: str, prompt: str, weight
         if box is None:
             return
         rgb = hex_to_rgb(color) if kind == "color" else box.color
-        s.commit(s.state.with_box(replace(box, kind=kind, prompt=(prompt or "").strip(), weight=float(weight),
-                                          color=rgb)))
+        s.commit(s.state.with_box(replace(box, kind=kind, prompt=(prompt or "").strip(), weight=weight, color=rgb)))
 
 
 def report_markdown(report: dict[str, Any] | None) -> str:
@@ -203,22 +203,16 @@ class Handlers:
         data = evt._data if isinstance(evt._data, dict) else {}
         return self.undo_redo(key, redo=data.get("action") == "redo")
 
-    def undo(self, key: str) -> list[Any]:
-        return self.undo_redo(key, redo=False)
-
-    def redo(self, key: str) -> list[Any]:
-        return self.undo_redo(key, redo=True)
-
     def undo_redo(self, key: str, redo: bool) -> list[Any]:
         s = self.session(key)
         if not (s.redo() if redo else s.undo()):
             gr.Info("Nothing to redo." if redo else "Nothing to undo.")
         return self.panel(s, "all")
 
-    def editor(self, key: str, box_id: str | None, kind: str, prompt: str, weight: float, color: str) -> list[Any]:
+    def editor(self, key: str, box_id: str | None, kind: str, prompt: str, weight: Any, color: str) -> list[Any]:
         s = self.session(key)
         try:
-            commit_editor(s, box_id, kind, prompt, weight, color)
+            commit_editor(s, box_id, kind, prompt, number(weight, "weight", 0, 100), color)
         except ValueError as e:
             raise gr.Error(f"Box not changed: {e}") from None
         out = self.panel(s, "list")
@@ -255,9 +249,10 @@ class Handlers:
         s = self.session(key)
         side = self.ctx.limits.max_canvas_side
         if choice == "custom":
-            width, height = whole(w, "width", 16, side), whole(h, "height", 16, side)
+            width = int(number(w, "width", 16, side, whole=True))
+            height = int(number(h, "height", 16, side, whole=True))
         else:
-            width = height = whole(choice, "canvas", 16, side)
+            width = height = int(number(choice, "canvas", 16, side, whole=True))
         s.set_canvas(width, height)
         custom = choice == "custom"
         return [viewer_value(s), gr.update(visible=custom, value=width), gr.update(visible=custom, value=height),
@@ -270,11 +265,13 @@ class Handlers:
     def guided(self, *args: Any) -> Iterator[list[Any]]:
         yield from self._run(*args, guided=True)
 
-    def _run(self, key: str, seed: Any, steps: Any, scale: float, box_id: str | None, kind: str, prompt: str,
-             weight: float, color: str, global_: str, guided: bool) -> Iterator[list[Any]]:
+    def _run(self, key: str, seed: Any, steps: Any, scale: Any, box_id: str | None, kind: str, prompt: str,
+             weight: Any, color: str, global_: str, guided: bool) -> Iterator[list[Any]]:
         """Yields [viewer, status, report] per step (with previews) and at the end."""
         s = self.session(key)
-        seed_i, steps_i = whole(seed, "seed", 0, 2**32 - 1), whole(steps, "steps", 1, 1000)
+        seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
+        steps_i = int(number(steps, "steps", 1, 1000, whole=True))
+        strength, weight = number(scale, "guidance strength", 0, 20), number(weight, "weight", 0, 100)
         try:  # the editor's fields may not have been applied yet (no blur before the click)
             commit_editor(s, box_id, kind, prompt, weight, color)
             with s.lock:
@@ -282,7 +279,7 @@ class Handlers:
             loading = guided and not self.ctx.scorer_loaded
             yield [viewer_value(s, (0, steps_i)),
                    "Loading the guidance scorer (first time only)…" if loading else "Generating…", gr.skip()]
-            for event in generate(self.ctx, s, seed=seed_i, steps=steps_i, guided=guided, scale=float(scale)):
+            for event in generate(self.ctx, s, seed=seed_i, steps=steps_i, guided=guided, scale=strength):
                 if isinstance(event, Finished):
                     yield [viewer_value(s), f"Done: {event.view.picture.label}.", report_markdown(event.report)]
                 else:
@@ -315,7 +312,8 @@ class Handlers:
         if view.preview:
             raise gr.Error("Wait for the generation to finish (or cancel it), then export.")
         side = self.ctx.limits.max_canvas_side
-        width, height = whole(w, "export width", 1, side), whole(h, "export height", 1, side)
+        width = int(number(w, "export width", 1, side, whole=True))
+        height = int(number(h, "export height", 1, side, whole=True))
         try:
             self.ctx.check_export(width, height)
         except ValueError as e:

@@ -36,7 +36,8 @@ MAX_WEIGHT = 100.0
 BOX_ID = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
 KEY = re.compile(r"^[A-Za-z0-9_-]{32}$")
 HISTORY = 100   # undo steps kept per session
-KEEP_VIEWS = 4  # recent views whose tiles stay servable (the viewer may still show the previous one)
+KEEP_VIEWS = 12  # recent views whose tiles stay servable: more than one run's previews (generate.PREVIEWS),
+#                 so the image on screen while a new one loads never disappears
 
 
 class SessionNotFound(KeyError):
@@ -278,8 +279,9 @@ class Session:
 
     @property
     def nbytes(self) -> int:
-        return sum(p.nbytes for p in self.pictures()) + sum(
-            b.image.nbytes for s in self.history for b in s.boxes if b.image is not None)
+        with self.lock:
+            images = {id(b.image): b.image.nbytes for s in self.history for b in s.boxes if b.image is not None}
+        return sum(p.nbytes for p in self.pictures()) + sum(images.values())
 
 
 class SessionStore:
@@ -337,7 +339,8 @@ class SessionStore:
                 if now - s.last_seen > self.ttl or len(self._sessions) > self.max_sessions:
                     del self._sessions[s.key]
             live = list(self._sessions.values())
-        total = sum(s.nbytes for s in live)
+        sizes = {s.key: s.nbytes for s in live}
+        total = sum(sizes.values())
         if total <= self.max_bytes:
             return
         pictures = sorted({p for s in live for p in s.pictures() if p.field_bytes}, key=lambda p: p.last_used)
@@ -351,4 +354,4 @@ class SessionStore:
                 if total <= self.max_bytes:
                     break
                 if self._sessions.pop(s.key, None) is not None:
-                    total -= s.nbytes
+                    total -= sizes.get(s.key, 0)

@@ -22,6 +22,8 @@ VIEWER_HTML = """
 <div class="infd-viewer infd-empty">
   <div class="infd-osd"></div>
   <div class="infd-toolbar">
+    <button type="button" data-action="undo" title="Undo (Ctrl+Z)">↶</button>
+    <button type="button" data-action="redo" title="Redo (Ctrl+Shift+Z)">↷</button>
     <button type="button" data-action="draw" title="Draw a box (B, or shift-drag)">▭ Box</button>
     <button type="button" data-action="one" title="Zoom to 1:1 pixels (1)">1:1</button>
     <button type="button" data-action="home" title="Fit the whole image (0)">Fit</button>
@@ -77,15 +79,17 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 status = gr.Markdown("", elem_id="infd-status")
             with gr.Column(scale=1, min_width=360, elem_id="infd-side"):
                 with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, min_width=90, elem_id="infd-seed")
-                    dice = gr.Button("Random", size="sm", min_width=60, elem_id="infd-dice")
+                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, min_width=80, elem_id="infd-seed")
                     steps = gr.Number(50, label="Steps", precision=0, minimum=1, maximum=1000, min_width=70,
                                       elem_id="infd-steps")
+                    scale = gr.Number(1.0, label="Guidance", minimum=0, maximum=20, step=0.1, min_width=70,
+                                      elem_id="infd-scale")
                 with gr.Row():
                     canvas = gr.Dropdown(CANVAS_PRESETS, value=str(DEFAULT_CANVAS), label="Canvas", min_width=90,
                                          elem_id="infd-canvas")
                     canvas_w = gr.Number(DEFAULT_CANVAS, label="Width", precision=0, visible=False, min_width=70)
                     canvas_h = gr.Number(DEFAULT_CANVAS, label="Height", precision=0, visible=False, min_width=70)
+                    dice = gr.Button("Random", size="sm", min_width=60, elem_id="infd-dice")
                 with gr.Row():
                     gen_btn = gr.Button("Generate", variant="primary", min_width=80, elem_id="infd-generate")
                     guided_btn = gr.Button("Guided", variant="primary", min_width=80, elem_id="infd-guided",
@@ -100,17 +104,15 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                         box_list = gr.Radio([], label="Boxes: shift-drag on the canvas to draw one",
                                             elem_id="infd-boxes")
                         with gr.Group(visible=False) as editor:
-                            kind = gr.Dropdown(list(KINDS), value="text", label="Kind of the selected box",
-                                               elem_id="infd-kind")
+                            with gr.Row():
+                                kind = gr.Dropdown(list(KINDS), value="text", label="Kind", min_width=90,
+                                                   elem_id="infd-kind")
+                                weight = gr.Number(1.0, label="Weight", minimum=0, maximum=100, step=0.1,
+                                                   min_width=70, elem_id="infd-weight")
                             prompt = gr.Textbox(label="Prompt (Enter to apply)", lines=1, elem_id="infd-prompt")
-                            weight = gr.Slider(0, 10, value=1.0, step=0.1, label="Weight", elem_id="infd-weight")
                             color = gr.ColorPicker(DEFAULT_COLOR, label="Colour", visible=False)
                             image = gr.Image(label="Reference image", type="numpy", visible=False, height=160)
-                            delete_btn = gr.Button("Delete box", size="sm", variant="secondary")
-                        with gr.Row():
-                            undo_btn = gr.Button("↶ Undo", size="sm", elem_id="infd-undo")
-                            redo_btn = gr.Button("↷ Redo", size="sm", elem_id="infd-redo")
-                        scale = gr.Slider(0, 5, value=1.0, step=0.1, label="Guidance strength", elem_id="infd-scale")
+                            delete_btn = gr.Button("Delete box", size="sm", variant="secondary", elem_id="infd-delete")
                         report = gr.Markdown("", elem_id="infd-report")
                     with gr.Tab("Export", elem_id="infd-export-tab"):
                         with gr.Row():
@@ -143,14 +145,13 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         kind.input(on.editor, editor_inputs, panel, **light)
         prompt.submit(on.editor, editor_inputs, panel, **light)
         prompt.blur(on.editor, editor_inputs, panel, **light)
-        weight.release(on.editor, editor_inputs, panel, **light)
+        weight.submit(on.editor, editor_inputs, panel, **light)
+        weight.blur(on.editor, editor_inputs, panel, **light)
         color.input(on.editor, editor_inputs, panel, **light)
         image.input(on.reference_image, [key, editing, image], panel, **light)
         delete_btn.click(on.delete, key, panel, **light)
         global_prompt.submit(on.global_prompt, [key, global_prompt], panel, **light)
         global_prompt.blur(on.global_prompt, [key, global_prompt], panel, **light)
-        undo_btn.click(on.undo, key, panel, **light)
-        redo_btn.click(on.redo, key, panel, **light)
         dice.click(lambda: int(np.random.randint(0, 2**31 - 1)), None, seed, **light)
         canvas_inputs = [key, canvas, canvas_w, canvas_h]
         canvas_outputs = [viewer, canvas_w, canvas_h, export_w, export_h]

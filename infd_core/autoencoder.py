@@ -218,6 +218,7 @@ class AutoencoderConfig:
     regularizer: str = "vq"  # "vq" | "kl"
     n_embed: int = 8192
     beta: float = 0.25
+    kl_weight: float = 1e-6
     input_size: int = 256
 
     def __post_init__(self) -> None:
@@ -252,24 +253,33 @@ class Autoencoder(nn.Module):
         self.decoder = nn.Sequential(nn.Conv2d(zc, zc, 1), decoder)
         self.renderer = build_renderer(cfg.renderer, decoder.out_channels)
 
-    def encode(self, image: Tensor) -> Tensor:
-        """``image [B, 3, H, W]`` in [-1, 1] -> pre-regulariser latent ``[B, z, 64, 64]``.
+    def encoder_output(self, image: Tensor) -> Tensor:
+        """``image [B, 3, H, W]`` in [-1, 1] -> raw encoder output ``[B, z or 2z, 64, 64]``.
 
-        The image is resized to ``input_size`` squared (antialiased) first. For the KL
-        regulariser this returns the posterior mean.
+        The image is resized to ``input_size`` squared (antialiased) first. For VQ this is the
+        pre-quantisation latent; for KL the posterior moments (mean, log-variance).
         """
         if image.ndim != 4 or image.shape[1] != 3:
             raise ValueError(f"expected an image batch [B, 3, H, W], got shape {tuple(image.shape)}")
         s = self.cfg.input_size
         if image.shape[-2:] != (s, s):
             image = F.interpolate(image, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
-        h = self.encoder(image)
+        return self.encoder(image)
+
+    def encode(self, image: Tensor) -> Tensor:
+        """``image`` -> the latent diffusion works on ``[B, z, 64, 64]``: VQ's pre-quantisation
+        latent (as the authors) or KL's posterior mean."""
+        h = self.encoder_output(image)
         return h.chunk(2, dim=1)[0] if self.cfg.regularizer == "kl" else h
 
     def regularize(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """Encoder output -> (latent fed to the decoder, regulariser loss)."""
+        """Raw encoder output -> (latent fed to the decoder, weighted regulariser loss).
+
+        VQ: quantised latent (straight-through) and the codebook + commitment loss. KL: a
+        posterior sample and ``kl_weight`` times the KL divergence.
+        """
         z, loss, _ = self.quantizer(h)
-        return z, loss
+        return z, (self.cfg.kl_weight * loss if self.cfg.regularizer == "kl" else loss)
 
     def decode(self, z: Tensor) -> Tensor:
         """Latent ``[B, z, 64, 64]`` (e.g. from diffusion) -> ``phi [B, C, 256, 256]``.

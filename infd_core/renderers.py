@@ -85,7 +85,7 @@ class StatGroupNorm(nn.GroupNorm):
             return super().forward(x)
         kind, stats, counter = mode
         b, c = x.shape[:2]
-        g = x.float().view(b, self.num_groups, -1)
+        g = x.float().reshape(b, self.num_groups, -1)  # reshape: x may be channels_last (the bf16 path)
         if kind == "record":
             mean, var = g.mean(-1, keepdim=True), g.var(-1, unbiased=False, keepdim=True)
             stats.append((mean, var))

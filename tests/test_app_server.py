@@ -12,6 +12,7 @@ import threading
 import time
 import zipfile
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -23,9 +24,9 @@ from app import sessionfile
 from app.context import Limits
 from app.deepzoom import Pyramid
 from app.generate import Cancelled, Finished, Progress, generate
-from app.handlers import apply_box_edit, whole
+from app.handlers import apply_box_edit, number
 from app.server import create_app, load_pipeline
-from app.sessions import BoxSpec, Picture, Session, SessionStore, State
+from app.sessions import KEEP_VIEWS, BoxSpec, Picture, Session, SessionStore, State
 from app.tiles import ByteLRU, TileWorkers
 
 EXPORT_LIMIT = 640 * 480
@@ -132,12 +133,13 @@ def test_a_new_picture_gets_a_new_gen_and_old_views_expire(server):
     client, ctx = server
     s = new_session(ctx)
     first = s.view.gen
-    for seed in range(5):
+    for seed in range(KEEP_VIEWS):
         s.commit(State(Picture(torch.randn(1, *ctx.pipe.latent_shape), seed=seed)))
-    assert s.view.gen == first + 5
-    assert client.get(tile_url(s, 8, 0, 0, gen=first)).status_code == 404  # beyond KEEP_VIEWS
+    assert s.view.gen == first + KEEP_VIEWS
+    assert client.get(tile_url(s, 8, 0, 0, gen=first)).status_code == 404  # no longer kept
+    assert client.get(tile_url(s, 8, 0, 0, gen=first + 1)).status_code == 200
     s.set_canvas(2048, 1024)
-    assert s.view.gen == first + 6 and client.get(tile_url(s, 11, 7, 3)).status_code == 200
+    assert s.view.gen == first + KEEP_VIEWS + 1 and client.get(tile_url(s, 11, 7, 3)).status_code == 200
 
 
 # --- exports --------------------------------------------------------------------------------------
@@ -266,10 +268,10 @@ def test_box_edits_undo_and_redo():
 
 
 def test_ui_numbers_are_checked():
-    assert whole("12", "steps", 1, 100) == 12 and whole(3.0, "seed", 0, 9) == 3
-    for bad in (None, "", "x", 2.5, 0, 101, float("nan")):
-        with pytest.raises(Exception, match="steps must be"):
-            whole(bad, "steps", 1, 100)
+    assert number("12", "steps", 1, 100, whole=True) == 12 and number(2.5, "weight", 0, 10) == 2.5
+    for bad in (None, "", "x", 2.5, 0, 101, float("nan"), float("inf")):
+        with pytest.raises(gr.Error, match="steps must be a whole number"):
+            number(bad, "steps", 1, 100, whole=True)
 
 
 def test_store_evicts_idle_and_oldest_sessions_but_not_busy_ones():

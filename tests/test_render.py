@@ -244,3 +244,15 @@ def test_channels_last_phi_gives_identical_inputs():
     assert torch.equal(dense, cl)
     assert torch.equal(renderer_inputs(phi.bfloat16().contiguous(memory_format=torch.channels_last), coord, cell),
                        renderer_inputs(phi.bfloat16(), coord, cell))
+
+
+def test_fixed_statistics_work_on_channels_last_activations():
+    """The bf16 pipeline runs the renderer channels_last; with several channels per group too."""
+    torch.manual_seed(0)
+    renderer = build_renderer(RendererConfig("clif", width=64, blocks=1, norm="group"), PHI_CHANNELS).eval()
+    renderer = renderer.to(memory_format=torch.channels_last)
+    phi = make_phi(5, size=64).contiguous(memory_format=torch.channels_last)
+    stats = norm_statistics(renderer, phi, size=96)
+    with fixed_norm_statistics(stats):
+        fixed = whole(renderer, phi, 96, 96)
+    assert max_diff(fixed, whole(renderer, phi, 96, 96)) <= 1e-4

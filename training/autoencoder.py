@@ -79,7 +79,7 @@ class FieldReconstruction(nn.Module):
         self.ae = ae
 
     def forward(self, inp: Tensor, coord: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
-        z, reg = self.ae.regularize(self.ae.encode(inp))
+        z, reg = self.ae.regularize(self.ae.encoder_output(inp))
         phi = self.ae.decoder(z)
         return self.ae.renderer(phi, coord, cell), reg
 
@@ -149,11 +149,13 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
-            with autocast(d.device, cfg.precision):
-                d_loss, d_log = criterion.discriminator_loss(pred, batch["gt"], step)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
+            d_log = {}
+            if step >= cfg.disc_start:  # before that the GAN terms are off: skip the discriminator entirely
+                with autocast(d.device, cfg.precision):
+                    d_loss, d_log = criterion.discriminator_loss(pred, batch["gt"], step)
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
             step += 1
             bar.update(1)
             last = {**g_log, **d_log}

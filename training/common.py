@@ -39,6 +39,9 @@ class Dist:
 
 def setup_distributed(device: str) -> Dist:
     """Initialise torch.distributed when launched by torchrun; pick this rank's device."""
+    # Adam moments of rarely-updated parameters decay into denormal floats, which are ~100x slower
+    # on x86 CPUs; flushing them to zero changes nothing measurable and keeps steps fast.
+    torch.set_flush_denormal(True)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return Dist(device=torch.device(device))
@@ -93,17 +96,17 @@ class CSVLog:
 
     def write(self, step: int, values: dict[str, float]) -> None:
         row = {"step": step, "time": round(time.time() - self.start, 2), **{k: round(float(v), 6) for k, v in values.items()}}
-        new = not self.path.exists()
-        if not new:
-            with self.path.open() as f:
-                header = f.readline().strip().split(",")
-            if header != list(row):
-                row = {k: row.get(k, "") for k in header}
-        with self.path.open("a", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=list(row))
-            if new:
-                w.writeheader()
-            w.writerow(row)
+        rows: list[dict] = []
+        if self.path.exists():
+            with self.path.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+        header = list(rows[0]) if rows else []
+        header += [k for k in row if k not in header]  # new keys (e.g. GAN terms once they start) extend it
+        rows.append(row)
+        with self.path.open("w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=header, restval="")
+            w.writeheader()
+            w.writerows(rows)
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:

@@ -89,13 +89,13 @@
     function showImage(v) {
       const img = v.image;
       const key = img ? `${v.session}/${img.gen}` : null;
-      if (key === st.shownKey || key === st.pendingKey) return;
+      if (key === st.shownKey || (key && key === st.pendingKey)) return;
       if (st.pending) {                       // superseded before it finished loading
         viewer.world.removeItem(st.pending);
         st.pending = null;
       }
       st.pendingKey = key;
-      if (!img) {
+      if (!img) {                             // e.g. the first generation undone
         viewer.world.removeAll();
         st.shownKey = null;
         return;
@@ -286,6 +286,8 @@
     }
 
     const actions = {
+      undo: () => trigger('history', { action: 'undo' }),
+      redo: () => trigger('history', { action: 'redo' }),
       draw: () => setDrawMode(!st.drawMode),
       one: zoomOneToOne,
       home: () => viewer.viewport.goHome(),
@@ -304,8 +306,8 @@
       const mod = e.ctrlKey || e.metaKey;
       const k = e.key.toLowerCase();
       let handled = true;
-      if (mod && k === 'z') trigger('history', { action: e.shiftKey ? 'redo' : 'undo' });
-      else if (mod && k === 'y') trigger('history', { action: 'redo' });
+      if (mod && k === 'z') actions[e.shiftKey ? 'redo' : 'undo']();
+      else if (mod && k === 'y') actions.redo();
       else if (mod || e.altKey) handled = false;
       else if ((k === 'delete' || k === 'backspace') && st.selected) {
         const id = st.selected;
