@@ -66,20 +66,7 @@ def tile_latency(pipe: Pipeline, reps: int) -> float:
     return median_time(lambda: pipe.render_tensor(field, 2048, 2048, interior), reps)
 
 
-def main() -> None:
-    def extra(ap: argparse.ArgumentParser) -> None:
-        ap.add_argument("--tile", type=int, default=256, help="tile side for full renders and the export")
-        ap.add_argument("--export-size", type=int, default=8192)
-        ap.add_argument("--one-call-size", type=int, default=None, help="default: 2048 (cpu), 1024 (paper)")
-        ap.add_argument("--skip-memory", action="store_true")
-        ap.add_argument("--child", choices=["export", "one-call"], help=argparse.SUPPRESS)
-        ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
-
-    args = parse(__doc__, extra)
-    if args.child:
-        child(args)
-        return
-    header(args, "render")
+def timings(args: argparse.Namespace) -> None:
     pipe = pipeline(args, diffusion=False)
     info = pipe.describe()
     print(f"renderer {info['renderer']} ({info['params']['renderer'] / 1e6:.3f}M params), tile {args.tile}")
@@ -87,8 +74,9 @@ def main() -> None:
           f"over {args.reps}")
     field = pipe.field(latent())
     print(f"2048² full render, {args.tile}-px tiles: {once(lambda: pipe.render(field, 2048, 2048, tile=args.tile)):.2f} s")
-    if args.skip_memory:
-        return
+
+
+def memory(args: argparse.Namespace) -> None:
     one = args.one_call_size or (2048 if args.config == "cpu" else 1024)
     base = run_child(args, "one-call", 64)
     export = run_child(args, "export", args.export_size)
@@ -99,6 +87,27 @@ def main() -> None:
     if "peak_rss_mb" in export and "peak_rss_mb" in whole:
         print(f"peak RSS {args.export_size}² tiled export / {one}² one call = "
               f"{export['peak_rss_mb']:.0f} / {whole['peak_rss_mb']:.0f} MB = {export['peak_rss_mb'] / whole['peak_rss_mb']:.3f}")
+
+
+def main() -> None:
+    def extra(ap: argparse.ArgumentParser) -> None:
+        ap.add_argument("--tile", type=int, default=256, help="tile side for full renders and the export")
+        ap.add_argument("--export-size", type=int, default=8192)
+        ap.add_argument("--one-call-size", type=int, default=None, help="default: 2048 (cpu), 1024 (paper)")
+        ap.add_argument("--skip-memory", action="store_true")
+        ap.add_argument("--skip-timing", action="store_true")
+        ap.add_argument("--child", choices=["export", "one-call"], help=argparse.SUPPRESS)
+        ap.add_argument("--size", type=int, help=argparse.SUPPRESS)
+
+    args = parse(__doc__, extra)
+    if args.child:
+        child(args)
+        return
+    header(args, "render")
+    if not args.skip_timing:
+        timings(args)
+    if not args.skip_memory:
+        memory(args)
 
 
 if __name__ == "__main__":

@@ -41,8 +41,8 @@ STEPS = "4"
 @pytest.fixture(scope="module")
 def live():
     """The app on a free localhost port, served by uvicorn on a thread."""
-    pipe, _ = load_pipeline()
-    app = create_app(pipe)
+    pipe, note = load_pipeline()
+    app = create_app(pipe, model_note=note)
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
