@@ -35,10 +35,17 @@ def parse(description: str, extra: Callable[[argparse.ArgumentParser], None] | N
     return args
 
 
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    """fp32 matmul throughput now, to put the timings in scale (FACTS §6: ~400 GFLOP/s on a quiet machine)."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    return 2 * n**3 / median_time(lambda: a @ b, reps) / 1e9
+
+
 def header(args: argparse.Namespace, what: str) -> None:
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"# {what}: config={args.config} precision={args.precision} torch={torch.__version__} "
-          f"threads={torch.get_num_threads()} load average={load} (shared machine: timings are noisy)")
+          f"threads={torch.get_num_threads()} load average={load} fp32 matmul {matmul_gflops():.0f} GFLOP/s "
+          f"(shared machine: timings are noisy)")
 
 
 def model_config(name: str, diffusion: bool = True) -> configs.ModelConfig:

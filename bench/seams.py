@@ -13,7 +13,9 @@ without GroupNorm. Values are in output units (the image spans [-1, 1]).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -21,10 +23,13 @@ from torch import Tensor, nn
 from common import header, latent, parse, pipeline
 from infd_core.geometry import PixelRange, level_grid
 from infd_core.renderers import build_renderer, fixed_norm_statistics, norm_statistics
-from infd_core.tiling import tile_ranges
+from infd_core.pipeline import Pipeline
+from infd_core.tiling import render_pixels, tile_ranges
+
+Amp = Callable[[], contextlib.AbstractContextManager]
 
 
-def render(renderer: nn.Module, phi: Tensor, n: int, rng: PixelRange, pad: int, amp) -> Tensor:
+def render(renderer: nn.Module, phi: Tensor, n: int, rng: PixelRange, pad: int, amp: Amp) -> Tensor:
     """Pixels ``rng`` of level ``n x n`` rendered with ``pad`` pixels of halo (clipped at the border), cropped."""
     big = rng.padded(pad, n, n)
     coord, cell = level_grid(n, n, big)
@@ -34,10 +39,22 @@ def render(renderer: nn.Module, phi: Tensor, n: int, rng: PixelRange, pad: int, 
     return out[..., top:top + rng.shape[0], left:left + rng.shape[1]]
 
 
-def tiled(renderer: nn.Module, phi: Tensor, n: int, tile: int, pad: int, amp) -> Tensor:
+def authors_tiles(renderer: nn.Module, phi: Tensor, n: int, tile: int, pad: int, amp: Amp) -> Tensor:
+    """The authors' tiling: each tile rendered with ``pad`` px of padding, GroupNorm over the padded tile."""
     out = torch.empty(1, 3, n, n)
     for rng in tile_ranges(PixelRange(0, n, 0, n), tile):
         out[..., rng.r0:rng.r1, rng.c0:rng.c1] = render(renderer, phi, n, rng, pad, amp)
+    return out
+
+
+def our_tiles(pipe: Pipeline, renderer: nn.Module, phi: Tensor, n: int, tile: int, stats: list | None = None) -> Tensor:
+    """infd_core's tiling (:func:`render_pixels`: receptive-radius halo, optional fixed statistics)."""
+    out = torch.empty(1, 3, n, n)
+    with torch.no_grad():
+        for rng in tile_ranges(PixelRange(0, n, 0, n), tile):
+            out[..., rng.r0:rng.r1, rng.c0:rng.c1] = render_pixels(
+                renderer, phi, n, n, rng, norm_stats=stats, autocast_dtype=pipe.autocast_dtype,
+                channels_last=pipe.channels_last)
     return out
 
 
@@ -67,22 +84,22 @@ def main() -> None:
     full = PixelRange(0, n, 0, n)
     print(f"level {n}², {tile}-px tiles, renderer width {base.width}, {base.blocks} blocks, receptive radius {radius}")
 
-    report("default CLIF (no norm): tiles vs whole", tiled(plain, phi, n, tile, radius, amp),
+    report("default CLIF (no norm): tiles vs whole", our_tiles(pipe, plain, phi, n, tile),
            render(plain, phi, n, full, 0, amp))
 
     authors_whole = render(group, phi, n, full, 0, amp)  # GroupNorm statistics of the whole level
     print(f"GroupNorm CLIF whole render: std {authors_whole.std().item():.3f}, "
           f"|max| {authors_whole.abs().max().item():.3f} (scale of the errors below)")
     report("GroupNorm CLIF, per-tile statistics, authors' 8-px padding: tiles vs whole",
-           tiled(group, phi, n, tile, 8, amp), authors_whole)
+           authors_tiles(group, phi, n, tile, 8, amp), authors_whole)
     report(f"GroupNorm CLIF, per-tile statistics, {radius}-px halo: tiles vs whole",
-           tiled(group, phi, n, tile, radius, amp), authors_whole)
+           our_tiles(pipe, group, phi, n, tile), authors_whole)
 
-    for size in (256, n):
+    for size in sorted({256, n}):
         with amp():
             stats = norm_statistics(group, phi, size=size)
+        fixed_tiles = our_tiles(pipe, group, phi, n, tile, stats)
         with fixed_norm_statistics(stats):
-            fixed_tiles = tiled(group, phi, n, tile, radius, amp)
             fixed_whole = render(group, phi, n, full, 0, amp)
         report(f"GroupNorm CLIF, statistics fixed from a {size}² render: tiles vs whole", fixed_tiles, fixed_whole)
         report(f"GroupNorm CLIF, statistics fixed from a {size}² render: tiles vs authors' whole render",

@@ -22,7 +22,12 @@ from .renderers import RendererConfig, build_renderer
 
 
 def Normalize(channels: int) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=min(32, channels), num_channels=channels, eps=1e-6, affine=True)
+    """LDM's GroupNorm(32) for wide layers; at least 4 channels per group for narrow ones.
+
+    A group of one channel is instance norm: it erases each channel's spatial mean, i.e. the
+    image's colour and brightness, and a small model then renders every image in one colour.
+    """
+    return nn.GroupNorm(num_groups=max(1, min(32, channels // 4)), num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):

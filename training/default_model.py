@@ -26,6 +26,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from infd_core.checkpoint import read_config, write_config
+from infd_core.geometry import PixelRange
 from infd_core.pipeline import Pipeline
 
 from . import autoencoder as stage1
@@ -68,8 +69,6 @@ def pictures(pipe: Pipeline, out: Path, seeds: range = range(8), zoom_seed: int 
     views = []
     for size in (512, 1024, 2048, 4096):
         c = (size - 512) // 2
-        from infd_core.geometry import PixelRange
-
         views.append(pipe.render(field, size, size, PixelRange(c, c + 512, c, c + 512)))
     Image.fromarray(np.concatenate(views, axis=1)).save(out / "zoom.jpg", quality=90)
 
@@ -100,7 +99,7 @@ Stored: autoencoder fp32, UNet fp16 ({bytes:.1f} MB in all).
 | diffusion (ε-objective, authors' schedule, EMA {ema}) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu.json` |
 
 ## Evaluation on the 3 held-out photos
-Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --data runs/default/photos/holdout --fid-data runs/default/photos/train --samples {samples}`
+Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --data runs/default/photos/holdout --fid-data runs/default/photos/train --samples {samples} --crops {crops}`
 
 {evaluation}
 
@@ -116,7 +115,7 @@ CC-BY-2.0 (scikit-learn's two photos).
 """
 
 
-def model_card(out: Path, work: Path, report_md: str, samples: int) -> None:
+def model_card(out: Path, work: Path, report_md: str, samples: int, crops: int) -> None:
     cfg = read_config(out)
     pipe = Pipeline.load(out)
     d = pipe.describe()
@@ -137,7 +136,7 @@ def model_card(out: Path, work: Path, report_md: str, samples: int) -> None:
         bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, disc_start=ae_cfg.disc_start,
         ae_steps=cfg.meta.get("stage1_steps"), ae_batch=ae_cfg.batch, ae_time=hours(wall_time(work / "ae" / "log.csv")),
         dm_steps=cfg.meta.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=hours(wall_time(work / "dm" / "log.csv")),
-        ema=dm_cfg.ema, samples=samples, evaluation=report_md)
+        ema=dm_cfg.ema, samples=samples, crops=crops, evaluation=report_md)
     (out / "README.md").write_text(text)
     shutil.copyfile(work / "photos" / "MANIFEST.md", out / "MANIFEST.md")
 
@@ -148,10 +147,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--ae-steps", type=int)
     ap.add_argument("--dm-steps", type=int)
-    ap.add_argument("--samples", type=int, default=16, help="generated images for patch-FID")
+    ap.add_argument("--samples", type=int, default=8, help="generated images for patch-FID")
+    ap.add_argument("--crops", type=int, default=128, help="random crops per set for patch-FID")
     ap.add_argument("--skip-training", action="store_true", help="only export, evaluate and write the card")
     args = ap.parse_args(argv)
-    torch.set_num_threads(torch.get_num_threads())
     photos = args.work / "photos"
     if not (photos / "manifest.json").exists():
         photoset.main(["--out", str(photos)])
@@ -164,9 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     export(args.work / "dm" / "model", args.out)
     report = evaluate.main(["--model", str(args.out), "--data", str(photos / "holdout"),
                             "--fid-data", str(photos / "train"), "--samples", str(args.samples),
-                            "--out", str(args.work / "evaluation.json")])
+                            "--crops", str(args.crops), "--out", str(args.work / "evaluation.json")])
     pictures(Pipeline.load(args.out), args.out)
-    model_card(args.out, args.work, evaluate.markdown(report), args.samples)
+    model_card(args.out, args.work, evaluate.markdown(report), args.samples, args.crops)
     print(f"wrote {args.out}")
 
 

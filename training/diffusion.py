@@ -72,7 +72,7 @@ def cache_latents(pipe: Pipeline, cfg: DMTrainConfig, data: list[str], path: Pat
     torch.manual_seed(cfg.seed)
     zs = []
     for folder in data:
-        crops = SquareCrops(ImageFolder(folder), size=pipe.cfg.autoencoder.input_size, crop_scale=cfg.crop_scale,
+        crops = SquareCrops(ImageFolder(folder, cache=True), size=pipe.cfg.autoencoder.input_size, crop_scale=cfg.crop_scale,
                             hflip=cfg.hflip, repeats=cfg.repeats)
         loader = torch.utils.data.DataLoader(crops, batch_size=16, num_workers=cfg.workers)
         for batch in tqdm(loader, desc=f"encode {folder}", unit="batch"):
