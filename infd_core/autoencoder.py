@@ -253,6 +253,10 @@ class Autoencoder(nn.Module):
         zc = cfg.z_channels
         moments = 2 * zc if cfg.regularizer == "kl" else zc
         self.encoder = nn.Sequential(Encoder(cfg.encoder, moments, resolution=cfg.input_size), nn.Conv2d(moments, moments, 1))
+        if cfg.regularizer == "kl":  # start with little posterior noise (std e^-4): with unit noise at
+            with torch.no_grad():  # init a short run learns only the mean colour of the data
+                self.encoder[1].weight[zc:].zero_()
+                self.encoder[1].bias[zc:].fill_(-8.0)
         self.quantizer = VectorQuantizer(cfg.n_embed, zc, cfg.beta) if cfg.regularizer == "vq" else DiagonalGaussian()
         decoder = Decoder(cfg.decoder, zc, resolution=cfg.input_size)
         self.decoder = nn.Sequential(nn.Conv2d(zc, zc, 1), decoder)

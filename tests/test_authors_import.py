@@ -2,7 +2,7 @@
 
 The checkpoint here is built from a written-down description of their key layout (LDM
 encoder/decoder names, their CLIF renderer, junk from the diffusion model, LPIPS and the
-discriminator), with small widths and random weights. The imported model is checked against
+discriminator), with fewer levels/blocks than theirs and random weights. The imported model is checked against
 references that do not use infd_core's modules: diffusers' ``Encoder``/``Decoder`` loaded with
 diffusers' own LDM key converter, and a functional CLIF written after the authors' code
 (``grid_sample`` nearest, ``align_corners=False``; GroupNorm over the rendered patch).
@@ -25,7 +25,9 @@ from infd_core.checkpoint import CheckpointError, import_authors, read_authors_c
 from infd_core.geometry import PixelRange, level_grid
 from infd_core.pipeline import Pipeline
 
-CH, MULT, BLOCKS, Z, CODES, WIDTH = 32, (1, 2, 4), 2, 3, 64, 32  # the authors': 128, (1, 2, 4), 2, 3, 8192, 256
+# The authors': 128, (1, 2, 4), 2, 3, 8192, 256. Every encoder/decoder layer keeps >= 128 channels: there
+# infd's Normalize and LDM's GroupNorm(32) agree (narrower infd layers use channels // 4 groups).
+CH, MULT, BLOCKS, Z, CODES, WIDTH = 128, (1, 1, 2), 1, 3, 64, 32
 GROUPS, EPS = 32, 1e-6
 
 # --- an authors'-layout state dict ---------------------------------------------------------------
