@@ -29,8 +29,8 @@ from infd_core.autoencoder import Autoencoder
 from infd_core.checkpoint import load_weights, save_weights, write_config
 from infd_core.configs import ModelConfig, preset
 
-from .common import (CSVLog, Dist, autocast, chunk_batches, cleanup_distributed, load_json_config, load_state, save_state,
-                     setup_distributed, unwrap)
+from .common import (CSVLog, Dist, autocast, chunk_batches, cleanup_distributed, load_json_config, load_state,
+                     next_chunk, save_state, setup_distributed, unwrap, wrap_ddp)
 from .data import ImageFolder, MixedDataset, NeuralFieldCrops, RandomSquares
 from .losses import AutoencoderLoss, NLayerDiscriminator
 
@@ -129,17 +129,14 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
         step = int(state["step"])
     net: nn.Module = FieldReconstruction(ae)
     disc: nn.Module = criterion.discriminator
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(net, device_ids=[d.device.index] if d.device.type == "cuda" else None)
-        criterion.discriminator = disc = nn.parallel.DistributedDataParallel(
-            disc, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    net, disc = wrap_ddp(net, d), wrap_ddp(disc, d)
+    criterion.discriminator = disc
     dataset = build_dataset(cfg, data)
     log = CSVLog(out / "log.csv") if d.main else None
     last: dict[str, float] = {}
     bar = tqdm(total=total, initial=step, desc="autoencoder", unit="step", disable=not (progress and d.main))
     while step < total:
-        chunk = step // cfg.ckpt_every
-        n = min(cfg.ckpt_every - step % cfg.ckpt_every, total - step)
+        chunk, n = next_chunk(step, total, cfg.ckpt_every)
         for batch in chunk_batches(dataset, cfg.batch, n, seed=cfg.seed, chunk=chunk, rank=d.rank, workers=cfg.workers):
             batch = {k: v.to(d.device) for k, v in batch.items()}
             with autocast(d.device, cfg.precision):

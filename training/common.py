@@ -127,5 +127,17 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     return torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
 
 
+def wrap_ddp(module: torch.nn.Module, d: Dist) -> torch.nn.Module:
+    """``module`` in DistributedDataParallel when running several processes, else as it is."""
+    if d.world == 1:
+        return module
+    return torch.nn.parallel.DistributedDataParallel(module, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+
+
+def next_chunk(step: int, total: int, every: int) -> tuple[int, int]:
+    """(chunk index, steps left in it) for a run at ``step`` of ``total`` checkpointing every ``every``."""
+    return step // every, min(every - step % every, total - step)
+
+
 def unwrap(module: torch.nn.Module) -> torch.nn.Module:
     return module.module if isinstance(module, torch.nn.parallel.DistributedDataParallel) else module

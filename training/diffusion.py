@@ -19,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
@@ -31,8 +33,8 @@ from infd_core.configs import preset
 from infd_core.diffusion import DiffusionConfig, alphas_cumprod, build_unet, q_sample
 from infd_core.pipeline import Pipeline
 
-from .common import (CSVLog, Dist, chunk_batches, cleanup_distributed, load_json_config, load_state, save_state,
-                     setup_distributed, unwrap)
+from .common import (CSVLog, Dist, chunk_batches, cleanup_distributed, load_json_config, load_state, next_chunk,
+                     save_state, setup_distributed, unwrap, wrap_ddp)
 from .data import ImageFolder, SquareCrops
 
 
@@ -72,7 +74,8 @@ def cache_latents(pipe: Pipeline, cfg: DMTrainConfig, data: list[str], path: Pat
     torch.manual_seed(cfg.seed)
     zs = []
     for folder in data:
-        crops = SquareCrops(ImageFolder(folder, cache=True), size=pipe.cfg.autoencoder.input_size, crop_scale=cfg.crop_scale,
+        crops = SquareCrops(ImageFolder(folder, cache=True), size=pipe.cfg.autoencoder.input_size,
+                            crop_scale=cfg.crop_scale,
                             hflip=cfg.hflip, repeats=cfg.repeats)
         loader = torch.utils.data.DataLoader(crops, batch_size=16, num_workers=cfg.workers)
         for batch in tqdm(loader, desc=f"encode {folder}", unit="batch"):
@@ -118,16 +121,13 @@ def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist
         ema.n_averaged.fill_(int(state["n_averaged"]))
         opt.load_state_dict(state["opt"])
         step = int(state["step"])
-    net: nn.Module = unet
-    if d.world > 1:
-        net = nn.parallel.DistributedDataParallel(unet, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+    net = wrap_ddp(unet, d)
     abar = alphas_cumprod(dcfg).to(d.device)
     log = CSVLog(out / "log.csv") if d.main else None
     last: dict[str, float] = {}
     bar = tqdm(total=total, initial=step, desc="diffusion", unit="step", disable=not (progress and d.main))
     while step < total:
-        chunk = step // cfg.ckpt_every
-        n = min(cfg.ckpt_every - step % cfg.ckpt_every, total - step)
+        chunk, n = next_chunk(step, total, cfg.ckpt_every)
         gen = torch.Generator().manual_seed(cfg.seed * 7919 + chunk * 31 + d.rank)
         for (x0,) in chunk_batches(latents, cfg.batch, n, seed=cfg.seed, chunk=chunk, rank=d.rank, workers=0):
             x0 = x0.to(d.device)
@@ -171,9 +171,6 @@ def save_checkpoint(out: Path, ae_dir: Path, dcfg: DiffusionConfig, unet: nn.Mod
 @torch.no_grad()
 def save_samples(model_dir: Path, path: Path, device: torch.device, n: int = 4, steps: int = 50) -> None:
     """A row of ``n`` samples from the EMA model at 256²."""
-    from PIL import Image
-    import numpy as np
-
     pipe = Pipeline.load(model_dir, device=device)
     imgs = [pipe.render(pipe.field(pipe.sample(seed, steps=steps)), 256, 256) for seed in range(n)]
     path.parent.mkdir(parents=True, exist_ok=True)
