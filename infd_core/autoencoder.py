@@ -225,6 +225,10 @@ class AutoencoderConfig:
     beta: float = 0.25
     kl_weight: float = 1e-6
     input_size: int = 256
+    # The latent mean is the image's 4x4-average thumbnail plus the encoder's (zero-initialised)
+    # output, and phi adds the bilinearly upsampled latent: colours are right from step 0, the
+    # latent is image-like, and a small model trains in CPU-minutes. Off for the paper's model.
+    thumbnail_skip: bool = False
 
     def __post_init__(self) -> None:
         for name in ("encoder", "decoder"):
@@ -238,6 +242,8 @@ class AutoencoderConfig:
             self.renderer = RendererConfig(**self.renderer)
         if self.regularizer not in ("vq", "kl"):
             raise ValueError(f"regularizer must be 'vq' or 'kl', got {self.regularizer!r}")
+        if self.thumbnail_skip and self.z_channels != 3:
+            raise ValueError(f"thumbnail_skip needs z_channels == 3 (an RGB thumbnail), got {self.z_channels}")
 
     @property
     def latent_size(self) -> int:
@@ -261,6 +267,14 @@ class Autoencoder(nn.Module):
         decoder = Decoder(cfg.decoder, zc, resolution=cfg.input_size)
         self.decoder = nn.Sequential(nn.Conv2d(zc, zc, 1), decoder)
         self.renderer = build_renderer(cfg.renderer, decoder.out_channels)
+        if cfg.thumbnail_skip:  # see AutoencoderConfig.thumbnail_skip
+            self.skip = nn.Conv2d(zc, decoder.out_channels, 1)
+            with torch.no_grad():
+                self.encoder[1].weight[:zc].zero_()
+                self.encoder[1].bias[:zc].zero_()
+                self.skip.weight.zero_()
+                self.skip.bias.zero_()
+                self.skip.weight[:zc, :, 0, 0] = torch.eye(zc)  # phi's first channels start as the latent
 
     def encoder_output(self, image: Tensor) -> Tensor:
         """``image [B, 3, H, W]`` in [-1, 1] -> raw encoder output ``[B, z or 2z, 64, 64]``.
@@ -273,7 +287,11 @@ class Autoencoder(nn.Module):
         s = self.cfg.input_size
         if image.shape[-2:] != (s, s):
             image = F.interpolate(image, size=(s, s), mode="bicubic", antialias=True, align_corners=False)
-        return self.encoder(image)
+        h = self.encoder(image)
+        if self.cfg.thumbnail_skip:
+            thumb = F.avg_pool2d(image, s // self.cfg.latent_size)
+            h = torch.cat([h[:, :3] + thumb.to(h.dtype), h[:, 3:]], dim=1)
+        return h
 
     def encode(self, image: Tensor) -> Tensor:
         """``image`` -> the latent diffusion works on ``[B, z, 64, 64]``: VQ's pre-quantisation
@@ -298,7 +316,14 @@ class Autoencoder(nn.Module):
         self.check_latent(z)
         if self.cfg.regularizer == "vq":
             z = self.quantizer(z)[0]
-        return self.decoder(z)
+        return self.features(z)
+
+    def features(self, z: Tensor) -> Tensor:
+        """The decoder proper, no checks or quantisation: ``z [B, z, 64, 64] -> phi [B, C, 256, 256]``."""
+        phi = self.decoder(z)
+        if self.cfg.thumbnail_skip:
+            phi = phi + F.interpolate(self.skip(z), size=phi.shape[-2:], mode="bilinear", align_corners=False)
+        return phi
 
     def check_latent(self, z: Tensor) -> None:
         n = self.cfg.latent_size

@@ -220,7 +220,7 @@ def image_to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
         image = np.array(image.convert("RGB"))
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError("image must be a PIL image, an [H, W, 3] uint8 array or a [B, 3, H, W] tensor")
-    return torch.from_numpy(image).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def check_size(height: int, width: int, max_pixels: int | None = None) -> None:

@@ -2,11 +2,14 @@
 
 One browser session walks through what a user does: generate, zoom, draw a box with a prompt,
 guided generation, undo, export. Screenshots go to ``artifacts/`` (gitignored); the tile
-timings of the second test to ``artifacts/app-timings.json``.
+timings of the second test to ``artifacts/app-timings.json``. The README's screenshots are
+``INFD_E2E_STEPS=50 pytest tests/test_app_e2e.py`` then ``app-02-generated.png`` and
+``app-03-zoomed-1to1.png`` copied to ``assets/screenshots/app-canvas.png`` / ``app-zoom-1to1.png``.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
@@ -35,7 +38,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 TILE = re.compile(r"/tiles/[\w-]+/(\d+)/(\d+)/(\d+)_(\d+)\.png$")
-STEPS = "4"
+STEPS = os.environ.get("INFD_E2E_STEPS", "4")  # more for README screenshots (assets/screenshots/)
 
 
 @pytest.fixture(scope="module")

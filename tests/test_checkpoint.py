@@ -233,3 +233,28 @@ def test_cli_bad_model_and_checkpoint(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:  # argparse's own usage errors also exit with 2
         main(["sample", "--size", "big", "--out", "x.png"])
     assert exit_info.value.code == 2
+
+
+def test_thumbnail_skip_starts_as_thumbnail_in_and_upsampled_latent_out() -> None:
+    """cpu preset at init: latent mean = the 4x4-average thumbnail, phi[:3] += its bilinear upsampling."""
+    from infd_core.autoencoder import Autoencoder
+
+    torch.manual_seed(0)
+    ae = Autoencoder(configs.cpu().autoencoder).eval()
+    image = torch.rand(2, 3, 256, 256) * 2 - 1
+    with torch.no_grad():
+        z = ae.encode(image)
+        assert torch.allclose(z, torch.nn.functional.avg_pool2d(image, 4), atol=1e-6)
+        up = torch.nn.functional.interpolate(z, size=(256, 256), mode="bilinear", align_corners=False)
+        assert torch.allclose(ae.features(z)[:, :3] - ae.decoder(z)[:, :3], up, atol=1e-5)
+
+
+def test_configs_without_thumbnail_skip_load_as_before(model_copy) -> None:
+    """Model folders written before the flag existed (and the authors' paper preset) have no skip."""
+    data = json.loads((model_copy / "config.json").read_text())
+    del data["autoencoder"]["thumbnail_skip"]
+    cfg = configs.ModelConfig.from_json(data)
+    assert cfg.autoencoder.thumbnail_skip is False and configs.paper().autoencoder.thumbnail_skip is False
+    with pytest.raises(ValueError, match="thumbnail_skip needs z_channels == 3"):
+        configs.ModelConfig.from_json({**data, "autoencoder": {**data["autoencoder"], "thumbnail_skip": True,
+                                                                 "z_channels": 4}})

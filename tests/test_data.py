@@ -95,6 +95,24 @@ def test_dataset_items_address_their_level(coffee: Image.Image) -> None:
         assert torch.equal(ex["inp"], inp.flip(-1) if flip else inp)  # inp flipped consistently
 
 
+def test_several_crops_per_image_share_input_and_flip(coffee: Image.Image) -> None:
+    ds = NeuralFieldCrops([coffee], patch=48, enc_size=32, max_r=400, crops=3)
+    torch.manual_seed(1)
+    for _ in range(4):
+        ex = ds[0]
+        assert ex["inp"].shape == (3, 32, 32) and ex["gt"].shape == (3, 3, 48, 48)
+        assert ex["coord"].shape == ex["cell"].shape == (3, 48, 48, 2)
+        inp = _t(coffee.resize((32, 32), Image.Resampling.LANCZOS))[0]
+        flip = not torch.equal(ex["inp"], inp)
+        assert torch.equal(ex["inp"], inp.flip(-1) if flip else inp)
+        for k in range(3):  # each crop: its own level, the image's orientation
+            r = round(2.0 / ex["cell"][k, 0, 0, 0].item())
+            err = (ex["gt"][k] - _sample(_field(coffee, r, flip), ex["coord"][k])).abs().max().item()
+            assert err <= LEVEL + 1e-6
+    with pytest.raises(ValueError, match="crops"):
+        NeuralFieldCrops([coffee], patch=48, crops=0)
+
+
 def test_level_distribution() -> None:
     ds = NeuralFieldCrops([], patch=256, max_r=1024, p_max=0.5)
     torch.manual_seed(0)

@@ -53,8 +53,6 @@ def weights(folder: Path) -> dict[str, torch.Tensor]:
     return load_file(str(folder))
 
 
-@pytest.mark.xfail(reason="resumed weights differ from an uninterrupted run since the KL regulariser landed; "
-                          "not yet diagnosed (see the session note)", strict=False)
 def test_autoencoder_resume_is_exact(photos: Path, tmp_path: Path) -> None:
     stage1.train(ae_config(), [str(photos)], tmp_path / "straight", progress=False)
     stage1.train(ae_config(), [str(photos)], tmp_path / "resumed", steps=2, progress=False)

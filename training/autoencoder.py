@@ -47,6 +47,7 @@ class AETrainConfig:
     min_r: int = 256
     max_r: int = 1024
     p_max: float = 0.5
+    crops_per_image: int = 1  # >1: several (level, crop) pairs per encoded image (cheaper signal on CPUs)
     square_crops: tuple[float, float] | None = None  # augment: random square sub-images (fraction of short side)
     mix_weights: list[float] | None = None  # one per --data folder (the paper's "bal." mixing)
     lpips_weight: float = 1.0
@@ -71,7 +72,8 @@ class AETrainConfig:
 class FieldReconstruction(nn.Module):
     """The training forward pass (one module so DDP sees one call): image + query -> rendered crop.
 
-    ``inp [B, 3, 256, 256]``, ``coord``/``cell [B, P, P, 2]`` -> ``(pred [B, 3, P, P], reg_loss)``.
+    ``inp [B, 3, 256, 256]``, ``coord``/``cell [B, P, P, 2]`` -> ``(pred [B, 3, P, P], reg_loss)``;
+    with K crops per image, ``coord``/``cell [B, K, P, P, 2]`` -> ``pred [B*K, 3, P, P]`` (image-major).
     """
 
     def __init__(self, ae: Autoencoder):
@@ -80,7 +82,10 @@ class FieldReconstruction(nn.Module):
 
     def forward(self, inp: Tensor, coord: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
         z, reg = self.ae.regularize(self.ae.encoder_output(inp))
-        phi = self.ae.decoder(z)
+        phi = self.ae.features(z)
+        if coord.ndim == 5:  # K crops per image: every crop renders from its image's phi
+            phi = phi.repeat_interleave(coord.shape[1], dim=0)
+            coord, cell = coord.flatten(0, 1), cell.flatten(0, 1)
         return self.ae.renderer(phi, coord, cell), reg
 
 
@@ -94,7 +99,8 @@ def build_dataset(cfg: AETrainConfig, folders: list[str]) -> MixedDataset:
         images = ImageFolder(folder, min_side=cfg.patch, cache=cfg.cache_images)
         if cfg.square_crops is not None:
             images = RandomSquares(images, cfg.square_crops, min_side=cfg.min_r)
-        sets.append(NeuralFieldCrops(images, patch=cfg.patch, min_r=cfg.min_r, max_r=cfg.max_r, p_max=cfg.p_max))
+        sets.append(NeuralFieldCrops(images, patch=cfg.patch, min_r=cfg.min_r, max_r=cfg.max_r, p_max=cfg.p_max,
+                                     crops=cfg.crops_per_image))
     return MixedDataset(sets, weights=cfg.mix_weights, length=10**9)
 
 
@@ -139,17 +145,18 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
         chunk, n = next_chunk(step, total, cfg.ckpt_every)
         for batch in chunk_batches(dataset, cfg.batch, n, seed=cfg.seed, chunk=chunk, rank=d.rank, workers=cfg.workers):
             batch = {k: v.to(d.device) for k, v in batch.items()}
+            gt = batch["gt"].flatten(0, 1) if batch["gt"].ndim == 5 else batch["gt"]  # K crops: [B*K, 3, P, P]
             with autocast(d.device, cfg.precision):
                 pred, reg = net(batch["inp"], batch["coord"], batch["cell"])
                 pred = pred.float()
-                g_loss, g_log = criterion.generator_loss(pred, batch["gt"], reg, ae.renderer.last_layer, step)
+                g_loss, g_log = criterion.generator_loss(pred, gt, reg, ae.renderer.last_layer, step)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
             d_log = {}
             if step >= cfg.disc_start:  # before that the GAN terms are off: skip the discriminator entirely
                 with autocast(d.device, cfg.precision):
-                    d_loss, d_log = criterion.discriminator_loss(pred, batch["gt"], step)
+                    d_loss, d_log = criterion.discriminator_loss(pred, gt, step)
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 opt_d.step()
@@ -162,7 +169,7 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
                 log.write(step, last)
                 bar.set_postfix(l1=f"{last['l1']:.3f}", lpips=f"{last['lpips']:.3f}")
             if d.main and (step % cfg.sample_every == 0 or step == total):
-                save_samples(ae, batch, pred, out / "samples" / f"{step:07d}.png")
+                save_samples(ae, batch["inp"], gt, pred, out / "samples" / f"{step:07d}.png")
         if d.main:
             save_checkpoint(out, mcfg, ae, unwrap(disc), opt_g, opt_d, step, cfg)
     bar.close()
@@ -179,14 +186,14 @@ def save_checkpoint(out: Path, mcfg: ModelConfig, ae: Autoencoder, disc: nn.Modu
 
 
 @torch.no_grad()
-def save_samples(ae: Autoencoder, batch: dict[str, Tensor], pred: Tensor, path: Path) -> None:
-    """A strip per example: encoder input (256²), ground-truth crop, rendered crop."""
+def save_samples(ae: Autoencoder, inp: Tensor, gt: Tensor, pred: Tensor, path: Path) -> None:
+    """A strip per crop: encoder input (256², shrunk to the crop size), ground-truth crop, rendered crop."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    p = pred.shape[-1]
+    p, k = pred.shape[-1], pred.shape[0] // inp.shape[0]  # k crops per image, image-major
     rows = []
     for i in range(min(4, pred.shape[0])):
-        inp = torch.nn.functional.interpolate(batch["inp"][i:i + 1], size=(p, p), mode="area")[0]
-        rows.append(torch.cat([inp, batch["gt"][i], pred[i].detach().clamp(-1, 1)], dim=2))
+        small = torch.nn.functional.interpolate(inp[i // k:i // k + 1], size=(p, p), mode="area")[0]
+        rows.append(torch.cat([small, gt[i], pred[i].detach().clamp(-1, 1)], dim=2))
     img = ((torch.cat(rows, dim=1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
     Image.fromarray(np.ascontiguousarray(img)).save(path)
 

@@ -88,14 +88,14 @@ a high-quality generator.
 |---|---|
 {sizes}
 
-Latent 3×64×64 (VQ 1024 codes), φ {phi}×256×256, CLIF renderer width 32 with 2 ResNet blocks and
+Latent {latent}, φ {phi}×256×256, CLIF renderer width {width} with {blocks} ResNet blocks and
 no normalisation (tiles are bit-exact pieces of a whole render), receptive radius {radius} px.
 Stored: autoencoder fp32, UNet fp16 ({bytes:.1f} MB in all).
 
 ## Training (one command: `python -m training.default_model`)
 | stage | steps | batch | wall time | settings |
 |---|---|---|---|---|
-| autoencoder (L1 + LPIPS-VGG + VQ + adaptive PatchGAN from step {disc_start}) | {ae_steps} | {ae_batch} | {ae_time} | `training/configs/ae_cpu.json` |
+| autoencoder (L1 + LPIPS-VGG + {reg} + adaptive PatchGAN from step {disc_start}) | {ae_steps} | {ae_batch} | {ae_time} | `training/configs/ae_cpu.json` |
 | diffusion (ε-objective, authors' schedule, EMA {ema}) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu.json` |
 
 ## Evaluation on the 3 held-out photos
@@ -130,9 +130,16 @@ def model_card(out: Path, work: Path, report_md: str, samples: int, crops: int) 
             f"sub-images ({ae_cfg.square_crops}) of each photo, randomly downsampled to r ∈ [{ae_cfg.min_r}, "
             f"{ae_cfg.max_r}], {ae_cfg.patch}² crops. Diffusion: {dm_cfg.repeats} augmented latents per photo.")
     hours = lambda s: f"{s / 60:.0f} min"  # noqa: E731
+    a = cfg.autoencoder
+    latent = (f"{a.z_channels}×{a.latent_size}×{a.latent_size} (" +
+              (f"VQ, {a.n_embed} codes" if a.regularizer == "vq" else f"KL, weight {a.kl_weight:g}") +
+              ("; the latent mean is the image's 4×4-average thumbnail plus a learned residual, and φ adds "
+               "the upsampled latent (`thumbnail_skip`)" if a.thumbnail_skip else "") + ")")
     text = CARD.format(
-        data=data, sizes="\n".join(f"| {k} | {v / 1e6:.2f}M |" for k, v in d["params"].items()),
-        phi=cfg.autoencoder.decoder.ch * cfg.autoencoder.decoder.ch_mult[0], radius=d["receptive_radius"],
+        latent=latent, width=a.renderer.width, blocks=a.renderer.blocks,
+        reg="VQ" if a.regularizer == "vq" else "KL", data=data,
+        sizes="\n".join(f"| {k} | {v / 1e6:.2f}M |" for k, v in d["params"].items()),
+        phi=a.decoder.ch * a.decoder.ch_mult[0], radius=d["receptive_radius"],
         bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, disc_start=ae_cfg.disc_start,
         ae_steps=cfg.meta.get("stage1_steps"), ae_batch=ae_cfg.batch, ae_time=hours(wall_time(work / "ae" / "log.csv")),
         dm_steps=cfg.meta.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=hours(wall_time(work / "dm" / "log.csv")),

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
@@ -36,6 +36,18 @@ from infd_core.pipeline import Pipeline
 from .common import (CSVLog, Dist, chunk_batches, cleanup_distributed, load_json_config, load_state, next_chunk,
                      save_state, setup_distributed, unwrap, wrap_ddp)
 from .data import ImageFolder, SquareCrops
+
+
+def ema_update(decay: float):
+    """EMA step for :class:`AveragedModel` with the usual warm-up: the decay after ``n`` updates is
+    ``min(decay, (1 + n) / (10 + n))``, so a short run's average is not dominated by its first weights
+    (a fixed 0.999 would keep ~20 % of the first 200 steps' weights after 1600 steps)."""
+
+    def update(averaged: Tensor, current: Tensor, n: Tensor) -> Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return averaged * d + current * (1.0 - d)
+
+    return update
 
 
 @dataclass
@@ -111,7 +123,7 @@ def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist
 
     torch.manual_seed(cfg.seed)
     unet = build_unet(dcfg).to(d.device)
-    ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema), use_buffers=True)
+    ema = AveragedModel(unet, avg_fn=ema_update(cfg.ema), use_buffers=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     if resume and (out / "state.pt").exists():

@@ -61,8 +61,11 @@ def offline_lpips(device: str | torch.device = "cpu") -> lpips.LPIPS:
 
 @functools.lru_cache(maxsize=None)
 def _offline_lpips(device: torch.device) -> lpips.LPIPS:
-    with warnings.catch_warnings():  # lpips asks torchvision for `pretrained=False` (deprecated)
-        warnings.simplefilter("ignore", UserWarning)
+    # fork_rng: the throw-away random VGG init must not consume torch's global RNG, or a training
+    # run's random draws after the first LPIPS call would depend on whether the net was cached
+    # already (which broke exact resume).
+    with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+        warnings.simplefilter("ignore", UserWarning)  # lpips asks torchvision for `pretrained=False` (deprecated)
         net = lpips.LPIPS(net="vgg", pnet_rand=True, pretrained=True, verbose=False)
     convs = [m for m in net.net.modules() if isinstance(m, nn.Conv2d)]
     assert len(convs) == len(_VGG16_CONVS)
