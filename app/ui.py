@@ -82,7 +82,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, min_width=80, elem_id="infd-seed")
                     steps = gr.Number(50, label="Steps", precision=0, minimum=1, maximum=1000, min_width=70,
                                       elem_id="infd-steps")
-                    scale = gr.Number(1.0, label="Guidance", minimum=0, maximum=20, step=0.1, min_width=70,
+                    scale = gr.Number(0.2, label="Guidance", minimum=0, maximum=20, step=0.1, min_width=70,
                                       elem_id="infd-scale")
                 with gr.Row():
                     canvas = gr.Dropdown(CANVAS_PRESETS, value=str(DEFAULT_CANVAS), label="Canvas", min_width=90,
