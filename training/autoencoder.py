@@ -169,7 +169,7 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
                 log.write(step, last)
                 bar.set_postfix(l1=f"{last['l1']:.3f}", lpips=f"{last['lpips']:.3f}")
             if d.main and (step % cfg.sample_every == 0 or step == total):
-                save_samples(ae, batch["inp"], gt, pred, out / "samples" / f"{step:07d}.png")
+                save_samples(batch["inp"], gt, pred, out / "samples" / f"{step:07d}.png")
         if d.main:
             save_checkpoint(out, mcfg, ae, unwrap(disc), opt_g, opt_d, step, cfg)
     bar.close()
@@ -186,7 +186,7 @@ def save_checkpoint(out: Path, mcfg: ModelConfig, ae: Autoencoder, disc: nn.Modu
 
 
 @torch.no_grad()
-def save_samples(ae: Autoencoder, inp: Tensor, gt: Tensor, pred: Tensor, path: Path) -> None:
+def save_samples(inp: Tensor, gt: Tensor, pred: Tensor, path: Path) -> None:
     """A strip per crop: encoder input (256², shrunk to the crop size), ground-truth crop, rendered crop."""
     path.parent.mkdir(parents=True, exist_ok=True)
     p, k = pred.shape[-1], pred.shape[0] // inp.shape[0]  # k crops per image, image-major

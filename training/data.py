@@ -219,8 +219,18 @@ def field_crop(img: Image.Image, r: int, y0: int, x0: int, patch: int = 256, enc
       ``gt``    ``[3, patch, patch]``: rows ``y0..y0+patch-1``, columns ``x0..x0+patch-1`` of level r;
       ``coord`` ``[patch, patch, 2]``: their pixel centres ``(y, x)`` in the field frame;
       ``cell``  ``[patch, patch, 2]``: their pixel sizes, all ``2 / r``.
-    ``enc_size=0`` leaves out ``inp`` (for further crops of an image whose input is made already).
     """
+    return {"inp": encoder_input(img, enc_size, flip), **level_crop(img, r, y0, x0, patch, flip)}
+
+
+def encoder_input(img: Image.Image, enc_size: int = 256, flip: bool = False) -> Tensor:
+    """The whole ``img`` resized to ``[3, enc_size, enc_size]`` in [-1, 1] (mirrored if ``flip``)."""
+    inp = _to_tensor(img.resize((enc_size, enc_size), LANCZOS))
+    return TF.horizontal_flip(inp) if flip else inp
+
+
+def level_crop(img: Image.Image, r: int, y0: int, x0: int, patch: int = 256, flip: bool = False) -> dict[str, Tensor]:
+    """The ``gt``/``coord``/``cell`` part of :func:`field_crop` (same arguments and conventions)."""
     if not (0 < patch <= r and 0 <= y0 <= r - patch and 0 <= x0 <= r - patch):
         raise ValueError(f"a {patch}² crop at (y0={y0}, x0={x0}) does not fit level {r}x{r}")
     w, h = img.size
@@ -231,17 +241,7 @@ def field_crop(img: Image.Image, r: int, y0: int, x0: int, patch: int = 256, enc
     gt = img.resize((patch, patch), LANCZOS, box=(c0 * w / r, y0 * h / r, (c0 + patch) * w / r, (y0 + patch) * h / r))
     gt_t = _to_tensor(gt)
     coord, cell = level_grid(r, r, PixelRange(y0, y0 + patch, x0, x0 + patch))
-    out = {"gt": TF.horizontal_flip(gt_t) if flip else gt_t, "coord": coord, "cell": cell}
-    if enc_size > 0:
-        inp_t = _to_tensor(img.resize((enc_size, enc_size), LANCZOS))
-        out["inp"] = TF.horizontal_flip(inp_t) if flip else inp_t
-    return out
-
-
-def stack_crops(crops: Sequence[dict[str, Tensor]]) -> dict[str, Tensor]:
-    """Several :func:`field_crop` dicts of one (equally flipped) image -> one example with K crops:
-    ``inp [3, enc, enc]`` (shared), ``gt [K, 3, P, P]``, ``coord``/``cell [K, P, P, 2]``."""
-    return {"inp": crops[0]["inp"], **{k: torch.stack([c[k] for c in crops]) for k in ("gt", "coord", "cell")}}
+    return {"gt": TF.horizontal_flip(gt_t) if flip else gt_t, "coord": coord, "cell": cell}
 
 
 class NeuralFieldCrops(Dataset[dict[str, Tensor]]):
@@ -253,8 +253,8 @@ class NeuralFieldCrops(Dataset[dict[str, Tensor]]):
     ``patch²`` crop of that level; an optional left-right flip with probability 1/2. Items are
     :func:`field_crop` dicts: ``inp [3, enc, enc]``, ``gt [3, P, P]``, ``coord``/``cell [P, P, 2]``.
 
-    ``crops > 1`` draws that many (level, crop) pairs per image and stacks them
-    (:func:`stack_crops`): one encoder/decoder pass then supervises K patches, which on a CPU,
+    ``crops > 1`` draws that many (level, crop) pairs per image and stacks them (``gt [K, 3, P, P]``,
+    ``coord``/``cell [K, P, P, 2]``, one shared ``inp``): one encoder/decoder pass then supervises K patches, which on a CPU,
     where the encoder and decoder dominate a step, gives several times more signal per second.
     """
 
@@ -283,12 +283,14 @@ class NeuralFieldCrops(Dataset[dict[str, Tensor]]):
         img = self.images[index]
         flip = self.hflip and _coin(0.5)
         crops = []
-        for i in range(self.crops):
+        for _ in range(self.crops):
             r = self.draw_level(min(img.size))
             y0, x0 = _randint(0, r - self.patch), _randint(0, r - self.patch)
-            # the encoder input is the same for every crop: resize the image for the first one only
-            crops.append(field_crop(img, r, y0, x0, self.patch, self.enc_size if i == 0 else 0, flip))
-        return crops[0] if self.crops == 1 else stack_crops(crops)
+            crops.append(level_crop(img, r, y0, x0, self.patch, flip))
+        inp = encoder_input(img, self.enc_size, flip)
+        if self.crops == 1:
+            return {"inp": inp, **crops[0]}
+        return {"inp": inp, **{k: torch.stack([c[k] for c in crops]) for k in crops[0]}}
 
 
 class MixedDataset(Dataset[T_co]):

@@ -39,13 +39,14 @@ from .data import ImageFolder, SquareCrops
 
 
 def ema_update(decay: float):
-    """EMA step for :class:`AveragedModel` with the usual warm-up: the decay after ``n`` updates is
-    ``min(decay, (1 + n) / (10 + n))``, so a short run's average is not dominated by its first weights
-    (a fixed 0.999 would keep ~20 % of the first 200 steps' weights after 1600 steps)."""
+    """EMA step (``multi_avg_fn`` of :class:`AveragedModel`) with the usual warm-up: the decay after
+    ``n`` updates is ``min(decay, (1 + n) / (10 + n))``, so a short run's average is not dominated by
+    its first weights (a fixed 0.999 would keep ~20 % of the first 200 steps' weights after 1600)."""
 
-    def update(averaged: Tensor, current: Tensor, n: Tensor) -> Tensor:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return averaged * d + current * (1.0 - d)
+    def update(averaged: list[Tensor], current: list[Tensor], n: Tensor) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))  # once per step, not per tensor
+        for a, c in zip(averaged, current):
+            a.lerp_(c, 1.0 - d)
 
     return update
 
@@ -87,8 +88,7 @@ def cache_latents(pipe: Pipeline, cfg: DMTrainConfig, data: list[str], path: Pat
     zs = []
     for folder in data:
         crops = SquareCrops(ImageFolder(folder, cache=True), size=pipe.cfg.autoencoder.input_size,
-                            crop_scale=cfg.crop_scale,
-                            hflip=cfg.hflip, repeats=cfg.repeats)
+                            crop_scale=cfg.crop_scale, hflip=cfg.hflip, repeats=cfg.repeats)
         loader = torch.utils.data.DataLoader(crops, batch_size=16, num_workers=cfg.workers)
         for batch in tqdm(loader, desc=f"encode {folder}", unit="batch"):
             zs.append(pipe.autoencoder.encode(batch["inp"].to(pipe.device)).cpu())
@@ -123,7 +123,7 @@ def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist
 
     torch.manual_seed(cfg.seed)
     unet = build_unet(dcfg).to(d.device)
-    ema = AveragedModel(unet, avg_fn=ema_update(cfg.ema), use_buffers=True)
+    ema = AveragedModel(unet, multi_avg_fn=ema_update(cfg.ema), use_buffers=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
     if resume and (out / "state.pt").exists():
