@@ -59,11 +59,12 @@ def cpu() -> ModelConfig:
     """Interactive on 2 CPU cores and trainable on them: encoder/decoder base 16 (1,2,4) without attention
     (phi has 16 channels), tile-exact CLIF (no norm) width 32 with 2 blocks, KL latent (no codebook
     to collapse in a short CPU run) whose mean is a 4x4 thumbnail plus a learned residual
-    (``thumbnail_skip``: colours right from step 0, trains in CPU-minutes), UNet 64 (1,2,2,2)
-    (6.3M), 1 block, attention at 16^2 and 8^2."""
+    (``thumbnail_skip``: colours right from step 0, trains in CPU-minutes); the renderer predicts a
+    residual over bilinear phi[:3] (``base``: it starts as a smooth upsampler of the thumbnail).
+    UNet 64 (1,2,2,2) (6.3M), 1 block, attention at 16^2 and 8^2."""
     coder = CoderConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attn=False)
     ae = AutoencoderConfig(encoder=coder, decoder=dataclasses.replace(coder),
-                           renderer=RendererConfig("clif", width=32, blocks=2, norm="none"),
+                           renderer=RendererConfig("clif", width=32, blocks=2, norm="none", base="bilinear"),
                            regularizer="kl", kl_weight=1e-6, thumbnail_skip=True)
     dm = DiffusionConfig(unet=unet_kwargs(64, (1, 2, 2, 2), 1, attn_levels=(2, 3)))
     return ModelConfig(name="cpu", autoencoder=ae, diffusion=dm)

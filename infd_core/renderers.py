@@ -8,6 +8,12 @@ relative cell (pixel size in phi cells). Shapes: ``phi [B, C, h, w]``, ``coord``
 * :class:`CLIF` (the paper's): a small conv net over the grid of those inputs.
 * :class:`LIIF` (the paper's ablation): the same inputs through a pointwise MLP.
 
+Optional base (``RendererConfig.base = "bilinear"``, our CPU model): the net predicts a
+residual over phi's first three channels interpolated bilinearly at the query points, so a
+small renderer starts as a smooth upsampler and spends its capacity on detail. The base is a
+pointwise function of the query centre, so it changes neither the receptive radius nor
+tile-exactness.
+
 Seamless tiles. A conv net's output at a pixel depends only on inputs within
 ``receptive_radius`` pixels, so a tile rendered with that much halo equals the whole render
 -- unless the net normalises over the tile. Our default CLIF has no normalisation. The
@@ -32,12 +38,15 @@ class RendererConfig:
     width: int = 256
     blocks: int = 2
     norm: str = "group"  # "group" (authors') | "none" (tile-exact)
+    base: str = "none"  # "none" (authors') | "bilinear": predict a residual over bilinear phi[:3]
 
     def __post_init__(self) -> None:
         if self.kind not in ("clif", "liif"):
             raise ValueError(f"renderer kind must be 'clif' or 'liif', got {self.kind!r}")
         if self.norm not in ("group", "none"):
             raise ValueError(f"renderer norm must be 'group' or 'none', got {self.norm!r}")
+        if self.base not in ("none", "bilinear"):
+            raise ValueError(f"renderer base must be 'none' or 'bilinear', got {self.base!r}")
 
 
 def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
@@ -65,6 +74,36 @@ def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
         return torch.cat([feat, rel.to(feat.dtype)], dim=-1).permute(0, 3, 1, 2)
     feat = phi.flatten(2).gather(2, flat[:, None].expand(-1, c, -1)).view(b, c, *coord.shape[1:3])
     return torch.cat([feat, rel.permute(0, 3, 1, 2).to(feat.dtype)], dim=1)
+
+
+def bilinear_base(phi: Tensor, coord: Tensor) -> Tensor:
+    """``phi[:, :3]`` interpolated bilinearly at the query centres: ``[B, 3, H, W]`` (border-clamped).
+
+    ``phi`` cell centres sit where a ``h x w`` level's pixel centres are, so at that level the
+    base is exactly ``phi[:, :3]``.
+    """
+    grid = coord.float().flip(-1)  # grid_sample wants (x, y); the frame is the same ([-1, 1], pixel corners)
+    return F.grid_sample(phi[:, :3].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+class _Base(nn.Module):
+    """Shared by both renderers: ``net(renderer_inputs)`` plus the optional bilinear base."""
+
+    cfg: RendererConfig
+
+    def _zero_init_output(self, layer: nn.Conv2d) -> None:
+        if self.cfg.base != "none":  # start as the plain base: the net learns a residual
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def _render(self, net: nn.Module, phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
+        out = net(renderer_inputs(phi, coord, cell))
+        if self.cfg.base == "none":
+            return out
+        base = bilinear_base(phi, coord).to(out.dtype)
+        if out.is_contiguous(memory_format=torch.channels_last):
+            base = base.contiguous(memory_format=torch.channels_last)
+        return out + base
 
 
 # --- GroupNorm with optional fixed (per-image) statistics -----------------------------------
@@ -132,7 +171,7 @@ class _ConvNet(nn.Module):
         return self.conv_out(F.silu(self.norm_out(self.model(x))))
 
 
-class CLIF(nn.Module):
+class CLIF(_Base):
     """Convolutional Local Image Function: ``(phi, coord, cell) -> rgb [B, 3, H, W]``."""
 
     def __init__(self, cfg: RendererConfig, phi_channels: int):
@@ -140,16 +179,17 @@ class CLIF(nn.Module):
         self.cfg = cfg
         self.net = _ConvNet(phi_channels + 4, cfg.width, cfg.blocks, cfg.norm == "group")
         self.receptive_radius = 2 + 2 * cfg.blocks  # one pixel per 3x3 conv
+        self._zero_init_output(self.net.conv_out)
 
     @property
     def last_layer(self) -> Tensor:
         return self.net.conv_out.weight
 
     def forward(self, phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
-        return self.net(renderer_inputs(phi, coord, cell))
+        return self._render(self.net, phi, coord, cell)
 
 
-class LIIF(nn.Module):
+class LIIF(_Base):
     """Pointwise MLP on the same inputs as CLIF (1x1 convs): the paper's ablation."""
 
     def __init__(self, cfg: RendererConfig, phi_channels: int):
@@ -160,13 +200,14 @@ class LIIF(nn.Module):
             layers += [nn.Conv2d(cfg.width, cfg.width, 1), nn.SiLU()]
         self.mlp = nn.Sequential(*layers, nn.Conv2d(cfg.width, 3, 1))
         self.receptive_radius = 0
+        self._zero_init_output(self.mlp[-1])
 
     @property
     def last_layer(self) -> Tensor:
         return self.mlp[-1].weight
 
     def forward(self, phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
-        return self.mlp(renderer_inputs(phi, coord, cell))
+        return self._render(self.mlp, phi, coord, cell)
 
 
 def build_renderer(cfg: RendererConfig, phi_channels: int) -> CLIF | LIIF:

@@ -253,8 +253,10 @@ def test_configs_without_thumbnail_skip_load_as_before(model_copy) -> None:
     """Model folders written before the flag existed (and the authors' paper preset) have no skip."""
     data = json.loads((model_copy / "config.json").read_text())
     del data["autoencoder"]["thumbnail_skip"]
+    del data["autoencoder"]["renderer"]["base"]
     cfg = configs.ModelConfig.from_json(data)
     assert cfg.autoencoder.thumbnail_skip is False and configs.paper().autoencoder.thumbnail_skip is False
+    assert cfg.autoencoder.renderer.base == "none"
     with pytest.raises(ValueError, match="thumbnail_skip needs z_channels == 3"):
         configs.ModelConfig.from_json({**data, "autoencoder": {**data["autoencoder"], "thumbnail_skip": True,
                                                                  "z_channels": 4}})

@@ -81,9 +81,13 @@ def test_inception_path_loads_a_state_dict(tmp_path: Path) -> None:
 
 def test_scale_consistency_and_bicubic_baseline(pipe: Pipeline, photos: Path) -> None:
     res = evaluate_image(ImageFolder(photos)[0], {"model": pipe}, SMALL, offline_lpips())
-    assert {(r["method"], r["scale"]) for r in res.rows} == {(m, s) for m in ("bicubic", "model") for s in (64, 128)}
+    methods = ("bicubic", "bicubic-thumb", "model")
+    assert {(r["method"], r["scale"]) for r in res.rows} == {(m, s) for m in methods for s in (64, 128)}
     bicubic = [r for r in res.rows if r["method"] == "bicubic"]
     assert all(20 < r["psnr"] < 60 and 0 <= r["lpips"] < 0.3 for r in bicubic)
+    # at 64² the thumbnail baseline is the (LANCZOS) thumbnail itself; upsampled, it loses to the 256² input
+    thumb = {r["scale"]: r for r in res.rows if r["method"] == "bicubic-thumb"}
+    assert thumb[128]["psnr"] < next(r["psnr"] for r in bicubic if r["scale"] == 128)
     assert math.isfinite(res.consistency["model"])
     assert res.images["model"][128].shape == res.images["gt"][128].shape == (128, 128, 3)
 
@@ -95,7 +99,7 @@ def test_cli_end_to_end(pipe: Pipeline, photos: Path, tmp_path: Path, capsys: py
           "--scales", "64", "128", "--consistency-size", "64", "--fid-size", "128", "--patch-sizes", "64", "128",
           "--crops", "8", "--out", str(out)])
     report = json.loads(out.read_text())
-    assert set(report["reconstruction"]["mean"]) == {"bicubic", "model"}
+    assert set(report["reconstruction"]["mean"]) == {"bicubic", "bicubic-thumb", "model"}
     assert len(report["scale_consistency"]["per_image_db"]["model"]) == 2
     pfid = report["pfid"]["by_features"]["pFID-EffNetLite0 (not Inception-FID)"]
     assert set(pfid) == {patch_label(64, 128), patch_label(128, 128)} == {"64/128", "128/128"}

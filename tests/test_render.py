@@ -131,10 +131,30 @@ def test_default_clif_tiles_equal_the_whole_render(phi, height, width, tile):
 
 def test_the_cpu_preset_renderer_is_tile_exact():
     cfg = configs.cpu().autoencoder.renderer
-    assert cfg.norm == "none"
+    assert cfg.norm == "none" and cfg.base == "bilinear"
+    torch.manual_seed(0)
     renderer = build_renderer(cfg, PHI_CHANNELS).eval()
+    nn.init.normal_(renderer.net.conv_out.weight, 0.0, 0.1)  # zero at init: make the net part count too
     phi = make_phi(1)
     assert max_diff(tiled(renderer, phi, 333, 333, 128), whole(renderer, phi, 333, 333)) <= 1e-5
+
+
+@pytest.mark.parametrize("kind", ["clif", "liif"])
+def test_a_renderer_with_bilinear_base_starts_as_bilinear_upsampling_of_phi(kind):
+    """At init the residual net outputs zero: the render is phi[:3], bilinearly interpolated
+    at the pixel centres (exactly phi[:3] at phi's own size, ``F.interpolate`` at any other)."""
+    renderer = build_renderer(RendererConfig(kind, width=16, blocks=1, norm="none", base="bilinear"), PHI_CHANNELS)
+    phi = make_phi(2)
+    assert torch.equal(whole(renderer, phi, 256, 256), phi[:, :3])
+    for height, width in [(1024, 1024), (300, 700), (97, 64)]:
+        expected = F.interpolate(phi[:, :3], size=(height, width), mode="bilinear", align_corners=False)
+        assert max_diff(whole(renderer, phi, height, width), expected) <= 1e-3  # phi spans ~[-8, 8]
+
+
+def test_renderer_base_is_validated():
+    with pytest.raises(ValueError, match="renderer base must be 'none' or 'bilinear'"):
+        RendererConfig(base="bicubic")
+    assert RendererConfig().base == "none" and configs.paper().autoencoder.renderer.base == "none"
 
 
 @pytest.mark.parametrize("rng", [PixelRange(37, 201, 90, 311), PixelRange(350, 400, 500, 600), PixelRange(0, 1, 599, 600)])

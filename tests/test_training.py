@@ -64,6 +64,37 @@ def test_autoencoder_resume_is_exact(photos: Path, tmp_path: Path) -> None:
     assert log[0].startswith("step,time,l1,lpips") and len(log) == 5
 
 
+def test_decoder_stage_trains_on_a_frozen_encoder(photos: Path, tmp_path: Path) -> None:
+    """``init_encoder``: the donor's encoder is loaded and stays fixed (so are the latents a
+    diffusion model was trained on); the decoder and renderer train from scratch."""
+    stage1.train(ae_config(steps=2), [str(photos)], tmp_path / "first", progress=False)
+    donor = tmp_path / "first" / "model"
+    stage1.train(ae_config(steps=3, init_encoder=str(donor), lr_final=1e-4), [str(photos)], tmp_path / "second",
+                 progress=False)
+    a = weights(donor / "autoencoder.safetensors")
+    b = weights(tmp_path / "second" / "model" / "autoencoder.safetensors")
+    enc = [k for k in a if k.startswith("encoder.")]
+    assert enc and all(torch.equal(a[k], b[k]) for k in enc)
+    assert not torch.equal(a["renderer.net.conv_out.weight"], b["renderer.net.conv_out.weight"])
+    image = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 127.5 - 1
+    assert torch.equal(Pipeline.load(donor).encode(image), Pipeline.load(tmp_path / "second" / "model").encode(image))
+
+
+def test_init_encoder_of_another_architecture_is_a_clear_error(photos: Path, tmp_path: Path) -> None:
+    other = cpu()
+    other.diffusion = None
+    other.autoencoder.encoder = CoderConfig(ch=8, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attn=False)
+    Pipeline.from_config(other).save(tmp_path / "other")
+    with pytest.raises(ValueError, match="does not fit this model's encoder"):
+        stage1.train(ae_config(init_encoder=str(tmp_path / "other")), [str(photos)], tmp_path / "run", progress=False)
+
+
+def test_cosine_learning_rate() -> None:
+    assert stage1.cosine_lr(0, 100, 1e-3, 1e-5) == 1e-3 and stage1.cosine_lr(7, 100, 1e-3, None) == 1e-3
+    assert stage1.cosine_lr(50, 100, 1e-3, 1e-5) == pytest.approx(0.5 * (1e-3 + 1e-5))
+    assert stage1.cosine_lr(100, 100, 1e-3, 1e-5) == pytest.approx(1e-5)
+
+
 def test_autoencoder_learns(photos: Path, tmp_path: Path) -> None:
     torch.manual_seed(123)
     probe = [NeuralFieldCrops(ImageFolder(photos), patch=32, min_r=256, max_r=512)[i] for i in range(4)]

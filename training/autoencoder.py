@@ -5,7 +5,11 @@
 
 Each step: encoder input = whole image at 256²; target = a random P×P crop of the image
 randomly downsampled to r×r; prediction = the renderer queried at the crop's pixel centres and
-cells (paper §4.1). Loss: L1 + LPIPS + VQ + adaptive hinge GAN (training.losses). Writes
+cells (paper §4.1). Loss: L1 + LPIPS + VQ + adaptive hinge GAN (training.losses).
+
+``init_encoder`` (a model folder) loads that model's encoder and freezes it: only the decoder
+and renderer train, the latents stay those of that model -- so a diffusion model trained on
+them stays valid (the paper's recipe for its Stable Diffusion fine-tune, §5.6). Writes
 ``OUT/model`` (an infd model folder, autoencoder only), ``OUT/state.pt`` (resume),
 ``OUT/log.csv`` and ``OUT/samples/*.png``. ``--resume`` continues exactly where it stopped.
 """
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from infd_core.autoencoder import Autoencoder
-from infd_core.checkpoint import load_weights, save_weights, write_config
+from infd_core.checkpoint import load_weights, read_config, save_weights, write_config
 from infd_core.configs import ModelConfig, preset
 
 from .common import (CSVLog, Dist, autocast, chunk_batches, cleanup_distributed, load_json_config, load_state,
@@ -42,6 +46,7 @@ class AETrainConfig:
     model: str | dict[str, Any] = "paper"  # preset name or a full ModelConfig JSON dict
     batch: int = 8  # per process
     lr: float = 3.6e-5
+    lr_final: float | None = None  # cosine decay from lr to this at ``steps`` (None: constant lr)
     betas: tuple[float, float] = (0.5, 0.9)
     patch: int = 256
     min_r: int = 256
@@ -54,6 +59,7 @@ class AETrainConfig:
     disc_weight: float = 0.75
     disc_start: int = 0
     disc_ndf: int = 64
+    init_encoder: str | None = None  # model folder: load its encoder, freeze it (train decoder + renderer)
     steps: int = 100_000
     ckpt_every: int = 1000
     log_every: int = 50
@@ -120,9 +126,11 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
     mcfg.diffusion = None
     torch.manual_seed(cfg.seed)
     ae = Autoencoder(mcfg.autoencoder).to(d.device)
+    if cfg.init_encoder is not None:
+        freeze_encoder(ae, Path(cfg.init_encoder))
     criterion = AutoencoderLoss(cfg.lpips_weight, cfg.disc_weight, cfg.disc_start,
                                 discriminator=NLayerDiscriminator(ndf=cfg.disc_ndf)).to(d.device)
-    opt_g = torch.optim.Adam(ae.parameters(), lr=cfg.lr, betas=cfg.betas)
+    opt_g = torch.optim.Adam([p for p in ae.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(criterion.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
     out.mkdir(parents=True, exist_ok=True)
     step = 0
@@ -144,6 +152,7 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
     while step < total:
         chunk, n = next_chunk(step, total, cfg.ckpt_every)
         for batch in chunk_batches(dataset, cfg.batch, n, seed=cfg.seed, chunk=chunk, rank=d.rank, workers=cfg.workers):
+            set_lr((opt_g, opt_d), cosine_lr(step, total, cfg.lr, cfg.lr_final))
             batch = {k: v.to(d.device) for k, v in batch.items()}
             gt = batch["gt"].flatten(0, 1) if batch["gt"].ndim == 5 else batch["gt"]  # K crops: [B*K, 3, P, P]
             with autocast(d.device, cfg.precision):
@@ -174,6 +183,31 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
             save_checkpoint(out, mcfg, ae, unwrap(disc), opt_g, opt_d, step, cfg)
     bar.close()
     return last
+
+
+def freeze_encoder(ae: Autoencoder, folder: Path) -> None:
+    """Load the encoder (with its moments conv) of the model in ``folder`` into ``ae`` and freeze it."""
+    donor = Autoencoder(read_config(folder).autoencoder)
+    load_weights(donor, folder / "autoencoder.safetensors")
+    try:
+        ae.encoder.load_state_dict(donor.encoder.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"the encoder of {folder} does not fit this model's encoder: {e}") from None
+    ae.encoder.requires_grad_(False)
+
+
+def cosine_lr(step: int, total: int, lr: float, final: float | None) -> float:
+    """Learning rate at ``step`` of ``total``: constant ``lr``, or a cosine from ``lr`` to ``final``."""
+    if final is None:
+        return lr
+    t = min(step / max(total, 1), 1.0)
+    return final + 0.5 * (lr - final) * (1 + math.cos(math.pi * t))
+
+
+def set_lr(optimizers: tuple[torch.optim.Optimizer, ...], lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
 
 
 def save_checkpoint(out: Path, mcfg: ModelConfig, ae: Autoencoder, disc: nn.Module, opt_g: torch.optim.Optimizer,

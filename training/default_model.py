@@ -3,14 +3,16 @@
     python -m training.default_model [--work runs/default] [--out assets/models/infd-cpu-photos]
 
 1. assembles the offline photo set (training.photoset; 3 photos held out),
-2. trains the `cpu` autoencoder (training/configs/ae_cpu.json) and then the diffusion UNet
-   (training/configs/dm_cpu.json) with the training package's own commands, resuming from
+2. trains the `cpu` autoencoder (training/configs/ae_cpu.json), then a fresh decoder and
+   renderer on its frozen encoder (training/configs/ae_cpu_decoder.json: a lower-noise second
+   pass whose latents are the first's), then the diffusion UNet on those latents
+   (training/configs/dm_cpu.json), with the training package's own commands, resuming from
    checkpoints when re-run,
 3. evaluates on the held-out photos (training.evaluate) and
 4. exports the model folder compactly (UNet in fp16) with a model card: data, sizes, steps,
    wall time, evaluation, a contact sheet of samples and a zoom sequence.
 
-``--ae-steps`` / ``--dm-steps`` stop a stage early (the card records what was run).
+``--ae-steps`` / ``--decoder-steps`` / ``--dm-steps`` stop a stage early (the card records what was run).
 """
 from __future__ import annotations
 
@@ -89,13 +91,14 @@ a high-quality generator.
 {sizes}
 
 Latent {latent}, φ {phi}×256×256, CLIF renderer width {width} with {blocks} ResNet blocks and
-no normalisation (tiles are bit-exact pieces of a whole render), receptive radius {radius} px.
+no normalisation (tiles are bit-exact pieces of a whole render){base}, receptive radius {radius} px.
 Stored: autoencoder fp32, UNet fp16 ({bytes:.1f} MB in all).
 
 ## Training (one command: `python -m training.default_model`)
 | stage | steps | batch | wall time | settings |
 |---|---|---|---|---|
 | autoencoder (L1 + LPIPS-VGG + {reg} + adaptive PatchGAN from step {disc_start}) | {ae_steps} | {ae_batch} | {ae_time} | `training/configs/ae_cpu.json` |
+| decoder + renderer afresh on the frozen encoder (same losses, PatchGAN from step {dec_disc_start}, {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/ae_cpu_decoder.json` |
 | diffusion (ε-objective, authors' schedule, EMA {ema}) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu.json` |
 
 ## Evaluation on the 3 held-out photos
@@ -120,6 +123,7 @@ def model_card(out: Path, work: Path, report_md: str, samples: int, crops: int) 
     pipe = Pipeline.load(out)
     d = pipe.describe()
     ae_cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu.json", [])
+    dec_cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_decoder.json", [])
     dm_cfg = load_json_config(stage2.DMTrainConfig, CONFIGS / "dm_cpu.json", [])
     manifest = json.loads((work / "photos" / "manifest.json").read_text())
     files = manifest["files"] if isinstance(manifest, dict) else manifest
@@ -135,13 +139,18 @@ def model_card(out: Path, work: Path, report_md: str, samples: int, crops: int) 
               (f"VQ, {a.n_embed} codes" if a.regularizer == "vq" else f"KL, weight {a.kl_weight:g}") +
               ("; the latent mean is the image's 4×4-average thumbnail plus a learned residual, and φ adds "
                "the upsampled latent (`thumbnail_skip`)" if a.thumbnail_skip else "") + ")")
+    base = "; it predicts a residual over φ's first 3 channels interpolated bilinearly" if a.renderer.base != "none" else ""
     text = CARD.format(
-        latent=latent, width=a.renderer.width, blocks=a.renderer.blocks,
+        latent=latent, width=a.renderer.width, blocks=a.renderer.blocks, base=base,
         reg="VQ" if a.regularizer == "vq" else "KL", data=data,
         sizes="\n".join(f"| {k} | {v / 1e6:.2f}M |" for k, v in d["params"].items()),
         phi=a.decoder.ch * a.decoder.ch_mult[0], radius=d["receptive_radius"],
         bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, disc_start=ae_cfg.disc_start,
-        ae_steps=cfg.meta.get("stage1_steps"), ae_batch=ae_cfg.batch, ae_time=hours(wall_time(work / "ae" / "log.csv")),
+        ae_steps=read_config(work / "ae" / "model").meta.get("stage1_steps"), ae_batch=ae_cfg.batch,
+        ae_time=hours(wall_time(work / "ae" / "log.csv")), dec_steps=cfg.meta.get("stage1_steps"),
+        dec_batch=dec_cfg.batch, dec_time=hours(wall_time(work / "decoder" / "log.csv")),
+        dec_disc_start=dec_cfg.disc_start, dec_crops=dec_cfg.crops_per_image, dec_lr=dec_cfg.lr,
+        dec_lr_final=dec_cfg.lr_final,
         dm_steps=cfg.meta.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=hours(wall_time(work / "dm" / "log.csv")),
         ema=dm_cfg.ema, samples=samples, crops=crops, evaluation=report_md)
     (out / "README.md").write_text(text)
@@ -153,6 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--work", type=Path, default=Path("runs/default"))
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--ae-steps", type=int)
+    ap.add_argument("--decoder-steps", type=int)
     ap.add_argument("--dm-steps", type=int)
     ap.add_argument("--samples", type=int, default=8, help="generated images for patch-FID")
     ap.add_argument("--crops", type=int, default=128, help="random crops per set for patch-FID")
@@ -164,8 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_training:
         ae = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu.json", [])
         stage1.train(ae, [str(photos / "train")], args.work / "ae", resume=True, steps=args.ae_steps)
+        dec = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_decoder.json",
+                               [f"init_encoder={args.work / 'ae' / 'model'}"])
+        stage1.train(dec, [str(photos / "train")], args.work / "decoder", resume=True, steps=args.decoder_steps)
         dm = load_json_config(stage2.DMTrainConfig, CONFIGS / "dm_cpu.json", [])
-        stage2.train(dm, args.work / "ae" / "model", [str(photos / "train")], args.work / "dm", resume=True,
+        stage2.train(dm, args.work / "decoder" / "model", [str(photos / "train")], args.work / "dm", resume=True,
                      steps=args.dm_steps)
     export(args.work / "dm" / "model", args.out)
     report = evaluate.main(["--model", str(args.out), "--data", str(photos / "holdout"),

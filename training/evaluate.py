@@ -10,6 +10,8 @@ Prints a markdown report (for the model card) and writes it as JSON with ``--out
    image at s×s for each scale s (default 256, 512, 1024: up to a 4× zoom of the input), and the
    ground truth is the photo resized to s×s (LANCZOS). Baselines: bicubic upsampling of the
    256² input, and optionally another model (``--compare``, e.g. a LIIF-renderer autoencoder).
+   A second baseline, ``bicubic-thumb``, upsamples a 64² thumbnail instead: as many numbers as
+   the 3×64×64 latent holds, so it tells how much the autoencoder gets out of its latent budget.
    PSNR in dB on [0, 1]. LPIPS-VGG with the offline weights (:func:`training.losses.offline_lpips`):
    on the whole image for s ≤ 512; for larger s, the mean over five fixed 256² crops at full
    resolution (the centre and the four quadrant centres), so that LPIPS judges the fine detail a
@@ -68,6 +70,7 @@ __all__ = [
 LANCZOS = Image.Resampling.LANCZOS
 BICUBIC = Image.Resampling.BICUBIC
 ENC_SIZE = 256  # the encoder input (paper §4.3)
+THUMB_SIZE = 64  # the latent-budget baseline: a 64² RGB thumbnail has as many values as a 3x64x64 latent
 LPIPS_FULL_MAX = 512  # LPIPS on the whole image up to this side, on fixed crops above it
 LPIPS_CROP = 256
 FID_EPS = 1e-6
@@ -150,8 +153,10 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
     """Reconstruct one photo at ``settings.scales`` with ``bicubic`` and each of ``models``
     (from the same encoder input) and score them; plus each model's scale consistency."""
     inp = img.resize((ENC_SIZE, ENC_SIZE), LANCZOS)
+    thumb = img.resize((THUMB_SIZE, THUMB_SIZE), LANCZOS)
     images = {"gt": {s: square(img, s) for s in settings.scales},
-              "bicubic": {s: square(inp, s, BICUBIC) for s in settings.scales}}
+              "bicubic": {s: square(inp, s, BICUBIC) for s in settings.scales},
+              "bicubic-thumb": {s: square(thumb, s, BICUBIC) for s in settings.scales}}
     consistency = {}
     for name, pipe in models.items():
         field = reconstruct(pipe, inp)  # the same encoder input as the bicubic baseline
@@ -261,13 +266,14 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
             gts.append(res.images["gt"][fid])
             recons.append(res.images["model"][fid])
     mean = defaultdict(dict)
-    for m in ("bicubic", *models):
+    for m in ("bicubic", "bicubic-thumb", *models):
         for s in settings.scales:
             sel = [r for r in rows if r["method"] == m and r["scale"] == s]
             mean[m][str(s)] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "lpips")}
     report: dict[str, Any] = {
         "model": _describe(pipe),
         "methods": {"bicubic": f"bicubic upsampling of the {ENC_SIZE}² input",
+                    "bicubic-thumb": f"bicubic upsampling of a {THUMB_SIZE}² thumbnail (the latent's size)",
                     **{m: _describe(p) for m, p in models.items()}},
         "images": [{"image": n, "size": list(images.sizes[i][::-1])} for i, n in enumerate(names)],
         "settings": dataclasses.asdict(settings),
