@@ -15,8 +15,8 @@ from infd_core import configs
 from infd_core.pipeline import Pipeline
 from training import features
 from training.data import ImageFolder
-from training.evaluate import (Settings, evaluate_image, frechet_distance, main, patch_label, psnr, random_crops,
-                               square)
+from training.evaluate import (Settings, _labels, evaluate_image, frechet_distance, main, patch_label, psnr,
+                               random_crops, square, targets)
 from training.losses import offline_lpips
 
 SMALL = Settings(scales=(64, 128), consistency_size=64, fid_size=128, patch_sizes=(64, 128), crops=8,
@@ -107,3 +107,15 @@ def test_cli_end_to_end(pipe: Pipeline, photos: Path, tmp_path: Path, capsys: py
     assert report["pfid"]["n_samples"] == 2
     printed = capsys.readouterr().out
     assert "pFID-EffNetLite0 (not Inception-FID)" in printed and "| 128² | bicubic" in printed
+    (zoom, zoom_ok, zoom_text), (consistency, consistency_ok, _) = targets(report)
+    mean = report["reconstruction"]["mean"]
+    assert zoom_ok == (mean["model"]["128"]["lpips"] < mean["bicubic"]["128"]["lpips"])
+    assert f"{mean['model']['128']['lpips']:.4f}" in zoom_text and zoom.startswith("128²")
+    assert consistency_ok == (report["scale_consistency"]["mean_db"]["model"] >= 30)
+    assert f"| {zoom} | {'yes' if zoom_ok else '**no**'} |" in printed
+
+
+def test_compared_models_of_the_same_kind_get_distinct_labels(pipe: Pipeline) -> None:
+    assert _labels({"model": pipe}) == {"model": "cpu (CLIF renderer)"}
+    assert _labels({"model": pipe, "compare": pipe}) == {"model": "cpu (CLIF renderer), model",
+                                                         "compare": "cpu (CLIF renderer), compare"}

@@ -15,11 +15,13 @@ from safetensors.torch import load_file
 from skimage import data
 
 from infd_core.autoencoder import CoderConfig
+from infd_core.checkpoint import read_config
 from infd_core.configs import cpu
 from infd_core.diffusion import unet_kwargs
 from infd_core.pipeline import Pipeline
 from training import autoencoder as stage1
 from training import diffusion as stage2
+from training.common import wall_time
 from training.data import ImageFolder, NeuralFieldCrops
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -78,6 +80,9 @@ def test_decoder_stage_trains_on_a_frozen_encoder(photos: Path, tmp_path: Path) 
     assert not torch.equal(a["renderer.net.conv_out.weight"], b["renderer.net.conv_out.weight"])
     image = torch.from_numpy(data.astronaut()).permute(2, 0, 1)[None].float() / 127.5 - 1
     assert torch.equal(Pipeline.load(donor).encode(image), Pipeline.load(tmp_path / "second" / "model").encode(image))
+    meta = read_config(tmp_path / "second" / "model").meta  # where the encoder came from, for the model card
+    assert meta["encoder"] == {"from": str(donor), "steps": 2, "seconds": read_config(donor).meta["stage1_seconds"]}
+    assert meta["stage1_steps"] == 3 and isinstance(meta["stage1_seconds"], int)
 
 
 def test_init_encoder_of_another_architecture_is_a_clear_error(photos: Path, tmp_path: Path) -> None:
@@ -149,3 +154,10 @@ def test_ddp_two_cpu_processes(photos: Path, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr[-3000:]
     assert (tmp_path / "out" / "model" / "autoencoder.safetensors").exists()
     assert len((tmp_path / "out" / "log.csv").read_text().splitlines()) == 3  # header + 2 steps, rank 0 only
+
+
+def test_wall_time_sums_restarts(tmp_path: Path) -> None:
+    log = tmp_path / "log.csv"
+    assert wall_time(log) == 0.0
+    log.write_text("step,time,l1\n25,10.0,0.5\n50,20.0,0.4\n50,5.0,0.4\n75,15.0,0.3\n")  # resumed after step 50
+    assert wall_time(log) == 35.0

@@ -34,7 +34,7 @@ from infd_core.checkpoint import load_weights, read_config, save_weights, write_
 from infd_core.configs import ModelConfig, preset
 
 from .common import (CSVLog, Dist, autocast, chunk_batches, cleanup_distributed, load_json_config, load_state,
-                     next_chunk, save_state, setup_distributed, unwrap, wrap_ddp)
+                     next_chunk, save_state, setup_distributed, unwrap, wall_time, wrap_ddp)
 from .data import ImageFolder, MixedDataset, NeuralFieldCrops, RandomSquares
 from .losses import AutoencoderLoss, NLayerDiscriminator
 
@@ -127,7 +127,7 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
     torch.manual_seed(cfg.seed)
     ae = Autoencoder(mcfg.autoencoder).to(d.device)
     if cfg.init_encoder is not None:
-        freeze_encoder(ae, Path(cfg.init_encoder))
+        mcfg.meta["encoder"] = freeze_encoder(ae, Path(cfg.init_encoder))
     criterion = AutoencoderLoss(cfg.lpips_weight, cfg.disc_weight, cfg.disc_start,
                                 discriminator=NLayerDiscriminator(ndf=cfg.disc_ndf)).to(d.device)
     opt_g = torch.optim.Adam([p for p in ae.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas)
@@ -185,15 +185,20 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
     return last
 
 
-def freeze_encoder(ae: Autoencoder, folder: Path) -> None:
-    """Load the encoder (with its moments conv) of the model in ``folder`` into ``ae`` and freeze it."""
-    donor = Autoencoder(read_config(folder).autoencoder)
+def freeze_encoder(ae: Autoencoder, folder: Path) -> dict[str, Any]:
+    """Load the encoder (with its moments conv) of the model in ``folder`` into ``ae`` and freeze it.
+
+    Returns where the encoder was trained (folder, steps, seconds) for the model's ``meta``."""
+    donor_cfg = read_config(folder)
+    donor = Autoencoder(donor_cfg.autoencoder)
     load_weights(donor, folder / "autoencoder.safetensors")
     try:
         ae.encoder.load_state_dict(donor.encoder.state_dict())
     except RuntimeError as e:
         raise ValueError(f"the encoder of {folder} does not fit this model's encoder: {e}") from None
     ae.encoder.requires_grad_(False)
+    m = donor_cfg.meta
+    return m.get("encoder") or {"from": str(folder), "steps": m.get("stage1_steps"), "seconds": m.get("stage1_seconds")}
 
 
 def cosine_lr(step: int, total: int, lr: float, final: float | None) -> float:
@@ -212,7 +217,8 @@ def set_lr(optimizers: tuple[torch.optim.Optimizer, ...], lr: float) -> None:
 
 def save_checkpoint(out: Path, mcfg: ModelConfig, ae: Autoencoder, disc: nn.Module, opt_g: torch.optim.Optimizer,
                     opt_d: torch.optim.Optimizer, step: int, cfg: AETrainConfig) -> None:
-    mcfg.meta = {**mcfg.meta, "stage1_steps": step, "stage1_config": dataclasses.asdict(cfg)}
+    mcfg.meta = {**mcfg.meta, "stage1_steps": step, "stage1_seconds": round(wall_time(out / "log.csv")),
+                 "stage1_config": dataclasses.asdict(cfg)}
     write_config(out / "model", mcfg)
     save_weights(ae, out / "model" / "autoencoder.safetensors")
     save_weights(disc, out / "discriminator.safetensors")

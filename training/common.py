@@ -109,6 +109,20 @@ class CSVLog:
             w.writerows(rows)
 
 
+def wall_time(log: Path) -> float:
+    """Seconds of training recorded in a stage's log.csv (sums restarts; 0 before the first row)."""
+    total, last = 0.0, 0.0
+    if not log.exists():
+        return 0.0
+    with log.open() as f:
+        for row in csv.DictReader(f):
+            t = float(row["time"])
+            if t < last:
+                total += last
+            last = t
+    return total + last
+
+
 def save_state(path: Path, state: dict[str, Any]) -> None:
     """Training state (optimizer states, step, RNG); tensors and plain values only, written atomically."""
     tmp = path.with_suffix(".tmp")

@@ -40,18 +40,6 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "assets" / "models" / "infd-cpu-photos"
 
 
-def wall_time(log: Path) -> float:
-    """Seconds of training recorded in a stage's log.csv (sums restarts)."""
-    total, last = 0.0, 0.0
-    with log.open() as f:
-        for row in csv.DictReader(f):
-            t = float(row["time"])
-            if t < last:
-                total += last
-            last = t
-    return total + last
-
-
 def export(model: Path, out: Path) -> None:
     """Copy a trained model folder to ``out`` with the UNet in fp16 (half the bytes)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -61,13 +49,13 @@ def export(model: Path, out: Path) -> None:
     save_file(unet, str(out / "unet.safetensors"))
 
 
-def pictures(pipe: Pipeline, out: Path, seeds: range = range(8), zoom_seed: int = 0) -> None:
+def pictures(pipe: Pipeline, out: Path, seeds: range = range(8), zoom_seed: int = 0, steps: int = 50) -> None:
     """``samples.jpg`` (contact sheet, 256² each) and ``zoom.jpg`` (one sample at 512, 1K, 2K, 4K:
     the whole image at 512, then the centre 512² crop of each larger render)."""
-    tiles = [pipe.render(pipe.field(pipe.sample(s)), 256, 256) for s in seeds]
+    tiles = [pipe.render(pipe.field(pipe.sample(s, steps=steps)), 256, 256) for s in seeds]
     rows = [np.concatenate(tiles[i:i + 4], axis=1) for i in range(0, len(tiles), 4)]
     Image.fromarray(np.concatenate(rows, axis=0)).save(out / "samples.jpg", quality=90)
-    field = pipe.field(pipe.sample(zoom_seed))
+    field = pipe.field(pipe.sample(zoom_seed, steps=steps))
     views = []
     for size in (512, 1024, 2048, 4096):
         c = (size - 512) // 2
@@ -81,6 +69,9 @@ A small image neural field diffusion model (INFD, Chen et al. 2024) trained **on
 2-core CPU machine** from photos that install offline. It is a demo model: it runs interactively
 on a CPU and shows the whole pipeline (any-resolution rendering, deep zoom, guidance); it is not
 a high-quality generator.
+
+## Status
+{status}
 
 ## Data
 {data}
@@ -118,7 +109,15 @@ CC-BY-2.0 (scikit-learn's two photos).
 """
 
 
-def model_card(out: Path, work: Path, report_md: str, samples: int, crops: int) -> None:
+def status(report: dict) -> str:
+    """One paragraph for the card: which evaluation targets (training.evaluate.targets) are met."""
+    checks = evaluate.targets(report)
+    line = "; ".join(f"{t}: {'met' if ok else 'not met'} ({v})" for t, ok, v in checks)
+    head = "Meets its targets" if all(ok for _, ok, _ in checks) else "Not yet at all its targets"
+    return f"{head}: {line}. Details below."
+
+
+def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) -> None:
     cfg = read_config(out)
     pipe = Pipeline.load(out)
     d = pipe.describe()
@@ -133,7 +132,9 @@ def model_card(out: Path, work: Path, report_md: str, samples: int, crops: int) 
             f"(up to 2560 px; assembled by `python -m training.photoset`). Autoencoder: random square "
             f"sub-images ({ae_cfg.square_crops}) of each photo, randomly downsampled to r ∈ [{ae_cfg.min_r}, "
             f"{ae_cfg.max_r}], {ae_cfg.patch}² crops. Diffusion: {dm_cfg.repeats} augmented latents per photo.")
-    hours = lambda s: f"{s / 60:.0f} min"  # noqa: E731
+    meta = cfg.meta
+    enc = meta.get("encoder", {"steps": meta.get("stage1_steps"), "seconds": meta.get("stage1_seconds")})
+    hours = lambda s: "not recorded" if s is None else f"{s / 60:.0f} min"  # noqa: E731
     a = cfg.autoencoder
     latent = (f"{a.z_channels}×{a.latent_size}×{a.latent_size} (" +
               (f"VQ, {a.n_embed} codes" if a.regularizer == "vq" else f"KL, weight {a.kl_weight:g}") +
@@ -146,13 +147,12 @@ def model_card(out: Path, work: Path, report_md: str, samples: int, crops: int) 
         sizes="\n".join(f"| {k} | {v / 1e6:.2f}M |" for k, v in d["params"].items()),
         phi=a.decoder.ch * a.decoder.ch_mult[0], radius=d["receptive_radius"],
         bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, disc_start=ae_cfg.disc_start,
-        ae_steps=read_config(work / "ae" / "model").meta.get("stage1_steps"), ae_batch=ae_cfg.batch,
-        ae_time=hours(wall_time(work / "ae" / "log.csv")), dec_steps=cfg.meta.get("stage1_steps"),
-        dec_batch=dec_cfg.batch, dec_time=hours(wall_time(work / "decoder" / "log.csv")),
+        ae_steps=enc["steps"], ae_batch=ae_cfg.batch, ae_time=hours(enc["seconds"]),
+        dec_steps=meta.get("stage1_steps"), dec_batch=dec_cfg.batch, dec_time=hours(meta.get("stage1_seconds")),
         dec_disc_start=dec_cfg.disc_start, dec_crops=dec_cfg.crops_per_image, dec_lr=dec_cfg.lr,
         dec_lr_final=dec_cfg.lr_final,
-        dm_steps=cfg.meta.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=hours(wall_time(work / "dm" / "log.csv")),
-        ema=dm_cfg.ema, samples=samples, crops=crops, evaluation=report_md)
+        dm_steps=meta.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=hours(meta.get("stage2_seconds")),
+        ema=dm_cfg.ema, samples=samples, crops=crops, evaluation=evaluate.markdown(report), status=status(report))
     (out / "README.md").write_text(text)
     shutil.copyfile(work / "photos" / "MANIFEST.md", out / "MANIFEST.md")
 
@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dm-steps", type=int)
     ap.add_argument("--samples", type=int, default=8, help="generated images for patch-FID")
     ap.add_argument("--crops", type=int, default=128, help="random crops per set for patch-FID")
+    ap.add_argument("--sample-steps", type=int, default=50, help="sampler steps for the samples (evaluation, pictures)")
     ap.add_argument("--skip-training", action="store_true", help="only export, evaluate and write the card")
     args = ap.parse_args(argv)
     photos = args.work / "photos"
@@ -183,9 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     export(args.work / "dm" / "model", args.out)
     report = evaluate.main(["--model", str(args.out), "--data", str(photos / "holdout"),
                             "--fid-data", str(photos / "train"), "--samples", str(args.samples),
-                            "--crops", str(args.crops), "--out", str(args.work / "evaluation.json")])
-    pictures(Pipeline.load(args.out), args.out)
-    model_card(args.out, args.work, evaluate.markdown(report), args.samples, args.crops)
+                            "--crops", str(args.crops), "--steps", str(args.sample_steps),
+                            "--out", str(args.work / "evaluation.json")])
+    pictures(Pipeline.load(args.out), args.out, steps=args.sample_steps)
+    model_card(args.out, args.work, report, args.samples, args.crops)
     print(f"wrote {args.out}")
 
 

@@ -34,7 +34,7 @@ from infd_core.diffusion import DiffusionConfig, alphas_cumprod, build_unet, q_s
 from infd_core.pipeline import Pipeline
 
 from .common import (CSVLog, Dist, chunk_batches, cleanup_distributed, load_json_config, load_state, next_chunk,
-                     save_state, setup_distributed, unwrap, wrap_ddp)
+                     save_state, setup_distributed, unwrap, wall_time, wrap_ddp)
 from .data import ImageFolder, SquareCrops
 
 
@@ -170,7 +170,8 @@ def save_checkpoint(out: Path, ae_dir: Path, dcfg: DiffusionConfig, unet: nn.Mod
                     opt: torch.optim.Optimizer, step: int, cfg: DMTrainConfig) -> None:
     mcfg = read_config(ae_dir)
     mcfg.diffusion = dcfg
-    mcfg.meta = {**mcfg.meta, "stage2_steps": step, "stage2_config": dataclasses.asdict(cfg)}
+    mcfg.meta = {**mcfg.meta, "stage2_steps": step, "stage2_seconds": round(wall_time(out / "log.csv")),
+                 "stage2_config": dataclasses.asdict(cfg)}
     model = out / "model"
     write_config(model, mcfg)
     if (model / "autoencoder.safetensors").resolve() != (ae_dir / "autoencoder.safetensors").resolve():

@@ -245,6 +245,14 @@ def _describe(pipe: Pipeline) -> str:
     return f"{pipe.cfg.name} ({pipe.cfg.autoencoder.renderer.kind.upper()} renderer)"
 
 
+def _labels(models: dict[str, Pipeline]) -> dict[str, str]:
+    """Row labels; two models of the same preset and renderer are told apart as model / compare."""
+    labels = {m: _describe(p) for m, p in models.items()}
+    if len(set(labels.values())) < len(labels):
+        labels = {m: f"{label}, {m}" for m, label in labels.items()}
+    return labels
+
+
 def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = None, *,
              compare: Pipeline | None = None, reference: ImageFolder | None = None,
              extractors: Sequence[features.FeatureExtractor] = ()) -> dict[str, Any]:
@@ -274,7 +282,7 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
         "model": _describe(pipe),
         "methods": {"bicubic": f"bicubic upsampling of the {ENC_SIZE}² input",
                     "bicubic-thumb": f"bicubic upsampling of a {THUMB_SIZE}² thumbnail (the latent's size)",
-                    **{m: _describe(p) for m, p in models.items()}},
+                    **_labels(models)},
         "images": [{"image": n, "size": list(images.sizes[i][::-1])} for i, n in enumerate(names)],
         "settings": dataclasses.asdict(settings),
         "reconstruction": {"lpips_note": LPIPS_NOTE, "mean": mean, "per_image": rows},
@@ -302,11 +310,28 @@ def _pfid_report(pipe: Pipeline, root: Path, gts: list[np.ndarray], recons: list
             "by_features": {e.label: patch_fid(e, gts, fakes, settings) for e in extractors}}
 
 
+CONSISTENCY_TARGET_DB = 30.0
+
+
+def targets(report: dict[str, Any]) -> list[tuple[str, bool, str]]:
+    """The model's acceptance targets as ``(target, met, measured)``: at the largest scale, LPIPS
+    below bicubic upsampling of the encoder input; scale consistency at least 30 dB."""
+    top = str(max(report["settings"]["scales"]))
+    mean = report["reconstruction"]["mean"]
+    m, b = mean["model"][top]["lpips"], mean["bicubic"][top]["lpips"]
+    c = report["scale_consistency"]["mean_db"]["model"]
+    return [(f"{top}² reconstruction: LPIPS below bicubic upsampling of the {ENC_SIZE}² input", m < b,
+             f"{m:.4f} vs {b:.4f}"),
+            (f"scale consistency ≥ {CONSISTENCY_TARGET_DB:g} dB", c >= CONSISTENCY_TARGET_DB, f"{c:.2f} dB")]
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The report as markdown tables (what goes into the model card)."""
     methods = report["methods"]
     n = len(report["images"])
-    out = [f"### Reconstruction from the {ENC_SIZE}² encoder input ({n} held-out photos)", "",
+    out = ["### Targets", "", "| target | met | measured |", "|---|---|---|"]
+    out += [f"| {t} | {'yes' if ok else '**no**'} | {v} |" for t, ok, v in targets(report)]
+    out += ["", f"### Reconstruction from the {ENC_SIZE}² encoder input ({n} held-out photos)", "",
            "| output | method | PSNR (dB) ↑ | LPIPS ↓ |", "|---|---|---:|---:|"]
     for s in report["settings"]["scales"]:
         for m, label in methods.items():
