@@ -26,7 +26,14 @@ class Cancelled(Exception):
 
 @dataclass
 class DiffusionConfig:
-    """UNet size (``UNet2DModel`` keyword arguments) and the authors' schedule."""
+    """UNet size (``UNet2DModel`` keyword arguments), the authors' schedule, and what the UNet predicts.
+
+    ``prediction``: "epsilon" (the authors') or "v" (v = sqrt(ᾱ) ε - sqrt(1-ᾱ) x0, Salimans & Ho
+    2022): near t = T an ε-model must recover x0 from x_t / sqrt(ᾱ_T) ~ 200 x_t, so small ε errors
+    in the lowest frequencies become large colour casts; a v-model predicts x0 there directly.
+    ``latent_range``: (min, max) of the training latents (denormalised); when set, the sampler
+    clamps its x0 prediction to it at every step (like DDPM's ``clip_sample`` for pixels).
+    """
 
     unet: dict[str, Any] = field(default_factory=dict)
     num_train_timesteps: int = 1000
@@ -34,6 +41,17 @@ class DiffusionConfig:
     beta_end: float = 0.0195
     latent_mean: float = 0.0
     latent_std: float = 1.0
+    prediction: str = "epsilon"
+    latent_range: tuple[float, float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.prediction not in ("epsilon", "v"):
+            raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
+        if self.latent_range is not None:
+            lo, hi = (float(v) for v in self.latent_range)
+            if not lo < hi:
+                raise ValueError(f"latent_range must be (min, max) with min < max, got {self.latent_range}")
+            self.latent_range = (lo, hi)
 
     def betas(self) -> np.ndarray:
         """Linear betas, float64, as the authors' ``np.linspace``."""
@@ -86,15 +104,29 @@ class Guidance(Protocol):
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 
 
-def unet_eps(unet: UNet2DModel, autocast_dtype: torch.dtype | None = None) -> EpsModel:
-    """Wrap a UNet as ``eps(x [B, C, h, w], t [B]) -> eps [B, C, h, w]`` (float32 out)."""
+def unet_eps(unet: UNet2DModel, cfg: DiffusionConfig, autocast_dtype: torch.dtype | None = None) -> EpsModel:
+    """Wrap a UNet as ``eps(x [B, C, h, w], t [B]) -> eps [B, C, h, w]`` (float32 out), whatever
+    ``cfg.prediction`` it was trained for: the samplers only ever see ε."""
+    abar = alphas_cumprod(cfg)
 
     def eps(x: Tensor, t: Tensor) -> Tensor:
         ctx = torch.autocast(x.device.type, dtype=autocast_dtype) if autocast_dtype else contextlib.nullcontext()
         with ctx:
-            return unet(x, t).sample.float()
+            out = unet(x, t).sample.float()
+        if cfg.prediction == "epsilon":
+            return out
+        a = abar.to(x.device)[t].view(-1, *([1] * (x.ndim - 1)))
+        return (1 - a).sqrt() * x + a.sqrt() * out  # ε from v
 
     return eps
+
+
+def training_target(x0: Tensor, noise: Tensor, t: Tensor, cfg: DiffusionConfig) -> Tensor:
+    """What the UNet learns to output for ``x_t = q_sample(x0, t, noise)``: ε, or v."""
+    if cfg.prediction == "epsilon":
+        return noise
+    a = alphas_cumprod(cfg).to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1)))
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
 def predict_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
@@ -115,6 +147,9 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
         raise ValueError(f"steps must be an integer in [1, {cfg.num_train_timesteps}], got {steps!r}")
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must be in [0, 1], got {eta}")
+    x0_range = None  # cfg.latent_range in the UNet's normalised units
+    if cfg.latent_range is not None:
+        x0_range = tuple((v - cfg.latent_mean) / cfg.latent_std for v in cfg.latent_range)
     sched = make_scheduler(cfg, sampler)
     sched.set_timesteps(steps)
     alphas = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
@@ -131,12 +166,17 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
             eps = eps_model(x_in, tt)
             x0 = predict_x0(x_in, eps, alphas[int(t)])
             correction = guidance(x_in, x0, i, n) if guidance is not None else None
+        eps, x0 = eps.detach(), x0.detach()
+        if x0_range is not None:  # clamp x0, and step with the ε that matches it
+            a = alphas[int(t)]
+            x0 = x0.clamp(*x0_range)
+            eps = (x.detach() - a.sqrt() * x0) / (1 - a).sqrt()
         # step noise comes from the same CPU generator, so CPU and GPU runs draw alike
-        x = sched.step(eps.detach(), t, x.detach(), generator=generator, **step_kw).prev_sample
+        x = sched.step(eps, t, x.detach(), generator=generator, **step_kw).prev_sample
         if correction is not None:
             x = x + correction.detach()
         if callback is not None:
-            callback(Step(i, n, int(t), x, x0.detach()))
+            callback(Step(i, n, int(t), x, x0))
     return x
 
 

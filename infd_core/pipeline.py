@@ -129,9 +129,10 @@ class Pipeline:
         if self.unet is None:
             raise RuntimeError(f"model {self.cfg.name!r} has no diffusion UNet (autoencoder-only)")
         gen = torch.Generator().manual_seed(int(seed))
-        x = sample(unet_eps(self.unet, self.autocast_dtype), self.cfg.diffusion, (batch, *self.latent_shape),
-                   steps=steps, sampler=sampler, eta=eta, generator=gen, device=self.device,
-                   guidance=guidance, callback=callback, should_stop=should_stop)
+        d = self.cfg.diffusion
+        x = sample(unet_eps(self.unet, d, self.autocast_dtype), d, (batch, *self.latent_shape), steps=steps,
+                   sampler=sampler, eta=eta, generator=gen, device=self.device, guidance=guidance,
+                   callback=callback, should_stop=should_stop)
         return self.denormalize(x)
 
     def denormalize(self, x: Tensor) -> Tensor:

@@ -1,6 +1,7 @@
 """Model folders (save/load round trip), bad inputs with clear errors, and the CLI."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -249,14 +250,19 @@ def test_thumbnail_skip_starts_as_thumbnail_in_and_upsampled_latent_out() -> Non
         assert torch.allclose(ae.features(z)[:, :3] - ae.decoder(z)[:, :3], up, atol=1e-5)
 
 
-def test_configs_without_thumbnail_skip_load_as_before(model_copy) -> None:
-    """Model folders written before the flag existed (and the authors' paper preset) have no skip."""
+def test_configs_written_before_a_field_existed_load_as_before(model_copy) -> None:
+    """Older model folders (and the authors' paper preset): no skip, no renderer base, ε-prediction, no clamp."""
     data = json.loads((model_copy / "config.json").read_text())
     del data["autoencoder"]["thumbnail_skip"]
     del data["autoencoder"]["renderer"]["base"]
+    data["diffusion"] = dataclasses.asdict(configs.cpu().diffusion)
+    del data["diffusion"]["prediction"]
+    del data["diffusion"]["latent_range"]
     cfg = configs.ModelConfig.from_json(data)
     assert cfg.autoencoder.thumbnail_skip is False and configs.paper().autoencoder.thumbnail_skip is False
     assert cfg.autoencoder.renderer.base == "none"
+    assert cfg.diffusion.prediction == "epsilon" == configs.paper().diffusion.prediction
+    assert cfg.diffusion.latent_range is None
     with pytest.raises(ValueError, match="thumbnail_skip needs z_channels == 3"):
         configs.ModelConfig.from_json({**data, "autoencoder": {**data["autoencoder"], "thumbnail_skip": True,
                                                                  "z_channels": 4}})

@@ -16,6 +16,7 @@ from infd_core.diffusion import (
     predict_x0,
     q_sample,
     sample,
+    training_target,
     unet_eps,
     unet_kwargs,
 )
@@ -31,7 +32,7 @@ def cfg() -> DiffusionConfig:
 @pytest.fixture(scope="module")
 def eps(cfg):
     torch.manual_seed(0)
-    return unet_eps(build_unet(cfg).eval())
+    return unet_eps(build_unet(cfg).eval(), cfg)
 
 
 def run(eps, cfg, seed: int = 0, **kw) -> Tensor:
@@ -133,3 +134,49 @@ def test_guidance_can_differentiate_x0_with_respect_to_x_t(eps, cfg):
 def test_bad_sampler_arguments(eps, cfg, kw, match):
     with pytest.raises(ValueError, match=match):
         run(eps, cfg, **kw)
+
+
+class Oracle(torch.nn.Module):
+    """Stands in for a perfectly trained UNet: returns a fixed answer (the exact training target)."""
+
+    def __init__(self, answer: Tensor):
+        super().__init__()
+        self.answer = answer
+
+    def forward(self, x: Tensor, t: Tensor):
+        return type("Out", (), {"sample": self.answer})()
+
+
+@pytest.mark.parametrize("prediction", ["epsilon", "v"])
+def test_a_perfect_model_of_either_prediction_gives_the_true_noise(prediction):
+    """``training_target`` and ``unet_eps`` are inverse: what a UNet learns becomes ε for the samplers."""
+    cfg = DiffusionConfig(prediction=prediction)
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
+    t = torch.tensor([999, 10])
+    x_t = q_sample(x0, t, noise, alphas_cumprod(cfg))
+    target = training_target(x0, noise, t, cfg)
+    assert torch.equal(target, noise) == (prediction == "epsilon")
+    eps = unet_eps(Oracle(target), cfg)(x_t, t)
+    assert torch.allclose(eps, noise, atol=1e-4)
+    x0_back = torch.stack([predict_x0(x_t[i], eps[i], alphas_cumprod(cfg)[t[i]]) for i in range(2)])
+    assert torch.allclose(x0_back[1], x0[1], atol=1e-3)  # at t = 999 the ε-route to x0 amplifies ~200x
+
+
+def test_latent_range_clamps_every_x0_prediction(cfg):
+    torch.manual_seed(0)
+    unet = build_unet(cfg).eval()
+    free = []
+    run(unet_eps(unet, cfg), cfg, callback=lambda s: free.append(s.x0))
+    assert max(float(x.abs().max()) for x in free) > 0.5  # the random UNet strays beyond the range below
+    ranged = DiffusionConfig(**{**cfg.__dict__, "latent_mean": 0.5, "latent_std": 2.0, "latent_range": [0.0, 1.0]})
+    seen = []
+    run(unet_eps(unet, ranged), ranged, callback=lambda s: seen.append(s.x0))
+    lo, hi = (0.0 - 0.5) / 2.0, (1.0 - 0.5) / 2.0  # the range in the UNet's normalised units
+    assert all(float(x.min()) >= lo - 1e-6 and float(x.max()) <= hi + 1e-6 for x in seen)
+
+
+@pytest.mark.parametrize("kw, match", [(dict(prediction="x0"), "prediction"), (dict(latent_range=(1.0, 0.0)), "min < max")])
+def test_bad_diffusion_configs(kw, match):
+    with pytest.raises(ValueError, match=match):
+        DiffusionConfig(**kw)

@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from infd_core.checkpoint import load_weights, read_config, save_weights, write_config
 from infd_core.configs import preset
-from infd_core.diffusion import DiffusionConfig, alphas_cumprod, build_unet, q_sample
+from infd_core.diffusion import DiffusionConfig, alphas_cumprod, build_unet, q_sample, training_target
 from infd_core.pipeline import Pipeline
 
 from .common import (CSVLog, Dist, chunk_batches, cleanup_distributed, load_json_config, load_state, next_chunk,
@@ -119,6 +119,7 @@ def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist
         z = load_file(str(out / "latents.safetensors"))["z"]
     dcfg = diffusion_config(cfg.unet)
     dcfg.latent_mean, dcfg.latent_std = float(z.mean()), float(z.std())
+    dcfg.latent_range = (float(z.min()), float(z.max()))
     latents = TensorDataset((z - dcfg.latent_mean) / dcfg.latent_std)
 
     torch.manual_seed(cfg.seed)
@@ -145,7 +146,8 @@ def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist
             x0 = x0.to(d.device)
             t = torch.randint(0, dcfg.num_train_timesteps, (x0.shape[0],), generator=gen).to(d.device)
             noise = torch.randn(x0.shape, generator=gen).to(d.device)
-            loss = nn.functional.mse_loss(net(q_sample(x0, t, noise, abar), t).sample, noise)
+            target = training_target(x0, noise, t, dcfg)
+            loss = nn.functional.mse_loss(net(q_sample(x0, t, noise, abar), t).sample, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
