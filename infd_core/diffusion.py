@@ -115,17 +115,17 @@ def unet_eps(unet: UNet2DModel, cfg: DiffusionConfig, autocast_dtype: torch.dtyp
             out = unet(x, t).sample.float()
         if cfg.prediction == "epsilon":
             return out
-        a = abar.to(x.device)[t].view(-1, *([1] * (x.ndim - 1)))
+        a = at_timesteps(abar, t, x)
         return (1 - a).sqrt() * x + a.sqrt() * out  # ε from v
 
     return eps
 
 
-def training_target(x0: Tensor, noise: Tensor, t: Tensor, cfg: DiffusionConfig) -> Tensor:
-    """What the UNet learns to output for ``x_t = q_sample(x0, t, noise)``: ε, or v."""
-    if cfg.prediction == "epsilon":
+def training_target(x0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction: str) -> Tensor:
+    """What the UNet learns to output for ``x_t = q_sample(x0, t, noise, alphas_cumprod)``: ε, or v."""
+    if prediction == "epsilon":
         return noise
-    a = alphas_cumprod(cfg).to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1)))
+    a = at_timesteps(alphas_cumprod, t, x0)
     return a.sqrt() * noise - (1 - a).sqrt() * x0
 
 
@@ -182,8 +182,13 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
 
 def q_sample(x0: Tensor, t: Tensor, noise: Tensor, alphas_cumprod: Tensor) -> Tensor:
     """Forward process: x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε, for training. ``t [B]`` long."""
-    a = alphas_cumprod.to(x0.device)[t].view(-1, *([1] * (x0.ndim - 1)))
+    a = at_timesteps(alphas_cumprod, t, x0)
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+
+def at_timesteps(alphas_cumprod: Tensor, t: Tensor, like: Tensor) -> Tensor:
+    """ᾱ at each sample's timestep ``t [B]``, shaped ``[B, 1, 1, 1]`` to broadcast over ``like``."""
+    return alphas_cumprod.to(like.device)[t].view(-1, *([1] * (like.ndim - 1)))
 
 
 def alphas_cumprod(cfg: DiffusionConfig) -> Tensor:

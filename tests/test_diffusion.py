@@ -155,7 +155,7 @@ def test_a_perfect_model_of_either_prediction_gives_the_true_noise(prediction):
     x0, noise = torch.randn(2, 3, 8, 8, generator=g), torch.randn(2, 3, 8, 8, generator=g)
     t = torch.tensor([999, 10])
     x_t = q_sample(x0, t, noise, alphas_cumprod(cfg))
-    target = training_target(x0, noise, t, cfg)
+    target = training_target(x0, noise, t, alphas_cumprod(cfg), prediction)
     assert torch.equal(target, noise) == (prediction == "epsilon")
     eps = unet_eps(Oracle(target), cfg)(x_t, t)
     assert torch.allclose(eps, noise, atol=1e-4)

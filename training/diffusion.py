@@ -146,7 +146,7 @@ def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist
             x0 = x0.to(d.device)
             t = torch.randint(0, dcfg.num_train_timesteps, (x0.shape[0],), generator=gen).to(d.device)
             noise = torch.randn(x0.shape, generator=gen).to(d.device)
-            target = training_target(x0, noise, t, dcfg)
+            target = training_target(x0, noise, t, abar, dcfg.prediction)
             loss = nn.functional.mse_loss(net(q_sample(x0, t, noise, abar), t).sample, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()
