@@ -28,7 +28,6 @@ else:
     GUIDANCE_MISSING = ""
 
 PREVIEWS = 8  # previews per run
-ETA = 0.0  # deterministic DDIM: with η = 1 the CPU model amplifies a box's guidance into a new whole image
 
 
 class Busy(RuntimeError):
@@ -97,9 +96,9 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
                 init = state.picture.latent if state.picture is not None else None
                 z, report = guidance.guided_sample(pipe, layout, seed=seed, steps=steps, scale=scale,
                                                    scorer=ctx.scorer() if needs_scorer else None, init_latent=init,
-                                                   eta=ETA, callback=on_step, should_stop=cancel.is_set)
+                                                   callback=on_step, should_stop=cancel.is_set)
             else:
-                z = pipe.sample(seed, steps=steps, eta=ETA, callback=on_step, should_stop=cancel.is_set)
+                z = pipe.sample(seed, steps=steps, callback=on_step, should_stop=cancel.is_set)
             label = f"{'guided, ' if guided else ''}seed {seed}, {steps} steps"
             pic = Picture(z[:1], seed=seed, label=label)
             with session.lock:

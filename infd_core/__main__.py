@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
-    p.add_argument("--eta", type=float, default=1.0)
+    p.add_argument("--eta", type=float, default=None, help="DDIM η (default: the model's own)")
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("layout", help="guided generation from a layout file of boxes and prompts")

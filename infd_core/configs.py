@@ -62,12 +62,12 @@ def cpu() -> ModelConfig:
     (``thumbnail_skip``: colours right from step 0, trains in CPU-minutes); the renderer predicts a
     residual over bilinear phi[:3] (``base``: it starts as a smooth upsampler of the thumbnail).
     UNet 64 (1,2,2,2) (6.3M), 1 block, attention at 16^2 and 8^2, predicting v (a short run of an
-    ε-model drifts to saturated colours: see :class:`DiffusionConfig`)."""
+    ε-model drifts to saturated colours: see :class:`DiffusionConfig`), sampling with DDIM η = 0."""
     coder = CoderConfig(ch=16, ch_mult=(1, 2, 4), num_res_blocks=1, mid_attn=False)
     ae = AutoencoderConfig(encoder=coder, decoder=dataclasses.replace(coder),
                            renderer=RendererConfig("clif", width=32, blocks=2, norm="none", base="bilinear"),
                            regularizer="kl", kl_weight=1e-6, thumbnail_skip=True)
-    dm = DiffusionConfig(unet=unet_kwargs(64, (1, 2, 2, 2), 1, attn_levels=(2, 3)), prediction="v")
+    dm = DiffusionConfig(unet=unet_kwargs(64, (1, 2, 2, 2), 1, attn_levels=(2, 3)), prediction="v", eta=0.0)
     return ModelConfig(name="cpu", autoencoder=ae, diffusion=dm)
 
 

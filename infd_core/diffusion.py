@@ -33,6 +33,8 @@ class DiffusionConfig:
     in the lowest frequencies become large colour casts; a v-model predicts x0 there directly.
     ``latent_range``: (min, max) of the training latents (denormalised); when set, the sampler
     clamps its x0 prediction to it at every step (like DDPM's ``clip_sample`` for pixels).
+    ``eta``: the DDIM η the model samples with unless told otherwise (1.0: the authors'; the cpu
+    preset's 0.0, deterministic, keeps box guidance local where η = 1 turns it into a new image).
     """
 
     unet: dict[str, Any] = field(default_factory=dict)
@@ -43,8 +45,11 @@ class DiffusionConfig:
     latent_std: float = 1.0
     prediction: str = "epsilon"
     latent_range: tuple[float, float] | None = None
+    eta: float = 1.0
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.eta <= 1.0:
+            raise ValueError(f"eta must be in [0, 1], got {self.eta}")
         if self.prediction not in ("epsilon", "v"):
             raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
         if self.latent_range is not None:

@@ -237,7 +237,7 @@ def dps_guidance(pipe: Pipeline, objective: Objective, scale: float,
 
 def guided_sample(pipe: Pipeline, layout: Layout, *, seed: int = 0, steps: int = 50, scale: float = 1.0,
                   scorer: Any | None = None, init_latent: Tensor | None = None, sampler: str = "ddim",
-                  eta: float = 1.0, callback: Callable[[Step], None] | None = None,
+                  eta: float | None = None, callback: Callable[[Step], None] | None = None,
                   should_stop: Callable[[], bool] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Sample a latent ``[1, 3, 64, 64]`` steered by ``layout``; returns it and a report.
 

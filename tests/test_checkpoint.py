@@ -57,6 +57,15 @@ def test_save_load_round_trip_gives_identical_phi_pixels_and_samples(tmp_path):
     assert torch.equal(pipe.sample(seed=4, steps=2), loaded.sample(seed=4, steps=2))
 
 
+def test_sampling_uses_the_models_own_eta_unless_told():
+    pipe = Pipeline.from_config(configs.cpu(), seed=3)
+    assert pipe.cfg.diffusion.eta == 0.0  # the cpu preset samples deterministically
+    default, zero, one = (pipe.sample(seed=4, steps=2, **kw) for kw in ({}, {"eta": 0.0}, {"eta": 1.0}))
+    assert torch.equal(default, zero) and not torch.equal(default, one)
+    pipe.cfg.diffusion.eta = 1.0
+    assert torch.equal(pipe.sample(seed=4, steps=2), one)
+
+
 # --- bad model folders -----------------------------------------------------------------------
 
 def test_missing_folder_config_and_weights(tmp_path, model_copy):

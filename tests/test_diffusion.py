@@ -176,7 +176,8 @@ def test_latent_range_clamps_every_x0_prediction(cfg):
     assert all(float(x.min()) >= lo - 1e-6 and float(x.max()) <= hi + 1e-6 for x in seen)
 
 
-@pytest.mark.parametrize("kw, match", [(dict(prediction="x0"), "prediction"), (dict(latent_range=(1.0, 0.0)), "min < max")])
+@pytest.mark.parametrize("kw, match", [(dict(prediction="x0"), "prediction"), (dict(latent_range=(1.0, 0.0)), "min < max"),
+                                       (dict(eta=1.5), "eta")])
 def test_bad_diffusion_configs(kw, match):
     with pytest.raises(ValueError, match=match):
         DiffusionConfig(**kw)

@@ -94,6 +94,33 @@ def test_init_encoder_of_another_architecture_is_a_clear_error(photos: Path, tmp
         stage1.train(ae_config(init_encoder=str(tmp_path / "other")), [str(photos)], tmp_path / "run", progress=False)
 
 
+def test_init_fine_tunes_the_whole_autoencoder(photos: Path, tmp_path: Path) -> None:
+    """``init``: training starts from the donor's weights (step 0 renders exactly like the donor)
+    and every part trains, the encoder included; the donor's history is kept for the card."""
+    stage1.train(ae_config(steps=2), [str(photos)], tmp_path / "first", progress=False)
+    donor = tmp_path / "first" / "model"
+    stage1.train(ae_config(steps=2, init=str(donor)), [str(photos)], tmp_path / "tuned", progress=False)
+    a = weights(donor / "autoencoder.safetensors")
+    b = weights(tmp_path / "tuned" / "model" / "autoencoder.safetensors")
+    assert a.keys() == b.keys()
+    for part in ("encoder.", "decoder.", "renderer."):
+        assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(part)), part
+    meta = read_config(tmp_path / "tuned" / "model").meta
+    assert meta["init"] == {"from": str(donor), "steps": 2, "seconds": read_config(donor).meta["stage1_seconds"]}
+    # with a zero learning rate nothing moves: the starting point really is the donor's weights
+    stage1.train(ae_config(steps=1, lr=0.0, init=str(donor)), [str(photos)], tmp_path / "zero", progress=False)
+    c = weights(tmp_path / "zero" / "model" / "autoencoder.safetensors")
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_init_from_another_architecture_is_a_clear_error(photos: Path, tmp_path: Path) -> None:
+    other = cpu()
+    other.diffusion = None
+    Pipeline.from_config(other).save(tmp_path / "other")
+    with pytest.raises(ValueError, match="differs from this model's"):
+        stage1.train(ae_config(init=str(tmp_path / "other")), [str(photos)], tmp_path / "run", progress=False)
+
+
 def test_cosine_learning_rate() -> None:
     assert stage1.cosine_lr(0, 100, 1e-3, 1e-5) == 1e-3 and stage1.cosine_lr(7, 100, 1e-3, None) == 1e-3
     assert stage1.cosine_lr(50, 100, 1e-3, 1e-5) == pytest.approx(0.5 * (1e-3 + 1e-5))
@@ -138,6 +165,23 @@ def test_diffusion_stage_learns_and_resumes(photos: Path, tmp_path: Path) -> Non
     assert len(losses) == 6 and all(np.isfinite(losses))
     out = pipe.sample(0, steps=3)
     assert out.shape == (1, 3, 64, 64) and torch.isfinite(out).all()
+
+
+def test_diffusion_init_starts_from_a_models_unet(photos: Path, tmp_path: Path) -> None:
+    stage1.train(ae_config(steps=2), [str(photos)], tmp_path / "ae", progress=False)
+    cfg = stage2.DMTrainConfig(unet=tiny_model()["diffusion"], batch=4, lr=2e-3, ema=0.9, steps=2, repeats=1,
+                               ckpt_every=2, log_every=1, sample_every=10**6)
+    stage2.train(cfg, tmp_path / "ae" / "model", [str(photos)], tmp_path / "dm", progress=False)
+    donor = tmp_path / "dm" / "model"
+    frozen = dataclasses.replace(cfg, lr=0.0, steps=1, init=str(donor))  # lr 0: the start point is kept as is
+    stage2.train(frozen, tmp_path / "ae" / "model", [str(photos)], tmp_path / "tuned", progress=False)
+    a, b = weights(donor / "unet.safetensors"), weights(tmp_path / "tuned" / "model" / "unet.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    meta = read_config(tmp_path / "tuned" / "model").meta
+    assert meta["stage2_init"] == {"from": str(donor), "steps": 2, "seconds": read_config(donor).meta["stage2_seconds"]}
+    other = dataclasses.replace(cfg, unet="cpu", init=str(donor))  # the cpu preset's (larger) UNet
+    with pytest.raises(ValueError, match="no diffusion UNet of this architecture"):
+        stage2.train(other, tmp_path / "ae" / "model", [str(photos)], tmp_path / "bad", progress=False)
 
 
 @pytest.mark.slow

@@ -7,6 +7,8 @@ Each step: encoder input = whole image at 256²; target = a random P×P crop of 
 randomly downsampled to r×r; prediction = the renderer queried at the crop's pixel centres and
 cells (paper §4.1). Loss: L1 + LPIPS + VQ + adaptive hinge GAN (training.losses).
 
+``init`` (a model folder) starts from that model's whole autoencoder, all of it trainable (a
+fine-tune: the latents change, so a diffusion model must be retrained on them).
 ``init_encoder`` (a model folder) loads that model's encoder and freezes it: only the decoder
 and renderer train, the latents stay those of that model -- so a diffusion model trained on
 them stays valid (the paper's recipe for its Stable Diffusion fine-tune, §5.6). Writes
@@ -59,6 +61,7 @@ class AETrainConfig:
     disc_weight: float = 0.75
     disc_start: int = 0
     disc_ndf: int = 64
+    init: str | None = None  # model folder: start from its autoencoder weights (everything trains)
     init_encoder: str | None = None  # model folder: load its encoder, freeze it (train decoder + renderer)
     steps: int = 100_000
     ckpt_every: int = 1000
@@ -126,6 +129,8 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
     mcfg.diffusion = None
     torch.manual_seed(cfg.seed)
     ae = Autoencoder(mcfg.autoencoder).to(d.device)
+    if cfg.init is not None:
+        mcfg.meta["init"] = init_autoencoder(ae, Path(cfg.init))
     if cfg.init_encoder is not None:
         mcfg.meta["encoder"] = freeze_encoder(ae, Path(cfg.init_encoder))
     criterion = AutoencoderLoss(cfg.lpips_weight, cfg.disc_weight, cfg.disc_start,
@@ -185,6 +190,25 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
     return last
 
 
+def _history(meta: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Where a donor model's autoencoder was trained: ``{from, steps, seconds}`` (the stage-1 run)."""
+    return {"from": str(folder), "steps": meta.get("stage1_steps"), "seconds": meta.get("stage1_seconds")}
+
+
+def init_autoencoder(ae: Autoencoder, folder: Path) -> dict[str, Any]:
+    """Load the whole autoencoder of the model in ``folder`` into ``ae`` (same architecture required).
+
+    Returns the donor's history for the model's ``meta``: its stage-1 run plus, if the donor itself
+    started from others (``init`` / ``encoder``), those records under ``"before"``."""
+    donor_cfg = read_config(folder)
+    if donor_cfg.autoencoder != ae.cfg:
+        raise ValueError(f"the autoencoder of {folder} differs from this model's: "
+                         f"{donor_cfg.autoencoder} vs {ae.cfg}")
+    load_weights(ae, folder / "autoencoder.safetensors")
+    before = {k: donor_cfg.meta[k] for k in ("init", "encoder") if k in donor_cfg.meta}
+    return {**_history(donor_cfg.meta, folder), **({"before": before} if before else {})}
+
+
 def freeze_encoder(ae: Autoencoder, folder: Path) -> dict[str, Any]:
     """Load the encoder (with its moments conv) of the model in ``folder`` into ``ae`` and freeze it.
 
@@ -197,8 +221,7 @@ def freeze_encoder(ae: Autoencoder, folder: Path) -> dict[str, Any]:
     except RuntimeError as e:
         raise ValueError(f"the encoder of {folder} does not fit this model's encoder: {e}") from None
     ae.encoder.requires_grad_(False)
-    m = donor_cfg.meta
-    return m.get("encoder") or {"from": str(folder), "steps": m.get("stage1_steps"), "seconds": m.get("stage1_seconds")}
+    return donor_cfg.meta.get("encoder") or _history(donor_cfg.meta, folder)
 
 
 def cosine_lr(step: int, total: int, lr: float, final: float | None) -> float:

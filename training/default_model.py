@@ -90,7 +90,7 @@ Stored: autoencoder fp32, UNet fp16 ({bytes:.1f} MB in all).
 |---|---|---|---|---|
 | autoencoder (L1 + LPIPS-VGG + {reg} + adaptive PatchGAN from step {disc_start}) | {ae_steps} | {ae_batch} | {ae_time} | `training/configs/ae_cpu.json` |
 | decoder + renderer afresh on the frozen encoder (same losses, PatchGAN from step {dec_disc_start}, {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/ae_cpu_decoder.json` |
-| diffusion ({prediction}, authors' schedule, EMA {ema}; the sampler clamps x0 to the training latents' range) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu.json` |
+| diffusion ({prediction}, authors' schedule, EMA {ema}; samples with DDIM η = {eta:g} and clamps x0 to the training latents' range) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu.json` |
 
 ## Evaluation on the 3 held-out photos
 Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --data runs/default/photos/holdout --fid-data runs/default/photos/train --samples {samples} --crops {crops}`
@@ -153,7 +153,7 @@ def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) ->
         dec_lr_final=dec_cfg.lr_final,
         dm_steps=meta.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=hours(meta.get("stage2_seconds")),
         prediction={"v": "v-prediction", "epsilon": "ε-prediction"}[cfg.diffusion.prediction],
-        ema=dm_cfg.ema, samples=samples, crops=crops, evaluation=evaluate.markdown(report), status=status(report))
+        ema=dm_cfg.ema, eta=cfg.diffusion.eta, samples=samples, crops=crops, evaluation=evaluate.markdown(report), status=status(report))
     (out / "README.md").write_text(text)
     shutil.copyfile(work / "photos" / "MANIFEST.md", out / "MANIFEST.md")
 

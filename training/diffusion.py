@@ -7,7 +7,8 @@ First encodes the images once into ``OUT/latents.safetensors`` (with ``repeats``
 crops per image for small sets; reused on resume), stores the latents' mean/std in the model
 config (the UNet sees normalised latents), then trains with the ε-objective under the authors'
 schedule, AdamW, and an EMA of the weights (torch.optim.swa_utils). Writes ``OUT/model``: the
-autoencoder plus the EMA UNet, a complete infd model folder.
+autoencoder plus the EMA UNet, a complete infd model folder. ``init`` (a model folder) starts
+from that model's UNet, e.g. to follow a fine-tuned autoencoder's slightly moved latents.
 """
 from __future__ import annotations
 
@@ -60,6 +61,7 @@ class DMTrainConfig:
     lr: float = 9.6e-5
     weight_decay: float = 0.01
     ema: float = 0.9999
+    init: str | None = None  # model folder: start from its (EMA) UNet weights
     steps: int = 600_000
     repeats: int = 1  # latents cached per image (random square crops if crop_scale is set)
     crop_scale: tuple[float, float] | None = None
@@ -124,6 +126,7 @@ def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist
 
     torch.manual_seed(cfg.seed)
     unet = build_unet(dcfg).to(d.device)
+    history = {"stage2_init": init_unet(unet, dcfg, Path(cfg.init))} if cfg.init is not None else {}
     ema = AveragedModel(unet, multi_avg_fn=ema_update(cfg.ema), use_buffers=True)
     opt = torch.optim.AdamW(unet.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     step = 0
@@ -161,18 +164,29 @@ def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist
                 log.write(step, last)
                 bar.set_postfix(loss=f"{last['loss']:.4f}")
         if d.main:
-            save_checkpoint(out, ae_dir, dcfg, unwrap(net), ema, opt, step, cfg)
+            save_checkpoint(out, ae_dir, dcfg, unwrap(net), ema, opt, step, cfg, history)
             if step % cfg.sample_every == 0 or step == total:
                 save_samples(out / "model", out / "samples" / f"{step:07d}.png", d.device)
     bar.close()
     return last
 
 
+def init_unet(unet: nn.Module, dcfg: DiffusionConfig, folder: Path) -> dict[str, Any]:
+    """Load the UNet of the model in ``folder`` into ``unet`` (same architecture required); returns
+    where it was trained (``{from, steps, seconds}``) for the model's ``meta``."""
+    donor = read_config(folder)
+    same = donor.diffusion is not None and json.dumps(donor.diffusion.unet) == json.dumps(dcfg.unet)  # tuple ~ list
+    if not same:
+        raise ValueError(f"{folder} has no diffusion UNet of this architecture to start from")
+    load_weights(unet, folder / "unet.safetensors")
+    return {"from": str(folder), "steps": donor.meta.get("stage2_steps"), "seconds": donor.meta.get("stage2_seconds")}
+
+
 def save_checkpoint(out: Path, ae_dir: Path, dcfg: DiffusionConfig, unet: nn.Module, ema: AveragedModel,
-                    opt: torch.optim.Optimizer, step: int, cfg: DMTrainConfig) -> None:
+                    opt: torch.optim.Optimizer, step: int, cfg: DMTrainConfig, history: dict[str, Any]) -> None:
     mcfg = read_config(ae_dir)
     mcfg.diffusion = dcfg
-    mcfg.meta = {**mcfg.meta, "stage2_steps": step, "stage2_seconds": round(wall_time(out / "log.csv")),
+    mcfg.meta = {**mcfg.meta, **history, "stage2_steps": step, "stage2_seconds": round(wall_time(out / "log.csv")),
                  "stage2_config": dataclasses.asdict(cfg)}
     model = out / "model"
     write_config(model, mcfg)
