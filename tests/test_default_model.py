@@ -1,6 +1,6 @@
 """The last steps of ``python -m training.default_model`` (export, evaluation, pictures, model card)
 on the real photo set and a small real model. The training stages have their own tests; the whole
-command with real step counts is the ~1.5 CPU-hour run recorded in the model card."""
+command with real step counts is the ~2.5 CPU-hour run recorded in the model card."""
 from __future__ import annotations
 
 import json
@@ -21,8 +21,9 @@ def test_export_pictures_and_card(tmp_path: Path) -> None:
     work, trained, out = tmp_path / "work", tmp_path / "trained", tmp_path / "model"
     photoset.main(["--out", str(work / "photos")])
     pipe = Pipeline.from_config(configs.cpu(), seed=0)
-    pipe.cfg.meta = {"encoder": {"from": "runs/ae/model", "steps": 7, "seconds": 120}, "stage1_steps": 5,
-                     "stage1_seconds": 60, "stage2_steps": 3, "stage2_seconds": None}
+    first = {"from": "runs/ae/model", "steps": 7, "seconds": 120}  # the meta chain training.autoencoder writes
+    decoder = {"from": "runs/decoder/model", "steps": 5, "seconds": 60, "before": {"encoder": first}}
+    pipe.cfg.meta = {"init": decoder, "stage1_steps": 4, "stage1_seconds": 240, "stage2_steps": 3, "stage2_seconds": None}
     pipe.save(trained)
     default_model.export(trained, out)
     assert all(v.dtype.itemsize == 2 for v in load_file(str(out / "unet.safetensors")).values())  # fp16 on disk
@@ -33,7 +34,8 @@ def test_export_pictures_and_card(tmp_path: Path) -> None:
 
     card = (out / "README.md").read_text()
     assert "{" not in card.split("## Licence")[0]  # every placeholder filled
-    assert "| 7 | 2 | 2 min |" in card and "| 5 | 2 | 1 min |" in card and "| 3 | 8 | not recorded |" in card
+    rows = ("| 7 | 2 | 2 min |", "| 5 | 2 | 1 min |", "| 4 | 2 | 4 min |", "| 3 | 8 | not recorded |")
+    assert all(r in card for r in rows) and [card.index(r) for r in rows] == sorted(card.index(r) for r in rows)
     assert "v-prediction" in card and "### Targets" in card
     met = all(ok for _, ok, _ in evaluate.targets(report))
     assert ("Meets its targets" in card) == met and ("Not yet at all its targets" in card) == (not met)

@@ -20,6 +20,7 @@ from infd_core.configs import cpu
 from infd_core.diffusion import unet_kwargs
 from infd_core.pipeline import Pipeline
 from training import autoencoder as stage1
+from training import default_model
 from training import diffusion as stage2
 from training.common import wall_time
 from training.data import ImageFolder, NeuralFieldCrops
@@ -98,7 +99,9 @@ def test_init_fine_tunes_the_whole_autoencoder(photos: Path, tmp_path: Path) -> 
     """``init``: training starts from the donor's weights (step 0 renders exactly like the donor)
     and every part trains, the encoder included; the donor's history is kept for the card."""
     stage1.train(ae_config(steps=2), [str(photos)], tmp_path / "first", progress=False)
-    donor = tmp_path / "first" / "model"
+    first = tmp_path / "first" / "model"
+    stage1.train(ae_config(steps=3, init_encoder=str(first)), [str(photos)], tmp_path / "decoder", progress=False)
+    donor = tmp_path / "decoder" / "model"
     stage1.train(ae_config(steps=2, init=str(donor)), [str(photos)], tmp_path / "tuned", progress=False)
     a = weights(donor / "autoencoder.safetensors")
     b = weights(tmp_path / "tuned" / "model" / "autoencoder.safetensors")
@@ -106,7 +109,11 @@ def test_init_fine_tunes_the_whole_autoencoder(photos: Path, tmp_path: Path) -> 
     for part in ("encoder.", "decoder.", "renderer."):
         assert any(not torch.equal(a[k], b[k]) for k in a if k.startswith(part)), part
     meta = read_config(tmp_path / "tuned" / "model").meta
-    assert meta["init"] == {"from": str(donor), "steps": 2, "seconds": read_config(donor).meta["stage1_seconds"]}
+    first_run = {"from": str(first), "steps": 2, "seconds": read_config(first).meta["stage1_seconds"]}
+    decoder_run = {"from": str(donor), "steps": 3, "seconds": read_config(donor).meta["stage1_seconds"]}
+    assert meta["init"] == {**decoder_run, "before": {"encoder": first_run}}
+    stages = default_model.autoencoder_stages(meta)  # what the model card reads: all three runs, in order
+    assert [s["steps"] for s in stages] == [2, 3, 2]
     # with a zero learning rate nothing moves: the starting point really is the donor's weights
     stage1.train(ae_config(steps=1, lr=0.0, init=str(donor)), [str(photos)], tmp_path / "zero", progress=False)
     c = weights(tmp_path / "zero" / "model" / "autoencoder.safetensors")

@@ -4,15 +4,17 @@
 
 1. assembles the offline photo set (training.photoset; 3 photos held out),
 2. trains the `cpu` autoencoder (training/configs/ae_cpu.json), then a fresh decoder and
-   renderer on its frozen encoder (training/configs/ae_cpu_decoder.json: a lower-noise second
-   pass whose latents are the first's), then the diffusion UNet on those latents
-   (training/configs/dm_cpu.json), with the training package's own commands, resuming from
-   checkpoints when re-run,
+   renderer on its frozen encoder (training/configs/ae_cpu_decoder.json: the residual renderer
+   and cosine lr the first pass lacked), then fine-tunes the whole autoencoder, encoder included
+   (training/configs/ae_cpu_finetune.json: the latent learns to carry more than its thumbnail),
+   then the diffusion UNet on the final latents (training/configs/dm_cpu.json), with the
+   training package's own commands, resuming from checkpoints when re-run,
 3. evaluates on the held-out photos (training.evaluate) and
 4. exports the model folder compactly (UNet in fp16) with a model card: data, sizes, steps,
    wall time, evaluation, a contact sheet of samples and a zoom sequence.
 
-``--ae-steps`` / ``--decoder-steps`` / ``--dm-steps`` stop a stage early (the card records what was run).
+``--ae-steps`` / ``--decoder-steps`` / ``--finetune-steps`` / ``--dm-steps`` stop a stage early (the
+card records what was run).
 """
 from __future__ import annotations
 
@@ -90,6 +92,7 @@ Stored: autoencoder fp32, UNet fp16 ({bytes:.1f} MB in all).
 |---|---|---|---|---|
 | autoencoder (L1 + LPIPS-VGG + {reg} + adaptive PatchGAN from step {disc_start}) | {ae_steps} | {ae_batch} | {ae_time} | `training/configs/ae_cpu.json` |
 | decoder + renderer afresh on the frozen encoder (same losses, PatchGAN from step {dec_disc_start}, {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/ae_cpu_decoder.json` |
+| the whole autoencoder fine-tuned, encoder included (fresh PatchGAN from step {ft_disc_start}, cosine lr {ft_lr:g} → {ft_lr_final:g}) | {ft_steps} | {ft_batch} | {ft_time} | `training/configs/ae_cpu_finetune.json` |
 | diffusion ({prediction}, authors' schedule, EMA {ema}; samples with DDIM η = {eta:g} and clamps x0 to the training latents' range) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu.json` |
 
 ## Evaluation on the 3 held-out photos
@@ -117,12 +120,24 @@ def status(report: dict) -> str:
     return f"{head}: {line}. Details below."
 
 
+def autoencoder_stages(meta: dict) -> tuple[dict, dict, dict]:
+    """``{steps, seconds}`` of the three autoencoder stages (first pass, decoder, fine-tune) from a
+    model's ``meta``: the last stage's own record plus the ``init`` / ``encoder`` history it
+    carries (training.autoencoder). A stage that was not recorded has ``None`` values."""
+    none = {"steps": None, "seconds": None}
+    ft = {"steps": meta.get("stage1_steps"), "seconds": meta.get("stage1_seconds")}
+    dec = meta.get("init", none)
+    ae = dec.get("before", {}).get("encoder", none)
+    return ae, dec, ft
+
+
 def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) -> None:
     cfg = read_config(out)
     pipe = Pipeline.load(out)
     d = pipe.describe()
     ae_cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu.json", [])
     dec_cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_decoder.json", [])
+    ft_cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_finetune.json", [])
     dm_cfg = load_json_config(stage2.DMTrainConfig, CONFIGS / "dm_cpu.json", [])
     manifest = json.loads((work / "photos" / "manifest.json").read_text())
     files = manifest["files"] if isinstance(manifest, dict) else manifest
@@ -132,8 +147,7 @@ def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) ->
             f"(up to 2560 px; assembled by `python -m training.photoset`). Autoencoder: random square "
             f"sub-images ({ae_cfg.square_crops}) of each photo, randomly downsampled to r ∈ [{ae_cfg.min_r}, "
             f"{ae_cfg.max_r}], {ae_cfg.patch}² crops. Diffusion: {dm_cfg.repeats} augmented latents per photo.")
-    meta = cfg.meta
-    enc = meta.get("encoder", {"steps": meta.get("stage1_steps"), "seconds": meta.get("stage1_seconds")})
+    ae, dec, ft = autoencoder_stages(cfg.meta)
     hours = lambda s: "not recorded" if s is None else f"{s / 60:.0f} min"  # noqa: E731
     a = cfg.autoencoder
     latent = (f"{a.z_channels}×{a.latent_size}×{a.latent_size} (" +
@@ -147,11 +161,14 @@ def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) ->
         sizes="\n".join(f"| {k} | {v / 1e6:.2f}M |" for k, v in d["params"].items()),
         phi=a.decoder.ch * a.decoder.ch_mult[0], radius=d["receptive_radius"],
         bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6, disc_start=ae_cfg.disc_start,
-        ae_steps=enc["steps"], ae_batch=ae_cfg.batch, ae_time=hours(enc["seconds"]),
-        dec_steps=meta.get("stage1_steps"), dec_batch=dec_cfg.batch, dec_time=hours(meta.get("stage1_seconds")),
+        ae_steps=ae["steps"], ae_batch=ae_cfg.batch, ae_time=hours(ae["seconds"]),
+        dec_steps=dec["steps"], dec_batch=dec_cfg.batch, dec_time=hours(dec["seconds"]),
         dec_disc_start=dec_cfg.disc_start, dec_crops=dec_cfg.crops_per_image, dec_lr=dec_cfg.lr,
         dec_lr_final=dec_cfg.lr_final,
-        dm_steps=meta.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=hours(meta.get("stage2_seconds")),
+        ft_steps=ft["steps"], ft_batch=ft_cfg.batch, ft_time=hours(ft["seconds"]), ft_disc_start=ft_cfg.disc_start,
+        ft_lr=ft_cfg.lr, ft_lr_final=ft_cfg.lr_final,
+        dm_steps=cfg.meta.get("stage2_steps"), dm_batch=dm_cfg.batch,
+        dm_time=hours(cfg.meta.get("stage2_seconds")),
         prediction={"v": "v-prediction", "epsilon": "ε-prediction"}[cfg.diffusion.prediction],
         ema=dm_cfg.ema, eta=cfg.diffusion.eta, samples=samples, crops=crops, evaluation=evaluate.markdown(report), status=status(report))
     (out / "README.md").write_text(text)
@@ -164,6 +181,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
     ap.add_argument("--ae-steps", type=int)
     ap.add_argument("--decoder-steps", type=int)
+    ap.add_argument("--finetune-steps", type=int)
     ap.add_argument("--dm-steps", type=int)
     ap.add_argument("--samples", type=int, default=8, help="generated images for patch-FID")
     ap.add_argument("--crops", type=int, default=128, help="random crops per set for patch-FID")
@@ -179,8 +197,11 @@ def main(argv: list[str] | None = None) -> None:
         dec = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_decoder.json",
                                [f"init_encoder={args.work / 'ae' / 'model'}"])
         stage1.train(dec, [str(photos / "train")], args.work / "decoder", resume=True, steps=args.decoder_steps)
+        ft = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_finetune.json",
+                              [f"init={args.work / 'decoder' / 'model'}"])
+        stage1.train(ft, [str(photos / "train")], args.work / "finetune", resume=True, steps=args.finetune_steps)
         dm = load_json_config(stage2.DMTrainConfig, CONFIGS / "dm_cpu.json", [])
-        stage2.train(dm, args.work / "decoder" / "model", [str(photos / "train")], args.work / "dm", resume=True,
+        stage2.train(dm, args.work / "finetune" / "model", [str(photos / "train")], args.work / "dm", resume=True,
                      steps=args.dm_steps)
     export(args.work / "dm" / "model", args.out)
     report = evaluate.main(["--model", str(args.out), "--data", str(photos / "holdout"),
