@@ -4,7 +4,9 @@ At every sampling step, from the predicted clean latent x̂0: decode phi once, r
 box** on a 224x224 grid (its cost does not depend on the canvas resolution), score it, and move
 x_{t-1} against the gradient of the total loss w.r.t. x_t (Chung et al. 2023, DPS). Gradients
 are RMS-normalised per step (DPS's ζ/‖r‖ normalisation, scale-free across scorers), and scaled
-by ``scale`` times a schedule that decays to zero at the last step.
+by ``scale`` times a schedule that decays to zero at the last step. The correction is confined
+to the boxes plus a feathered ``margin`` (:func:`region_mask`): the UNet spreads ∂loss/∂x_t over
+the whole latent, and an unmasked nudge re-rolls the whole picture; ``margin=None`` is plain DPS.
 
 Region kinds (each with a :class:`~infd_core.geometry.Box` and a ``weight``):
 
@@ -35,6 +37,7 @@ KINDS = ("text", "image", "color", "keep")
 MAX_REGIONS = 16
 MAX_WEIGHT = 100.0
 SCORE_SIZE = 224
+MARGIN = 0.125  # image fractions: how far past its box a region's guidance fades out
 
 
 @dataclass
@@ -216,18 +219,39 @@ def strength(step: int, total: int) -> float:
     return 1.0 - step / max(total, 1)
 
 
-def dps_guidance(pipe: Pipeline, objective: Objective, scale: float,
+def region_mask(boxes: list[Box], size: int, margin: float) -> Tensor:
+    """Where guidance acts on a ``size x size`` latent: ``[size, size]`` (rows y, columns x) in
+    [0, 1]; 1 at cell centres inside any box, falling linearly to 0 at ``margin`` (image
+    fractions, Chebyshev distance) outside it."""
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # cell centres in [0, 1]
+    mask = torch.zeros(size, size)
+    for b in boxes:
+        dy = torch.clamp(torch.maximum(b.y0 - c, c - b.y1), min=0)[:, None]
+        dx = torch.clamp(torch.maximum(b.x0 - c, c - b.x1), min=0)[None, :]
+        mask = torch.maximum(mask, torch.clamp(1 - torch.maximum(dx, dy) / max(margin, 1e-6), min=0))
+    return mask
+
+
+def dps_guidance(pipe: Pipeline, objective: Objective, scale: float, margin: float | None = MARGIN,
                  on_loss: Callable[[int, Tensor], None] | None = None):
-    """The sampler hook: x̂0 -> phi -> per-box renders -> loss -> normalised -∂loss/∂x_t."""
+    """The sampler hook: x̂0 -> phi -> per-box renders -> loss -> normalised -∂loss/∂x_t, confined
+    to the boxes (:func:`region_mask`; ``margin=None``: everywhere)."""
+    mask: Tensor | None = None
 
     def hook(x_t: Tensor, x0: Tensor, step: int, total: int) -> Tensor | None:
+        nonlocal mask
         fld = pipe.field(pipe.denormalize(x0), grad=True)
         losses = objective.region_losses(fld)
         loss = (objective.weights() * losses).sum()
         (grad,) = torch.autograd.grad(loss, x_t)
         if on_loss is not None:
             on_loss(step, losses.detach())
-        rms = grad.pow(2).mean().sqrt()
+        if margin is not None:
+            if mask is None:
+                mask = region_mask([r.box for r in objective.regions], x_t.shape[-1], margin).to(x_t)
+            grad = grad * mask
+        area = 1.0 if mask is None else float(mask.mean())  # RMS over the guided cells, not the whole latent
+        rms = (grad.pow(2).mean() / max(area, 1e-6)).sqrt()
         if not torch.isfinite(rms) or rms == 0:
             return None
         return -scale * strength(step, total) * grad / rms
@@ -237,12 +261,13 @@ def dps_guidance(pipe: Pipeline, objective: Objective, scale: float,
 
 def guided_sample(pipe: Pipeline, layout: Layout, *, seed: int = 0, steps: int = 50, scale: float = 1.0,
                   scorer: Any | None = None, init_latent: Tensor | None = None, sampler: str = "ddim",
-                  eta: float | None = None, callback: Callable[[Step], None] | None = None,
-                  should_stop: Callable[[], bool] | None = None) -> tuple[Tensor, dict[str, Any]]:
+                  eta: float | None = None, margin: float | None = MARGIN,
+                  callback: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Sample a latent ``[1, 3, 64, 64]`` steered by ``layout``; returns it and a report.
 
     ``scale`` is the guidance strength (0 = unguided, same result as ``pipe.sample`` for the
-    seed); ``init_latent`` is the current image, needed by ``keep`` regions. The report names
+    seed); ``init_latent`` is the current image, needed by ``keep`` regions; ``margin`` (image
+    fractions) is how far past the boxes the guidance reaches (None: everywhere, plain DPS). The report names
     the scorer, each condition's final score/loss and what each prompt was understood as.
     """
     if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
@@ -251,9 +276,11 @@ def guided_sample(pipe: Pipeline, layout: Layout, *, seed: int = 0, steps: int =
         pipe.autoencoder.check_latent(init_latent)
     objective = Objective(pipe, layout, scorer, init_latent)
     trace: list[list[float]] = []
-    hook = dps_guidance(pipe, objective, float(scale), on_loss=lambda i, l: trace.append(l.tolist()))
+    if margin is not None and not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"guidance margin must be a finite number >= 0 or None, got {margin!r}")
+    hook = dps_guidance(pipe, objective, float(scale), margin, on_loss=lambda i, l: trace.append(l.tolist()))
     z = pipe.sample(seed, steps=steps, sampler=sampler, eta=eta, guidance=hook if scale > 0 else None,
                     callback=callback, should_stop=should_stop)
-    report = {"scorer": getattr(scorer, "name", None), "scale": scale, "steps": steps, "seed": seed,
+    report = {"scorer": getattr(scorer, "name", None), "scale": scale, "margin": margin, "steps": steps, "seed": seed,
               "regions": objective.report(z), "loss_trace": trace}
     return z, report

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from infd_core.geometry import Box
-from infd_core.guidance import (MAX_REGIONS, Layout, Objective, Region, guided_sample,
+from infd_core.guidance import (MAX_REGIONS, Layout, Objective, Region, dps_guidance, guided_sample, region_mask,
                                 render_box_fixed_resolution)
 from infd_core.scorers import load_scorer
 
@@ -50,6 +50,32 @@ def test_corner_box_changes_its_corner_most(default_pipe, offline, unguided) -> 
     diff = np.abs(a - b).mean(axis=2)
     top_left, bottom_right = diff[:51, :51].mean(), diff[-51:, -51:].mean()
     assert top_left > 1.5 * bottom_right, (top_left, bottom_right)
+
+
+def test_region_mask_rows_are_y_and_it_fades_over_the_margin() -> None:
+    m = region_mask([Box(0.0, 0.0, 0.25, 0.5)], 8, margin=0.25)  # x to 0.25 (2 columns), y to 0.5 (4 rows)
+    assert m.shape == (8, 8)
+    assert (m[:4, :2] == 1).all() and m[:4, 2:].max() < 1  # inside: 1; right of it: fading
+    assert m[0, 2] == pytest.approx(0.75) and m[0, 3] == pytest.approx(0.25) and (m[:, 4:] == 0).all()
+    assert m[4, 0] == pytest.approx(0.75) and (m[6:, :] == 0).all()  # below it, by rows
+    both = region_mask([Box(0.0, 0.0, 0.25, 0.5), Box(0.75, 0.75, 1.0, 1.0)], 8, margin=0.25)
+    assert (both[6:, 6:] == 1).all() and torch.equal(both[:4, :2], m[:4, :2])
+
+
+def test_guidance_acts_only_near_its_box(default_pipe) -> None:
+    """One hook call on a top-left colour box: the correction vanishes beyond the margin and has RMS
+    ``scale`` over the guided cells; with ``margin=None`` it is plain DPS (RMS ``scale`` overall)."""
+    obj = Objective(default_pipe, Layout([Region(Box(0.0, 0.0, 0.25, 0.25), "color", color=(1.0, 0.0, 0.0))]),
+                    None, None)
+    x_t = torch.randn(1, *default_pipe.latent_shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    x0 = x_t * 0.5  # any differentiable function of x_t stands in for the UNet's x̂0 here
+    local = dps_guidance(default_pipe, obj, scale=0.3, margin=0.125)(x_t, x0, 0, 10)
+    assert local[..., 24:, :].abs().max() == 0 and local[..., :, 24:].abs().max() == 0  # 0.25 + 0.125 = 24/64
+    mask = region_mask([Box(0.0, 0.0, 0.25, 0.25)], 64, 0.125)
+    assert float((local.pow(2).mean() / mask.mean()).sqrt()) == pytest.approx(0.3, rel=1e-4)
+    x0 = x_t * 0.5
+    spread = dps_guidance(default_pipe, obj, scale=0.3, margin=None)(x_t, x0, 0, 10)
+    assert float(spread.pow(2).mean().sqrt()) == pytest.approx(0.3, rel=1e-4)
 
 
 def test_colour_and_keep_regions(default_pipe, unguided) -> None:
@@ -140,6 +166,8 @@ def test_bad_calls(default_pipe, offline) -> None:
     layout = Layout([Region(Box(0, 0, 1, 1), "text", "a cat")])
     with pytest.raises(ValueError, match="scale"):
         guided_sample(default_pipe, layout, scale=math.inf, scorer=offline)
+    with pytest.raises(ValueError, match="margin"):
+        guided_sample(default_pipe, layout, margin=-0.1, scorer=offline)
     with pytest.raises(ValueError, match="need a scorer"):
         guided_sample(default_pipe, layout, scorer=None)
     with pytest.raises(ValueError, match="keep region needs"):
