@@ -105,8 +105,10 @@ def test_cli_end_to_end(pipe: Pipeline, photos: Path, tmp_path: Path, capsys: py
     assert set(pfid) == {patch_label(64, 128), patch_label(128, 128)} == {"64/128", "128/128"}
     assert all(v["reconstruction"] >= 0 and v["samples"] >= 0 for v in pfid.values())
     assert report["pfid"]["n_samples"] == 2
+    assert report["settings"]["eta"] == pipe.cfg.diffusion.eta == 0.0  # the samples used the model's own η
     printed = capsys.readouterr().out
     assert "pFID-EffNetLite0 (not Inception-FID)" in printed and "| 128² | bicubic" in printed
+    assert "2 samples (DDIM η = 0, 2 steps)" in printed
     (zoom, zoom_ok, zoom_text), (consistency, consistency_ok, _) = targets(report)
     mean = report["reconstruction"]["mean"]
     assert zoom_ok == (mean["model"]["128"]["lpips"] < mean["bicubic"]["128"]["lpips"])

@@ -88,6 +88,7 @@ class Settings:
     samples: int = 0  # generated images for the sample pFID (0: skip)
     steps: int = 50  # sampler steps
     seed: int = 0  # crop positions
+    eta: float | None = None  # DDIM η of the samples (None: the model's own)
 
 
 # --- images and metrics --------------------------------------------------------------------
@@ -179,9 +180,9 @@ def reconstruction_pairs(pipe: Pipeline, images: ImageFolder, size: int) -> tupl
     return gts, recons
 
 
-def generate(pipe: Pipeline, n: int, size: int, steps: int, seed: int = 0) -> list[np.ndarray]:
+def generate(pipe: Pipeline, n: int, size: int, steps: int, seed: int = 0, eta: float | None = None) -> list[np.ndarray]:
     """``n`` samples (seeds ``seed .. seed+n-1``) rendered at ``size²``, uint8."""
-    return [pipe.render(pipe.field(pipe.sample(seed + i, steps=steps)), size, size)
+    return [pipe.render(pipe.field(pipe.sample(seed + i, steps=steps, eta=eta)), size, size)
             for i in tqdm(range(n), desc="samples", leave=False)]
 
 
@@ -284,7 +285,9 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
                     "bicubic-thumb": f"bicubic upsampling of a {THUMB_SIZE}² thumbnail (the latent's size)",
                     **_labels(models)},
         "images": [{"image": n, "size": list(images.sizes[i][::-1])} for i, n in enumerate(names)],
-        "settings": dataclasses.asdict(settings),
+        "settings": {**dataclasses.asdict(settings),  # the η the samples really used
+                     "eta": settings.eta if settings.eta is not None or pipe.cfg.diffusion is None
+                     else pipe.cfg.diffusion.eta},
         "reconstruction": {"lpips_note": LPIPS_NOTE, "mean": mean, "per_image": rows},
         "scale_consistency": {"size": settings.consistency_size,
                               "mean_db": {m: float(np.mean(list(v.values()))) for m, v in consistency.items()},
@@ -304,7 +307,7 @@ def _pfid_report(pipe: Pipeline, root: Path, gts: list[np.ndarray], recons: list
     if settings.samples and pipe.unet is None:
         note = "model has no diffusion UNet: no samples"
     elif settings.samples:
-        fakes["samples"] = generate(pipe, settings.samples, settings.fid_size, settings.steps)
+        fakes["samples"] = generate(pipe, settings.samples, settings.fid_size, settings.steps, eta=settings.eta)
     return {"reference": str(root), "n_reference": len(gts), "n_samples": len(fakes.get("samples", [])),
             "crops": settings.crops, "eps": FID_EPS, "note": note,
             "by_features": {e.label: patch_fid(e, gts, fakes, settings) for e in extractors}}
@@ -323,6 +326,11 @@ def targets(report: dict[str, Any]) -> list[tuple[str, bool, str]]:
     return [(f"{top}² reconstruction: LPIPS below bicubic upsampling of the {ENC_SIZE}² input", m < b,
              f"{m:.4f} vs {b:.4f}"),
             (f"scale consistency ≥ {CONSISTENCY_TARGET_DB:g} dB", c >= CONSISTENCY_TARGET_DB, f"{c:.2f} dB")]
+
+
+def _eta(report: dict[str, Any]) -> str:
+    eta = report["settings"].get("eta")
+    return "" if eta is None or not report["pfid"]["n_samples"] else f" (DDIM η = {eta:g}, {report['settings']['steps']} steps)"
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -353,7 +361,7 @@ def markdown(report: dict[str, Any]) -> str:
         for label, values in pf["by_features"].items():
             out += ["", f"### {label}", "",
                     f"Reference: {pf['n_reference']} photos from `{pf['reference']}`; {pf['crops']} random crops "
-                    f"per set for P < {fid}; {pf['n_samples']} samples. Lower is better; small-N FID is biased "
+                    f"per set for P < {fid}; {pf['n_samples']} samples{_eta(report)}. Lower is better; small-N FID is biased "
                     "upwards, compare only within this table.", "",
                     f"| P/{fid} | reconstruction (baseline) | samples |", "|---|---:|---:|"]
             for key, v in values.items():
@@ -374,6 +382,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     help="ground-truth photos for pFID, e.g. the training set (default: --data)")
     ap.add_argument("--samples", type=int, default=0, help="samples for the sample pFID (0: reconstruction pFID only)")
     ap.add_argument("--steps", type=int, default=50, help="sampler steps")
+    ap.add_argument("--eta", type=float, default=None, help="DDIM η of the samples (default: the model's own)")
     ap.add_argument("--scales", type=int, nargs="+", default=[256, 512, 1024])
     ap.add_argument("--consistency-size", type=int, default=1024)
     ap.add_argument("--fid-size", type=int, default=1024, help="the '1K' of P/1K")
@@ -390,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ap.error("--patch-sizes must not exceed --fid-size")
 
     settings = Settings(tuple(args.scales), args.consistency_size, args.fid_size, tuple(args.patch_sizes),
-                        args.crops, args.samples, args.steps, args.seed)
+                        args.crops, args.samples, args.steps, args.seed, args.eta)
     pipe = Pipeline.load(args.model or default_model_dir(), device=args.device)
     compare = Pipeline.load(args.compare, device=args.device) if args.compare else None
     extractors = []
