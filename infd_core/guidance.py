@@ -236,21 +236,19 @@ def dps_guidance(pipe: Pipeline, objective: Objective, scale: float, margin: flo
                  on_loss: Callable[[int, Tensor], None] | None = None):
     """The sampler hook: x̂0 -> phi -> per-box renders -> loss -> normalised -∂loss/∂x_t, confined
     to the boxes (:func:`region_mask`; ``margin=None``: everywhere)."""
-    mask: Tensor | None = None
+    mask = None if margin is None else region_mask([r.box for r in objective.regions], pipe.latent_shape[-1],
+                                                   margin).to(pipe.device)
+    area = 1.0 if mask is None else float(mask.mean())  # the RMS is over the guided cells, not the whole latent
 
     def hook(x_t: Tensor, x0: Tensor, step: int, total: int) -> Tensor | None:
-        nonlocal mask
         fld = pipe.field(pipe.denormalize(x0), grad=True)
         losses = objective.region_losses(fld)
         loss = (objective.weights() * losses).sum()
         (grad,) = torch.autograd.grad(loss, x_t)
         if on_loss is not None:
             on_loss(step, losses.detach())
-        if margin is not None:
-            if mask is None:
-                mask = region_mask([r.box for r in objective.regions], x_t.shape[-1], margin).to(x_t)
-            grad = grad * mask
-        area = 1.0 if mask is None else float(mask.mean())  # RMS over the guided cells, not the whole latent
+        if mask is not None:
+            grad = grad * mask.to(grad.dtype)
         rms = (grad.pow(2).mean() / max(area, 1e-6)).sqrt()
         if not torch.isfinite(rms) or rms == 0:
             return None
@@ -262,25 +260,26 @@ def dps_guidance(pipe: Pipeline, objective: Objective, scale: float, margin: flo
 def guided_sample(pipe: Pipeline, layout: Layout, *, seed: int = 0, steps: int = 50, scale: float = 1.0,
                   scorer: Any | None = None, init_latent: Tensor | None = None, sampler: str = "ddim",
                   eta: float | None = None, margin: float | None = MARGIN,
-                  callback: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] | None = None) -> tuple[Tensor, dict[str, Any]]:
+                  callback: Callable[[Step], None] | None = None,
+                  should_stop: Callable[[], bool] | None = None) -> tuple[Tensor, dict[str, Any]]:
     """Sample a latent ``[1, 3, 64, 64]`` steered by ``layout``; returns it and a report.
 
     ``scale`` is the guidance strength (0 = unguided, same result as ``pipe.sample`` for the
     seed); ``init_latent`` is the current image, needed by ``keep`` regions; ``margin`` (image
-    fractions) is how far past the boxes the guidance reaches (None: everywhere, plain DPS). The report names
-    the scorer, each condition's final score/loss and what each prompt was understood as.
+    fractions) is how far past the boxes the guidance reaches (None: everywhere, plain DPS). The
+    report names the scorer, each condition's final score/loss and what each prompt was understood as.
     """
     if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale < 0:
         raise ValueError(f"guidance scale must be a finite number >= 0, got {scale!r}")
+    if margin is not None and not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
+        raise ValueError(f"guidance margin must be a finite number >= 0 or None, got {margin!r}")
     if init_latent is not None:
         pipe.autoencoder.check_latent(init_latent)
     objective = Objective(pipe, layout, scorer, init_latent)
     trace: list[list[float]] = []
-    if margin is not None and not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
-        raise ValueError(f"guidance margin must be a finite number >= 0 or None, got {margin!r}")
     hook = dps_guidance(pipe, objective, float(scale), margin, on_loss=lambda i, l: trace.append(l.tolist()))
     z = pipe.sample(seed, steps=steps, sampler=sampler, eta=eta, guidance=hook if scale > 0 else None,
                     callback=callback, should_stop=should_stop)
-    report = {"scorer": getattr(scorer, "name", None), "scale": scale, "margin": margin, "steps": steps, "seed": seed,
-              "regions": objective.report(z), "loss_trace": trace}
+    report = {"scorer": getattr(scorer, "name", None), "scale": scale, "margin": margin, "steps": steps,
+              "seed": seed, "regions": objective.report(z), "loss_trace": trace}
     return z, report

@@ -119,8 +119,8 @@ class Pipeline:
         n = self.cfg.autoencoder.latent_size
         return (self.cfg.autoencoder.z_channels, n, n)
 
-    def sample(self, seed: int = 0, *, steps: int = 50, sampler: str = "ddim", eta: float | None = None, batch: int = 1,
-               guidance: Guidance | None = None, callback: Callable[[Step], None] | None = None,
+    def sample(self, seed: int = 0, *, steps: int = 50, sampler: str = "ddim", eta: float | None = None,
+               batch: int = 1, guidance: Guidance | None = None, callback: Callable[[Step], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> Tensor:
         """Generate latents ``[batch, 3, 64, 64]`` (denormalised, ready for :meth:`field`).
 
@@ -132,8 +132,8 @@ class Pipeline:
         gen = torch.Generator().manual_seed(int(seed))
         d = self.cfg.diffusion
         x = sample(unet_eps(self.unet, d, self.autocast_dtype), d, (batch, *self.latent_shape), steps=steps,
-                   sampler=sampler, eta=d.eta if eta is None else eta, generator=gen, device=self.device, guidance=guidance,
-                   callback=callback, should_stop=should_stop)
+                   sampler=sampler, eta=d.eta if eta is None else eta, generator=gen, device=self.device,
+                   guidance=guidance, callback=callback, should_stop=should_stop)
         return self.denormalize(x)
 
     def denormalize(self, x: Tensor) -> Tensor:

@@ -180,7 +180,8 @@ def reconstruction_pairs(pipe: Pipeline, images: ImageFolder, size: int) -> tupl
     return gts, recons
 
 
-def generate(pipe: Pipeline, n: int, size: int, steps: int, seed: int = 0, eta: float | None = None) -> list[np.ndarray]:
+def generate(pipe: Pipeline, n: int, size: int, steps: int, seed: int = 0,
+             eta: float | None = None) -> list[np.ndarray]:
     """``n`` samples (seeds ``seed .. seed+n-1``) rendered at ``size²``, uint8."""
     return [pipe.render(pipe.field(pipe.sample(seed + i, steps=steps, eta=eta)), size, size)
             for i in tqdm(range(n), desc="samples", leave=False)]
@@ -329,8 +330,9 @@ def targets(report: dict[str, Any]) -> list[tuple[str, bool, str]]:
 
 
 def _eta(report: dict[str, Any]) -> str:
-    eta = report["settings"].get("eta")
-    return "" if eta is None or not report["pfid"]["n_samples"] else f" (DDIM η = {eta:g}, {report['settings']['steps']} steps)"
+    """`` (DDIM η = 0, 50 steps)`` after the sample count, when there are samples."""
+    eta, steps = report["settings"].get("eta"), report["settings"]["steps"]
+    return "" if eta is None or not report["pfid"]["n_samples"] else f" (DDIM η = {eta:g}, {steps} steps)"
 
 
 def markdown(report: dict[str, Any]) -> str:
