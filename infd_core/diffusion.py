@@ -11,6 +11,7 @@ statistics stored in :class:`DiffusionConfig` (the pipeline converts).
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
@@ -48,6 +49,7 @@ class DiffusionConfig:
     eta: float = 1.0
 
     def __post_init__(self) -> None:
+        self.unet = json.loads(json.dumps(self.unet))  # tuples -> lists: equal to the config read back from disk
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
         if self.prediction not in ("epsilon", "v"):

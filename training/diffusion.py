@@ -175,8 +175,7 @@ def init_unet(unet: nn.Module, dcfg: DiffusionConfig, folder: Path) -> dict[str,
     """Load the UNet of the model in ``folder`` into ``unet`` (same architecture required); returns
     where it was trained (``{from, steps, seconds}``) for the model's ``meta``."""
     donor = read_config(folder)
-    same = donor.diffusion is not None and json.dumps(donor.diffusion.unet) == json.dumps(dcfg.unet)  # tuple ~ list
-    if not same:
+    if donor.diffusion is None or donor.diffusion.unet != dcfg.unet:
         raise ValueError(f"{folder} has no diffusion UNet of this architecture to start from")
     load_weights(unet, folder / "unet.safetensors")
     return {"from": str(folder), "steps": donor.meta.get("stage2_steps"), "seconds": donor.meta.get("stage2_seconds")}
