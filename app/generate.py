@@ -64,8 +64,10 @@ def build_layout(state: State) -> Any:
 
 
 def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided: bool = False,
-             scale: float = 1.0) -> Iterator[Progress | Finished]:
+             scale: float = 1.0, local: bool = True) -> Iterator[Progress | Finished]:
     """Sample a new picture for ``session`` and commit it as an undo step.
+
+    ``local``: guidance acts near the boxes only (``guidance.MARGIN``); otherwise everywhere.
 
     Raises :class:`Busy` if the session is already sampling, ``Cancelled`` when
     ``session.cancel`` (a fresh event for each run) is set, ValueError for an unusable
@@ -95,6 +97,7 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
                 needs_scorer = any(r.kind in ("text", "image") for r in layout.conditions())
                 init = state.picture.latent if state.picture is not None else None
                 z, report = guidance.guided_sample(pipe, layout, seed=seed, steps=steps, scale=scale,
+                                                   margin=guidance.MARGIN if local else None,
                                                    scorer=ctx.scorer() if needs_scorer else None, init_latent=init,
                                                    callback=on_step, should_stop=cancel.is_set)
             else:

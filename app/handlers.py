@@ -130,7 +130,9 @@ def report_markdown(report: dict[str, Any] | None) -> str:
     """The guidance report as a short table: what each condition scored and how prompts were understood."""
     if not report:
         return ""
-    lines = [f"**Guidance**: scorer `{report.get('scorer')}`, strength {report.get('scale')}", "",
+    margin = report.get("margin")
+    reach = "whole picture" if margin is None else f"near the boxes (margin {margin:g})"
+    lines = [f"**Guidance**: scorer `{report.get('scorer')}`, strength {report.get('scale')}, {reach}", "",
              "| # | kind | prompt | understood as | loss |", "|---|---|---|---|---|"]
     for i, r in enumerate(report.get("regions", [])):
         understood = r.get("understood_as", "")
@@ -265,8 +267,8 @@ class Handlers:
     def guided(self, *args: Any) -> Iterator[list[Any]]:
         yield from self._run(*args, guided=True)
 
-    def _run(self, key: str, seed: Any, steps: Any, scale: Any, box_id: str | None, kind: str, prompt: str,
-             weight: Any, color: str, global_: str, guided: bool) -> Iterator[list[Any]]:
+    def _run(self, key: str, seed: Any, steps: Any, scale: Any, local: Any, box_id: str | None, kind: str,
+             prompt: str, weight: Any, color: str, global_: str, guided: bool) -> Iterator[list[Any]]:
         """Yields [viewer, status, report] per step (with previews) and at the end."""
         s = self.session(key)
         seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
@@ -279,7 +281,8 @@ class Handlers:
             loading = guided and not self.ctx.scorer_loaded
             yield [viewer_value(s, (0, steps_i)),
                    "Loading the guidance scorer (first time only)…" if loading else "Generating…", gr.skip()]
-            for event in generate(self.ctx, s, seed=seed_i, steps=steps_i, guided=guided, scale=strength):
+            for event in generate(self.ctx, s, seed=seed_i, steps=steps_i, guided=guided, scale=strength,
+                                  local=bool(local)):
                 if isinstance(event, Finished):
                     yield [viewer_value(s), f"Done: {event.view.picture.label}.", report_markdown(event.report)]
                 else:

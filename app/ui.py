@@ -84,6 +84,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                                       elem_id="infd-steps")
                     scale = gr.Number(0.2, label="Guidance", minimum=0, maximum=20, step=0.1, min_width=70,
                                       elem_id="infd-scale")
+                local = gr.Checkbox(True, label="Boxes steer only near themselves", elem_id="infd-local",
+                                    info="Off: a box may restyle the whole picture (plain DPS).")
                 with gr.Row():
                     canvas = gr.Dropdown(CANVAS_PRESETS, value=str(DEFAULT_CANVAS), label="Canvas", min_width=90,
                                          elem_id="infd-canvas")
@@ -159,7 +161,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         canvas_w.submit(on.canvas, canvas_inputs, canvas_outputs, **light)
         canvas_h.submit(on.canvas, canvas_inputs, canvas_outputs, **light)
 
-        run_inputs = [key, seed, steps, scale, editing, kind, prompt, weight, color, global_prompt]
+        run_inputs = [key, seed, steps, scale, local, editing, kind, prompt, weight, color, global_prompt]
         gen_evt = gen_btn.click(on.generate, run_inputs, [viewer, status, report], **model)
         guided_evt = guided_btn.click(on.guided, run_inputs, [viewer, status, report], **model)
         # cancels= drops a run still waiting for the model; a running one stops via the session's flag

@@ -299,13 +299,17 @@ class Autoencoder(nn.Module):
         h = self.encoder_output(image)
         return h.chunk(2, dim=1)[0] if self.cfg.regularizer == "kl" else h
 
-    def regularize(self, h: Tensor) -> tuple[Tensor, Tensor]:
+    def regularize(self, h: Tensor, sample: bool = True) -> tuple[Tensor, Tensor]:
         """Raw encoder output -> (latent fed to the decoder, weighted regulariser loss).
 
         VQ: quantised latent (straight-through) and the codebook + commitment loss. KL: a
-        posterior sample and ``kl_weight`` times the KL divergence.
+        posterior sample (the posterior mean if not ``sample``) and ``kl_weight`` times the KL
+        divergence.
         """
-        z, loss, _ = self.quantizer(h)
+        if self.cfg.regularizer == "kl":
+            z, loss, _ = self.quantizer(h, sample=sample)
+        else:
+            z, loss, _ = self.quantizer(h)
         return z, (self.cfg.kl_weight * loss if self.cfg.regularizer == "kl" else loss)
 
     def decode(self, z: Tensor) -> Tensor:

@@ -24,10 +24,11 @@ from app import sessionfile
 from app.context import Limits
 from app.deepzoom import Pyramid
 from app.generate import Cancelled, Finished, Progress, generate
-from app.handlers import apply_box_edit, number
+from app.handlers import apply_box_edit, number, report_markdown
 from app.server import create_app, load_pipeline
 from app.sessions import KEEP_VIEWS, BoxSpec, Picture, Session, SessionStore, State
 from app.tiles import ByteLRU, TileWorkers
+from infd_core import guidance
 
 EXPORT_LIMIT = 640 * 480
 
@@ -352,3 +353,19 @@ def test_generate_previews_commits_and_cancels(server):
         time.sleep(0.01)
     assert s.state.picture is done.picture and s.view.picture is done.picture and not s.view.preview
     assert s.undo() and s.state.picture is None
+
+
+def test_guided_generation_is_local_unless_asked_otherwise(server):
+    """The "Boxes steer only near themselves" checkbox: guidance masked to the box (the default)
+    or plain DPS over the whole latent; the report under the canvas says which."""
+    _, ctx = server
+    s = ctx.store.create(canvas=(512, 512))
+    s.commit(State(None, boxes=(BoxSpec("red", 0.0, 0.0, 0.25, 0.25, kind="color", color=(1.0, 0.0, 0.0)),)))
+    reports = {}
+    for local in (True, False):
+        events = list(generate(ctx, s, seed=5, steps=2, guided=True, scale=0.5, local=local))
+        reports[local] = events[-1].report
+    assert reports[True]["margin"] == guidance.MARGIN and reports[False]["margin"] is None
+    assert f"near the boxes (margin {guidance.MARGIN:g})" in report_markdown(reports[True])
+    assert "whole picture" in report_markdown(reports[False])
+    assert s.state.picture.label.startswith("guided")

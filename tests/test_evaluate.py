@@ -15,7 +15,7 @@ from infd_core import configs
 from infd_core.pipeline import Pipeline
 from training import features
 from training.data import ImageFolder
-from training.evaluate import (Settings, _labels, evaluate_image, frechet_distance, main, patch_label, psnr,
+from training.evaluate import (Settings, _labels, baselines, evaluate_image, frechet_distance, main, patch_label, psnr,
                                random_crops, square, targets)
 from training.losses import offline_lpips
 
@@ -81,13 +81,14 @@ def test_inception_path_loads_a_state_dict(tmp_path: Path) -> None:
 
 def test_scale_consistency_and_bicubic_baseline(pipe: Pipeline, photos: Path) -> None:
     res = evaluate_image(ImageFolder(photos)[0], {"model": pipe}, SMALL, offline_lpips())
-    methods = ("bicubic", "bicubic-thumb", "model")
+    methods = ("bicubic", "bicubic-64", "bicubic-128", "model")
     assert {(r["method"], r["scale"]) for r in res.rows} == {(m, s) for m in methods for s in (64, 128)}
     bicubic = [r for r in res.rows if r["method"] == "bicubic"]
     assert all(20 < r["psnr"] < 60 and 0 <= r["lpips"] < 0.3 for r in bicubic)
-    # at 64² the thumbnail baseline is the (LANCZOS) thumbnail itself; upsampled, it loses to the 256² input
-    thumb = {r["scale"]: r for r in res.rows if r["method"] == "bicubic-thumb"}
-    assert thumb[128]["psnr"] < next(r["psnr"] for r in bicubic if r["scale"] == 128)
+    # at 128², a 64² thumbnail upsampled loses to the 128² thumbnail itself
+    at128 = {r["method"]: r for r in res.rows if r["scale"] == 128}
+    assert at128["bicubic-64"]["psnr"] < at128["bicubic-128"]["psnr"]
+    assert at128["bicubic-64"]["lpips"] > at128["bicubic-128"]["lpips"]
     assert math.isfinite(res.consistency["model"])
     assert res.images["model"][128].shape == res.images["gt"][128].shape == (128, 128, 3)
 
@@ -99,7 +100,9 @@ def test_cli_end_to_end(pipe: Pipeline, photos: Path, tmp_path: Path, capsys: py
           "--scales", "64", "128", "--consistency-size", "64", "--fid-size", "128", "--patch-sizes", "64", "128",
           "--crops", "8", "--out", str(out)])
     report = json.loads(out.read_text())
-    assert set(report["reconstruction"]["mean"]) == {"bicubic", "bicubic-thumb", "model"}
+    assert set(report["reconstruction"]["mean"]) == {"bicubic", "bicubic-64", "bicubic-128", "model"}
+    assert report["methods"]["bicubic-64"] == "bicubic upsampling of a 64² thumbnail (as many values as the latent)"
+    assert report["methods"]["bicubic-128"] == "bicubic upsampling of a 128² thumbnail (4× the latent's values)"
     assert len(report["scale_consistency"]["per_image_db"]["model"]) == 2
     pfid = report["pfid"]["by_features"]["pFID-EffNetLite0 (not Inception-FID)"]
     assert set(pfid) == {patch_label(64, 128), patch_label(128, 128)} == {"64/128", "128/128"}
@@ -121,3 +124,9 @@ def test_compared_models_of_the_same_kind_get_distinct_labels(pipe: Pipeline) ->
     assert _labels({"model": pipe}) == {"model": "cpu (CLIF renderer)"}
     assert _labels({"model": pipe, "compare": pipe}) == {"model": "cpu (CLIF renderer), model",
                                                          "compare": "cpu (CLIF renderer), compare"}
+
+
+def test_thumbnail_sizes_are_validated() -> None:
+    with pytest.raises(ValueError, match="thumbnail sizes"):
+        Settings(thumbnails=(64, 256))
+    assert baselines(Settings(thumbnails=(128, 96))) == ["bicubic", "bicubic-96", "bicubic-128"]

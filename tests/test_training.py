@@ -128,6 +128,25 @@ def test_init_from_another_architecture_is_a_clear_error(photos: Path, tmp_path:
         stage1.train(ae_config(init=str(tmp_path / "other")), [str(photos)], tmp_path / "run", progress=False)
 
 
+def test_posterior_mean_decodes_deterministically() -> None:
+    """``posterior="mean"`` trains the decoder on the KL posterior mean (what encode() gives and
+    what the diffusion model was trained on) instead of a noisy sample of it."""
+    ae = Pipeline.from_config(stage1.model_config(tiny_model())).autoencoder
+    with torch.no_grad():  # widen the posterior so that a sample differs visibly from the mean
+        ae.encoder[1].bias[3:] = 0.0  # log-variance 0: unit noise
+    inp = torch.rand(2, 3, 256, 256) * 2 - 1
+    coord = torch.rand(2, 16, 16, 2) * 2 - 1
+    cell = torch.full((2, 16, 16, 2), 2 / 256)
+    with torch.no_grad():
+        mean = [stage1.FieldReconstruction(ae, sample=False)(inp, coord, cell)[0] for _ in range(2)]
+        noisy = stage1.FieldReconstruction(ae)(inp, coord, cell)[0]
+        z = ae.encode(inp)
+    assert torch.equal(mean[0], mean[1]) and not torch.allclose(mean[0], noisy, atol=1e-3)
+    assert torch.equal(mean[0], ae.renderer(ae.features(z), coord, cell))
+    with pytest.raises(ValueError, match="posterior must be"):
+        ae_config(posterior="mode")
+
+
 def test_cosine_learning_rate() -> None:
     assert stage1.cosine_lr(0, 100, 1e-3, 1e-5) == 1e-3 and stage1.cosine_lr(7, 100, 1e-3, None) == 1e-3
     assert stage1.cosine_lr(50, 100, 1e-3, 1e-5) == pytest.approx(0.5 * (1e-3 + 1e-5))

@@ -63,6 +63,7 @@ class AETrainConfig:
     disc_ndf: int = 64
     init: str | None = None  # model folder: start from its autoencoder weights (everything trains)
     init_encoder: str | None = None  # model folder: load its encoder, freeze it (train decoder + renderer)
+    posterior: str = "sample"  # KL only: decode a posterior "sample" (LDM) or the posterior "mean"
     steps: int = 100_000
     ckpt_every: int = 1000
     log_every: int = 50
@@ -76,6 +77,8 @@ class AETrainConfig:
         self.betas = tuple(self.betas)
         if self.square_crops is not None:
             self.square_crops = tuple(self.square_crops)
+        if self.posterior not in ("sample", "mean"):
+            raise ValueError(f"posterior must be 'sample' or 'mean', got {self.posterior!r}")
 
 
 class FieldReconstruction(nn.Module):
@@ -85,12 +88,12 @@ class FieldReconstruction(nn.Module):
     with K crops per image, ``coord``/``cell [B, K, P, P, 2]`` -> ``pred [B*K, 3, P, P]`` (image-major).
     """
 
-    def __init__(self, ae: Autoencoder):
+    def __init__(self, ae: Autoencoder, sample: bool = True):
         super().__init__()
-        self.ae = ae
+        self.ae, self.sample = ae, sample
 
     def forward(self, inp: Tensor, coord: Tensor, cell: Tensor) -> tuple[Tensor, Tensor]:
-        z, reg = self.ae.regularize(self.ae.encoder_output(inp))
+        z, reg = self.ae.regularize(self.ae.encoder_output(inp), sample=self.sample)
         phi = self.ae.features(z)
         if coord.ndim == 5:  # K crops per image: every crop renders from its image's phi
             phi = phi.repeat_interleave(coord.shape[1], dim=0)
@@ -146,7 +149,7 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         step = int(state["step"])
-    net: nn.Module = FieldReconstruction(ae)
+    net: nn.Module = FieldReconstruction(ae, sample=cfg.posterior == "sample")
     disc: nn.Module = criterion.discriminator
     net, disc = wrap_ddp(net, d), wrap_ddp(disc, d)
     criterion.discriminator = disc

@@ -10,8 +10,10 @@ Prints a markdown report (for the model card) and writes it as JSON with ``--out
    image at s×s for each scale s (default 256, 512, 1024: up to a 4× zoom of the input), and the
    ground truth is the photo resized to s×s (LANCZOS). Baselines: bicubic upsampling of the
    256² input, and optionally another model (``--compare``, e.g. a LIIF-renderer autoencoder).
-   A second baseline, ``bicubic-thumb``, upsamples a 64² thumbnail instead: as many numbers as
-   the 3×64×64 latent holds, so it tells how much the autoencoder gets out of its latent budget.
+   Thumbnail baselines ``bicubic-N`` (``--thumbnails``, default 64 and 128) upsample an N²
+   thumbnail instead: the 64² one holds as many numbers as the 3×64×64 latent, so it tells how
+   much the autoencoder gets out of its latent budget; larger ones show what a bigger budget
+   would buy, i.e. how hard beating the 256² input is.
    PSNR in dB on [0, 1]. LPIPS-VGG with the offline weights (:func:`training.losses.offline_lpips`):
    on the whole image for s ≤ 512; for larger s, the mean over five fixed 256² crops at full
    resolution (the centre and the four quadrant centres), so that LPIPS judges the fine detail a
@@ -62,7 +64,7 @@ from .data import ImageFolder
 from .losses import offline_lpips
 
 __all__ = [
-    "Settings", "ImageResult", "psnr", "square", "lpips_regions", "lpips_distance", "reconstruct",
+    "Settings", "ImageResult", "baselines", "baseline_labels", "psnr", "square", "lpips_regions", "lpips_distance", "reconstruct",
     "scale_consistency", "evaluate_image", "reconstruction_pairs", "generate", "random_crops",
     "frechet_distance", "patch_label", "patch_fid", "evaluate", "markdown", "main",
 ]
@@ -70,7 +72,6 @@ __all__ = [
 LANCZOS = Image.Resampling.LANCZOS
 BICUBIC = Image.Resampling.BICUBIC
 ENC_SIZE = 256  # the encoder input (paper §4.3)
-THUMB_SIZE = 64  # the latent-budget baseline: a 64² RGB thumbnail has as many values as a 3x64x64 latent
 LPIPS_FULL_MAX = 512  # LPIPS on the whole image up to this side, on fixed crops above it
 LPIPS_CROP = 256
 FID_EPS = 1e-6
@@ -89,6 +90,26 @@ class Settings:
     steps: int = 50  # sampler steps
     seed: int = 0  # crop positions
     eta: float | None = None  # DDIM η of the samples (None: the model's own)
+    thumbnails: tuple[int, ...] = (64, 128)  # N of the "bicubic-N" baselines (an N² thumbnail upsampled)
+
+    def __post_init__(self) -> None:
+        if any(not 0 < n < ENC_SIZE for n in self.thumbnails):
+            raise ValueError(f"thumbnail sizes must be in 1..{ENC_SIZE - 1}, got {self.thumbnails}")
+
+
+def baselines(settings: Settings) -> list[str]:
+    """The bicubic baselines' method names: ``bicubic`` (the 256² input), then ``bicubic-N``."""
+    return ["bicubic", *(f"bicubic-{n}" for n in sorted(settings.thumbnails))]
+
+
+def baseline_labels(settings: Settings, latent_values: int) -> dict[str, str]:
+    """Report labels of :func:`baselines`; thumbnails say their size relative to the latent's."""
+    labels = {"bicubic": f"bicubic upsampling of the {ENC_SIZE}² input"}
+    for n in sorted(settings.thumbnails):
+        ratio = 3 * n * n / latent_values
+        budget = "as many values as the latent" if ratio == 1 else f"{ratio:.3g}× the latent's values"
+        labels[f"bicubic-{n}"] = f"bicubic upsampling of a {n}² thumbnail ({budget})"
+    return labels
 
 
 # --- images and metrics --------------------------------------------------------------------
@@ -154,10 +175,11 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
     """Reconstruct one photo at ``settings.scales`` with ``bicubic`` and each of ``models``
     (from the same encoder input) and score them; plus each model's scale consistency."""
     inp = img.resize((ENC_SIZE, ENC_SIZE), LANCZOS)
-    thumb = img.resize((THUMB_SIZE, THUMB_SIZE), LANCZOS)
     images = {"gt": {s: square(img, s) for s in settings.scales},
-              "bicubic": {s: square(inp, s, BICUBIC) for s in settings.scales},
-              "bicubic-thumb": {s: square(thumb, s, BICUBIC) for s in settings.scales}}
+              "bicubic": {s: square(inp, s, BICUBIC) for s in settings.scales}}
+    for n in sorted(settings.thumbnails):  # thumbnails of the same 256² input, as small encoders would see
+        thumb = inp.resize((n, n), LANCZOS)
+        images[f"bicubic-{n}"] = {s: square(thumb, s, BICUBIC) for s in settings.scales}
     consistency = {}
     for name, pipe in models.items():
         field = reconstruct(pipe, inp)  # the same encoder input as the bicubic baseline
@@ -276,15 +298,13 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
             gts.append(res.images["gt"][fid])
             recons.append(res.images["model"][fid])
     mean = defaultdict(dict)
-    for m in ("bicubic", "bicubic-thumb", *models):
+    for m in (*baselines(settings), *models):
         for s in settings.scales:
             sel = [r for r in rows if r["method"] == m and r["scale"] == s]
             mean[m][str(s)] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "lpips")}
     report: dict[str, Any] = {
         "model": _describe(pipe),
-        "methods": {"bicubic": f"bicubic upsampling of the {ENC_SIZE}² input",
-                    "bicubic-thumb": f"bicubic upsampling of a {THUMB_SIZE}² thumbnail (the latent's size)",
-                    **_labels(models)},
+        "methods": {**baseline_labels(settings, int(np.prod(pipe.latent_shape))), **_labels(models)},
         "images": [{"image": n, "size": list(images.sizes[i][::-1])} for i, n in enumerate(names)],
         "settings": {**dataclasses.asdict(settings),  # the η the samples really used
                      "eta": settings.eta if settings.eta is not None or pipe.cfg.diffusion is None
@@ -391,6 +411,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--patch-sizes", type=int, nargs="+", default=[256, 1024], help="P of P/1K")
     ap.add_argument("--crops", type=int, default=512, help="random crops per set for P < fid-size")
     ap.add_argument("--seed", type=int, default=0, help="crop positions")
+    ap.add_argument("--thumbnails", type=int, nargs="*", default=[64, 128],
+                    help="N of the bicubic-N baselines: an N² thumbnail of the input, upsampled")
     ap.add_argument("--no-pfid", action="store_true", help="skip patch-FID")
     ap.add_argument("--inception-weights", type=Path,
                     help="torchvision inception_v3 state dict: adds Inception pFID (pool3 features)")
@@ -401,7 +423,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ap.error("--patch-sizes must not exceed --fid-size")
 
     settings = Settings(tuple(args.scales), args.consistency_size, args.fid_size, tuple(args.patch_sizes),
-                        args.crops, args.samples, args.steps, args.seed, args.eta)
+                        args.crops, args.samples, args.steps, args.seed, args.eta, tuple(args.thumbnails))
     pipe = Pipeline.load(args.model or default_model_dir(), device=args.device)
     compare = Pipeline.load(args.compare, device=args.device) if args.compare else None
     extractors = []
