@@ -98,9 +98,10 @@ def test_cli_end_to_end(pipe: Pipeline, photos: Path, tmp_path: Path, capsys: py
     out = tmp_path / "report.json"
     main(["--model", str(tmp_path / "model"), "--data", str(photos), "--samples", "2", "--steps", "2",
           "--scales", "64", "128", "--consistency-size", "64", "--fid-size", "128", "--patch-sizes", "64", "128",
-          "--crops", "8", "--out", str(out)])
+          "--crops", "8", "--refine", "1", "--out", str(out)])
     report = json.loads(out.read_text())
-    assert set(report["reconstruction"]["mean"]) == {"bicubic", "bicubic-64", "bicubic-128", "model"}
+    assert set(report["reconstruction"]["mean"]) == {"bicubic", "bicubic-64", "bicubic-128", "model", "model+refine"}
+    assert report["methods"]["model+refine"].endswith("latent refined 1 step")
     assert report["methods"]["bicubic-64"] == "bicubic upsampling of a 64² thumbnail (as many values as the latent)"
     assert report["methods"]["bicubic-128"] == "bicubic upsampling of a 128² thumbnail (4× the latent's values)"
     assert len(report["scale_consistency"]["per_image_db"]["model"]) == 2

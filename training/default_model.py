@@ -96,7 +96,7 @@ Stored: autoencoder fp32, UNet fp16 ({bytes:.1f} MB in all).
 | diffusion ({prediction}, authors' schedule, EMA {ema}; samples with DDIM η = {eta:g} and clamps x0 to the training latents' range) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu.json` |
 
 ## Evaluation on the 3 held-out photos
-Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --data runs/default/photos/holdout --fid-data runs/default/photos/train --samples {samples} --crops {crops}`
+Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --data runs/default/photos/holdout --fid-data runs/default/photos/train --samples {samples} --crops {crops} --refine {refine}`
 
 {evaluation}
 
@@ -170,7 +170,8 @@ def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) ->
         dm_steps=cfg.meta.get("stage2_steps"), dm_batch=dm_cfg.batch,
         dm_time=hours(cfg.meta.get("stage2_seconds")),
         prediction={"v": "v-prediction", "epsilon": "ε-prediction"}[cfg.diffusion.prediction],
-        ema=dm_cfg.ema, eta=cfg.diffusion.eta, samples=samples, crops=crops, evaluation=evaluate.markdown(report), status=status(report))
+        ema=dm_cfg.ema, eta=cfg.diffusion.eta, samples=samples, crops=crops,
+        refine=report["settings"]["refine"], evaluation=evaluate.markdown(report), status=status(report))
     (out / "README.md").write_text(text)
     shutil.copyfile(work / "photos" / "MANIFEST.md", out / "MANIFEST.md")
 
@@ -185,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dm-steps", type=int)
     ap.add_argument("--samples", type=int, default=8, help="generated images for patch-FID")
     ap.add_argument("--crops", type=int, default=128, help="random crops per set for patch-FID")
+    ap.add_argument("--refine", type=int, default=100, help="refinement steps of the evaluation's refined-latent row")
     ap.add_argument("--sample-steps", type=int, default=50, help="sampler steps for the samples (evaluation, pictures)")
     ap.add_argument("--skip-training", action="store_true", help="only export, evaluate and write the card")
     args = ap.parse_args(argv)
@@ -206,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
     export(args.work / "dm" / "model", args.out)
     report = evaluate.main(["--model", str(args.out), "--data", str(photos / "holdout"),
                             "--fid-data", str(photos / "train"), "--samples", str(args.samples),
-                            "--crops", str(args.crops), "--steps", str(args.sample_steps),
+                            "--crops", str(args.crops), "--steps", str(args.sample_steps), "--refine", str(args.refine),
                             "--out", str(args.work / "evaluation.json")])
     pictures(Pipeline.load(args.out), args.out, steps=args.sample_steps)
     model_card(args.out, args.work, report, args.samples, args.crops)

@@ -13,7 +13,9 @@ Prints a markdown report (for the model card) and writes it as JSON with ``--out
    Thumbnail baselines ``bicubic-N`` (``--thumbnails``, default 64 and 128) upsample an N²
    thumbnail instead: the 64² one holds as many numbers as the 3×64×64 latent, so it tells how
    much the autoencoder gets out of its latent budget; larger ones show what a bigger budget
-   would buy, i.e. how hard beating the 256² input is.
+   would buy, i.e. how hard beating the 256² input is. ``--refine N`` adds each model with its
+   latent refined by N gradient steps against the 256² input (:mod:`infd_core.inversion`): what
+   the decoder and renderer can show when the encoder's one-pass guess is not the limit.
    PSNR in dB on [0, 1]. LPIPS-VGG with the offline weights (:func:`training.losses.offline_lpips`):
    on the whole image for s ≤ 512; for larger s, the mean over five fixed 256² crops at full
    resolution (the centre and the four quadrant centres), so that LPIPS judges the fine detail a
@@ -57,6 +59,7 @@ from skimage.transform import downscale_local_mean
 from tqdm import tqdm
 
 from infd_core.geometry import PixelRange
+from infd_core.inversion import refine_latent
 from infd_core.pipeline import Field, Pipeline, default_model_dir, image_to_tensor
 
 from . import features
@@ -91,10 +94,18 @@ class Settings:
     seed: int = 0  # crop positions
     eta: float | None = None  # DDIM η of the samples (None: the model's own)
     thumbnails: tuple[int, ...] = (64, 128)  # N of the "bicubic-N" baselines (an N² thumbnail upsampled)
+    refine: int = 0  # > 0: also each model with its latent refined this many steps (infd_core.inversion)
 
     def __post_init__(self) -> None:
         if any(not 0 < n < ENC_SIZE for n in self.thumbnails):
             raise ValueError(f"thumbnail sizes must be in 1..{ENC_SIZE - 1}, got {self.thumbnails}")
+        if self.refine < 0:
+            raise ValueError(f"refine must be >= 0, got {self.refine}")
+
+
+def refined(name: str) -> str:
+    """The method name of model ``name`` with refined latents."""
+    return f"{name}+refine"
 
 
 def baselines(settings: Settings) -> list[str]:
@@ -184,6 +195,9 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
     for name, pipe in models.items():
         field = reconstruct(pipe, inp)  # the same encoder input as the bicubic baseline
         images[name] = {s: pipe.render(field, s, s) for s in settings.scales}
+        if settings.refine:
+            better = pipe.field(refine_latent(pipe, inp, settings.refine))
+            images[refined(name)] = {s: pipe.render(better, s, s) for s in settings.scales}
         c = settings.consistency_size
         consistency[name] = scale_consistency(pipe, field, c, images[name].get(c))
     gt = images["gt"]
@@ -298,13 +312,16 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
             gts.append(res.images["gt"][fid])
             recons.append(res.images["model"][fid])
     mean = defaultdict(dict)
-    for m in (*baselines(settings), *models):
+    methods = [*baselines(settings), *models, *(refined(m) for m in models if settings.refine)]
+    for m in methods:
         for s in settings.scales:
             sel = [r for r in rows if r["method"] == m and r["scale"] == s]
             mean[m][str(s)] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "lpips")}
     report: dict[str, Any] = {
         "model": _describe(pipe),
-        "methods": {**baseline_labels(settings, int(np.prod(pipe.latent_shape))), **_labels(models)},
+        "methods": {**baseline_labels(settings, int(np.prod(pipe.latent_shape))), **_labels(models),
+                    **{refined(m): f"{label}, latent refined {settings.refine} step{'s' * (settings.refine != 1)}"
+                       for m, label in _labels(models).items() if settings.refine}},
         "images": [{"image": n, "size": list(images.sizes[i][::-1])} for i, n in enumerate(names)],
         "settings": {**dataclasses.asdict(settings),  # the η the samples really used
                      "eta": settings.eta if settings.eta is not None or pipe.cfg.diffusion is None
@@ -411,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--patch-sizes", type=int, nargs="+", default=[256, 1024], help="P of P/1K")
     ap.add_argument("--crops", type=int, default=512, help="random crops per set for P < fid-size")
     ap.add_argument("--seed", type=int, default=0, help="crop positions")
+    ap.add_argument("--refine", type=int, default=0,
+                    help="also report each model with its latent refined this many steps (infd_core.inversion)")
     ap.add_argument("--thumbnails", type=int, nargs="*", default=[64, 128],
                     help="N of the bicubic-N baselines: an N² thumbnail of the input, upsampled")
     ap.add_argument("--no-pfid", action="store_true", help="skip patch-FID")
@@ -423,7 +442,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         ap.error("--patch-sizes must not exceed --fid-size")
 
     settings = Settings(tuple(args.scales), args.consistency_size, args.fid_size, tuple(args.patch_sizes),
-                        args.crops, args.samples, args.steps, args.seed, args.eta, tuple(args.thumbnails))
+                        args.crops, args.samples, args.steps, args.seed, args.eta, tuple(args.thumbnails),
+                        args.refine)
     pipe = Pipeline.load(args.model or default_model_dir(), device=args.device)
     compare = Pipeline.load(args.compare, device=args.device) if args.compare else None
     extractors = []
