@@ -1,4 +1,5 @@
-"""Generation for a session: sampling (plain or guided by the boxes) with previews and cancellation.
+"""Model runs for a session: sampling (plain or guided by the boxes) with previews and
+cancellation, and opening a photo (encoded, optionally refined) as the session's picture.
 
 :func:`generate` runs the sampler on a thread of its own and yields :class:`Progress` events
 (with a preview view every few steps: the predicted clean latent x̂0, shown on the canvas
@@ -9,12 +10,16 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
+from PIL import Image
+from torch import Tensor
+
 from infd_core.diffusion import Cancelled, Step
 from infd_core.geometry import Box
+from infd_core.inversion import refine_latent
 
 from .context import AppContext
 from .sessions import Picture, Session, State, View
@@ -63,6 +68,9 @@ def build_layout(state: State) -> Any:
     return layout
 
 
+ProgressFn = Callable[[int, int, "Callable[[], Tensor] | None"], None]  # (done, total, preview latent or None)
+
+
 def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided: bool = False,
              scale: float = 1.0, local: bool = True) -> Iterator[Progress | Finished]:
     """Sample a new picture for ``session`` and commit it as an undo step.
@@ -75,35 +83,73 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
     """
     state = session.state
     layout = build_layout(state) if guided else None  # validate before taking the session
+    pipe = ctx.pipe
+
+    def work(progress: ProgressFn, should_stop: Callable[[], bool]) -> tuple[Picture, dict[str, Any] | None]:
+        def on_step(step: Step) -> None:
+            progress(step.index + 1, step.total, lambda: pipe.denormalize(step.x0[:1]))
+
+        report = None
+        if layout is not None:
+            needs_scorer = any(r.kind in ("text", "image") for r in layout.conditions())
+            init = state.picture.latent if state.picture is not None else None
+            z, report = guidance.guided_sample(pipe, layout, seed=seed, steps=steps, scale=scale,
+                                               margin=guidance.MARGIN if local else None,
+                                               scorer=ctx.scorer() if needs_scorer else None, init_latent=init,
+                                               callback=on_step, should_stop=should_stop)
+        else:
+            z = pipe.sample(seed, steps=steps, callback=on_step, should_stop=should_stop)
+        return Picture(z[:1], seed=seed, label=f"{'guided, ' if guided else ''}seed {seed}, {steps} steps"), report
+
+    return _run(ctx, session, work)
+
+
+def open_photo(ctx: AppContext, session: Session, image: Image.Image, name: str = "photo",
+               refine: int = 0) -> Iterator[Progress | Finished]:
+    """Encode ``image`` (any size, RGB; squashed to the encoder's square input like in training),
+    refine its latent for ``refine`` steps (:mod:`infd_core.inversion`), and commit it as the
+    session's picture: then it zooms, exports and takes ``keep`` boxes like a generated one.
+
+    Events, errors and cancelling as :func:`generate`; a cancelled refinement keeps nothing.
+    """
+    pipe = ctx.pipe
+    n = pipe.cfg.autoencoder.input_size
+    image = image.convert("RGB").resize((n, n), Image.Resampling.LANCZOS)
+
+    def work(progress: ProgressFn, should_stop: Callable[[], bool]) -> tuple[Picture, None]:
+        z = pipe.encode(image)
+        if refine:
+            z = refine_latent(pipe, image, refine, z=z, callback=lambda i, total, loss: progress(i, total, None),
+                              should_stop=should_stop)
+            if should_stop():
+                raise Cancelled()
+        label = f"{name}, refined {refine} steps" if refine else name
+        return Picture(z[:1], label=label), None
+
+    return _run(ctx, session, work)
+
+
+def _run(ctx: AppContext, session: Session,
+         work: Callable[[ProgressFn, Callable[[], bool]], tuple[Picture, dict[str, Any] | None]]
+         ) -> Iterator[Progress | Finished]:
+    """Run ``work(progress, should_stop)`` on a thread of its own while holding the session, yield
+    its :class:`Progress` (a preview every ``total // PREVIEWS`` steps) and :class:`Finished`
+    once its picture is committed as an undo step."""
     if not session.busy.acquire(blocking=False):
         raise Busy("this session is already generating")
     cancel = session.cancel = threading.Event()  # this run's flag (a stale consumer can only stop its own run)
     events: queue.Queue = queue.Queue()
-    every = max(1, steps // PREVIEWS)
-    pipe = ctx.pipe
 
-    def on_step(step: Step) -> None:
+    def progress(done: int, total: int, latent: Callable[[], Tensor] | None) -> None:
         ctx.workers.yield_to_tiles()
-        done = step.index + 1
         preview = None
-        if done % every == 0 and done < step.total:
-            preview = session.publish(Picture(pipe.denormalize(step.x0[:1])), preview=True)
-        events.put(Progress(done, step.total, preview))
+        if latent is not None and done % max(1, total // PREVIEWS) == 0 and done < total:
+            preview = session.publish(Picture(latent()), preview=True)
+        events.put(Progress(done, total, preview))
 
     def run() -> None:
         try:
-            report = None
-            if layout is not None:
-                needs_scorer = any(r.kind in ("text", "image") for r in layout.conditions())
-                init = state.picture.latent if state.picture is not None else None
-                z, report = guidance.guided_sample(pipe, layout, seed=seed, steps=steps, scale=scale,
-                                                   margin=guidance.MARGIN if local else None,
-                                                   scorer=ctx.scorer() if needs_scorer else None, init_latent=init,
-                                                   callback=on_step, should_stop=cancel.is_set)
-            else:
-                z = pipe.sample(seed, steps=steps, callback=on_step, should_stop=cancel.is_set)
-            label = f"{'guided, ' if guided else ''}seed {seed}, {steps} steps"
-            pic = Picture(z[:1], seed=seed, label=label)
+            pic, report = work(progress, cancel.is_set)
             with session.lock:
                 session.commit(replace(session.state, picture=pic))
                 view = session.view
@@ -114,7 +160,7 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
         finally:
             session.busy.release()
 
-    threading.Thread(target=run, name=f"sample-{session.key[:6]}", daemon=True).start()
+    threading.Thread(target=run, name=f"model-{session.key[:6]}", daemon=True).start()
     event: Progress | Finished | BaseException | None = None
     try:
         while not isinstance(event, Finished):
@@ -127,4 +173,4 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
             cancel.set()
 
 
-__all__ = ["Busy", "Cancelled", "Finished", "GUIDANCE_MISSING", "Progress", "build_layout", "generate"]
+__all__ = ["Busy", "Cancelled", "Finished", "GUIDANCE_MISSING", "Progress", "build_layout", "generate", "open_photo"]

@@ -13,13 +13,15 @@ import logging
 import math
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
+from PIL import Image, ImageOps
 
 from .context import AppContext
-from .generate import Busy, Cancelled, Finished, generate
+from .generate import Busy, Cancelled, Finished, generate, open_photo
 from .sessionfile import load as load_session_file
 from .sessions import BoxSpec, Session, SessionNotFound
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 CANVAS_PRESETS = [("1024²", "1024"), ("2048²", "2048"), ("4096²", "4096"), ("8192²", "8192"), ("custom", "custom")]
 DEFAULT_CANVAS = 2048
 DEFAULT_COLOR = "#d04030"
+MAX_PHOTO_PIXELS = 64_000_000  # an opened photo is squashed to 256² anyway; this bounds the decode
+MAX_REFINE = 500
 EXPIRED = "Your session has expired (idle too long or the server restarted). Reload the page to start a new one."
 
 
@@ -78,6 +82,19 @@ def number(value: Any, name: str, lo: float, hi: float, *, whole: bool = False) 
     if not math.isfinite(f) or (whole and f != int(f)) or not lo <= f <= hi:
         raise gr.Error(f"{name} must be {kind} from {lo:g} to {hi:g}, got {value!r}")
     return int(f) if whole else f
+
+
+def read_photo(path: str | Path, max_pixels: int = MAX_PHOTO_PIXELS) -> Image.Image:
+    """An uploaded photo as RGB (EXIF orientation applied); ValueError for non-images and huge ones
+    (checked from the header, before decoding)."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ValueError(f"the photo is {w}x{h}; at most {max_pixels / 1e6:g} megapixels")
+            return ImageOps.exif_transpose(im).convert("RGB")
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        raise ValueError(f"not a readable image ({e})") from None
 
 
 def apply_box_edit(s: Session, data: Any) -> bool:
@@ -294,6 +311,32 @@ class Handlers:
         except Exception as e:  # e.g. a scorer that cannot load: tell the user, keep serving
             log.exception("generation failed")
             raise gr.Error(f"Generation failed: {e}") from None
+
+    def open_photo(self, key: str, path: str | None, refine: Any) -> Iterator[list[Any]]:
+        """Open an uploaded photo as the session's picture: yields [viewer, status]."""
+        s = self.session(key)
+        if not path:
+            raise gr.Error("No image received.")
+        steps = int(number(refine, "refine steps", 0, MAX_REFINE, whole=True))
+        try:
+            image = read_photo(path)
+        except ValueError as e:
+            raise gr.Error(f"Could not open the photo: {e}") from None
+        name = Path(path).name
+        try:
+            yield [gr.skip(), f"Encoding {name}…"]
+            for event in open_photo(self.ctx, s, image, name, refine=steps):
+                if isinstance(event, Finished):
+                    yield [viewer_value(s), f"Opened {event.view.picture.label}."]
+                else:
+                    yield [viewer_value(s, (event.step, event.total)), f"Refining {event.step}/{event.total}"]
+        except Busy as e:
+            raise gr.Error(str(e)) from None
+        except Cancelled:
+            yield [viewer_value(s), "Cancelled; the previous image is back."]
+        except Exception as e:
+            log.exception("opening a photo failed")
+            raise gr.Error(f"Opening the photo failed: {e}") from None
 
     def cancel(self, key: str) -> list[Any]:
         """Stop this session's run at its next step and wait until the previous image is back: [viewer, status]."""

@@ -26,6 +26,7 @@ import pytest
 import torch
 import uvicorn
 from PIL import Image
+from skimage import data
 
 from app.generate import generate
 from app.server import create_app, load_pipeline
@@ -222,6 +223,22 @@ def test_canvas_end_to_end(live, browser_page):
     page.set_input_files("input[type=file][accept='.zip']", str(saved))
     wait_status(page, "Session loaded")
     assert [b.prompt for b in session.state.boxes] == ["a red apple"]
+
+    # open a photo (refined 2 steps): it becomes the picture, with new tiles
+    loaded = shown_gen(page)
+    page.get_by_role("tab", name="Photo").click()
+    page.fill("#infd-refine input", "2")
+    photo = ARTIFACTS / "coffee.jpg"
+    Image.fromarray(data.coffee()).save(photo)
+    page.set_input_files("input[type=file][accept='image/*']", str(photo))
+    wait_status(page, "Opened coffee.jpg, refined 2 steps", timeout=120_000)
+    wait_settled(page)
+    opened = shown_gen(page)
+    before, after = tiles_of(page, loaded), tiles_of(page, opened)
+    common = set(before) & set(after)
+    assert opened > loaded and common and all(before[k] != after[k] for k in common)
+    assert session.state.picture.label == "coffee.jpg, refined 2 steps"
+    shot(page, "07-photo")
     assert page.outside == [], f"the page tried to reach the internet: {page.outside}"
 
 

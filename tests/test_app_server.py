@@ -18,13 +18,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 from PIL import Image
+from skimage import data
 from safetensors.torch import save as save_tensors
 
 from app import sessionfile
 from app.context import Limits
 from app.deepzoom import Pyramid
-from app.generate import Cancelled, Finished, Progress, generate
-from app.handlers import apply_box_edit, number, report_markdown
+from app.generate import Cancelled, Finished, Progress, generate, open_photo
+from app.handlers import Handlers, apply_box_edit, number, read_photo, report_markdown
 from app.server import create_app, load_pipeline
 from app.sessions import KEEP_VIEWS, BoxSpec, Picture, Session, SessionStore, State
 from app.tiles import ByteLRU, TileWorkers
@@ -369,3 +370,56 @@ def test_guided_generation_is_local_unless_asked_otherwise(server):
     assert f"near the boxes (margin {guidance.MARGIN:g})" in report_markdown(reports[True])
     assert "whole picture" in report_markdown(reports[False])
     assert s.state.picture.label.startswith("guided")
+
+
+# --- opening a photo ------------------------------------------------------------------------------
+
+def test_open_photo_encodes_refines_commits_and_cancels(server):
+    _, ctx = server
+    s = ctx.store.create(canvas=(512, 512))
+    photo = Image.fromarray(data.chelsea())
+    events = list(open_photo(ctx, s, photo, "cat.png"))
+    assert [type(e) for e in events] == [Finished]
+    first = s.state.picture
+    assert first.label == "cat.png" and events[-1].view.picture is first
+    expected = ctx.pipe.encode(photo.resize((256, 256), Image.Resampling.LANCZOS))
+    assert torch.allclose(first.latent, expected.cpu())
+
+    events = list(open_photo(ctx, s, photo, "cat.png", refine=3))
+    assert [type(e) for e in events] == [Progress] * 3 + [Finished]
+    assert [e.step for e in events[:-1]] == [1, 2, 3] and s.state.picture.label == "cat.png, refined 3 steps"
+    assert not torch.equal(s.state.picture.latent, first.latent)
+    refined = s.state.picture
+
+    run = open_photo(ctx, s, photo, "other.png", refine=200)
+    next(run)
+    s.cancel.set()
+    with pytest.raises(Cancelled):
+        list(run)
+    deadline = time.monotonic() + 10
+    while s.busy.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert s.state.picture is refined and s.view.picture is refined
+    assert s.undo() and s.state.picture is first  # opening a photo is an undo step
+
+
+def test_uploaded_photos_are_checked(server, tmp_path):
+    _, ctx = server
+    garbage = tmp_path / "garbage.jpg"
+    garbage.write_bytes(b"\xff\xd8 not a jpeg" * 50)
+    with pytest.raises(ValueError, match="not a readable image"):
+        read_photo(garbage)
+    big = tmp_path / "big.png"
+    Image.new("RGB", (120, 100)).save(big)
+    with pytest.raises(ValueError, match="at most 0.01 megapixels"):
+        read_photo(big, max_pixels=10_000)
+    assert read_photo(big).size == (120, 100)
+    s = ctx.store.create(canvas=(512, 512))
+    on = Handlers(ctx)
+    for path, refine, match in ((None, 0, "No image received"), (str(big), -1, "refine steps must be"),
+                                (str(big), 2.5, "refine steps must be"), (str(garbage), 0, "Could not open the photo")):
+        with pytest.raises(gr.Error, match=match):
+            list(on.open_photo(s.key, path, refine))
+    assert s.state.picture is None
+    updates = list(on.open_photo(s.key, str(big), 0))
+    assert updates[-1][1] == "Opened big.png." and s.state.picture.label == "big.png"
