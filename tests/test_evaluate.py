@@ -15,12 +15,12 @@ from infd_core import configs
 from infd_core.pipeline import Pipeline
 from training import features
 from training.data import ImageFolder
-from training.evaluate import (Settings, _labels, baselines, evaluate_image, frechet_distance, main, patch_label, psnr,
+from training.evaluate import (Settings, _labels, baselines, evaluate_image, grid_visibility, frechet_distance, main, patch_label, psnr,
                                random_crops, square, targets)
 from training.losses import offline_lpips
 
 SMALL = Settings(scales=(64, 128), consistency_size=64, fid_size=128, patch_sizes=(64, 128), crops=8,
-                 samples=2, steps=2)
+                 samples=2, steps=2, grid_sizes=(512,))
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +90,8 @@ def test_scale_consistency_and_bicubic_baseline(pipe: Pipeline, photos: Path) ->
     assert at128["bicubic-64"]["psnr"] < at128["bicubic-128"]["psnr"]
     assert at128["bicubic-64"]["lpips"] > at128["bicubic-128"]["lpips"]
     assert math.isfinite(res.consistency["model"])
+    assert set(res.grid) == {"gt", "bicubic", "model"} and all(set(v) == {512} for v in res.grid.values())
+    assert 0.8 < res.grid["gt"][512] < 1.25  # a photo shows no 2-px grid
     assert res.images["model"][128].shape == res.images["gt"][128].shape == (128, 128, 3)
 
 
@@ -98,7 +100,7 @@ def test_cli_end_to_end(pipe: Pipeline, photos: Path, tmp_path: Path, capsys: py
     out = tmp_path / "report.json"
     main(["--model", str(tmp_path / "model"), "--data", str(photos), "--samples", "2", "--steps", "2",
           "--scales", "64", "128", "--consistency-size", "64", "--fid-size", "128", "--patch-sizes", "64", "128",
-          "--crops", "8", "--refine", "1", "--out", str(out)])
+          "--crops", "8", "--refine", "1", "--grid-sizes", "512", "--out", str(out)])
     report = json.loads(out.read_text())
     assert set(report["reconstruction"]["mean"]) == {"bicubic", "bicubic-64", "bicubic-128", "model", "model+refine"}
     assert report["methods"]["model+refine"].endswith("latent refined 1 step")
@@ -131,3 +133,16 @@ def test_thumbnail_sizes_are_validated() -> None:
     with pytest.raises(ValueError, match="thumbnail sizes"):
         Settings(thumbnails=(64, 256))
     assert baselines(Settings(thumbnails=(128, 96))) == ["bicubic", "bicubic-96", "bicubic-128"]
+
+
+def test_grid_visibility_sees_blocks_and_not_smooth_images() -> None:
+    rng = np.random.default_rng(0)
+    cells = rng.integers(0, 256, (32, 32, 3)).astype(np.uint8)
+    blocky = np.kron(cells, np.ones((8, 8, 1), np.uint8))  # nearest upsampling: steps only at cell edges
+    assert grid_visibility(blocky, 8) > 100
+    smooth = np.asarray(Image.fromarray(data.astronaut()).resize((256, 256), Image.Resampling.LANCZOS))
+    assert 0.8 < grid_visibility(smooth, 8) < 1.25
+    with pytest.raises(ValueError, match="2 or more pixels"):
+        grid_visibility(smooth, 1)
+    with pytest.raises(ValueError, match="grid sizes must be multiples of 512"):
+        Settings(grid_sizes=(768,))

@@ -21,7 +21,10 @@ Prints a markdown report (for the model card) and writes it as JSON with ``--out
    resolution (the centre and the four quadrant centres), so that LPIPS judges the fine detail a
    zoom is about instead of a downsample that hides it.
 2. **Scale consistency.** Render at 2c, area-downsample (2×2 mean) to c, PSNR against the
-   render at c (default c = 1024), per photo and mean.
+   render at c (default c = 1024), per photo and mean. **φ-grid visibility** (:func:`grid_visibility`)
+   at 1024² and 2048²: how much the renderer's nearest-cell fetch shows as blocks when zooming;
+   references: the resized photos (about 1) and bicubic upsampling of the 256² input (whose
+   slopes peak between input pixels, on the same grid).
 3. **Patch-FID "P/1K"** (paper §5.1): the Fréchet distance between features of random P×P crops
    (the whole image for P = 1K) of ground-truth and generated images at 1024². Ground truth: the
    ``--fid-data`` photos (default: ``--data``) resized to 1024². "reconstruction" (the baseline:
@@ -95,10 +98,13 @@ class Settings:
     eta: float | None = None  # DDIM η of the samples (None: the model's own)
     thumbnails: tuple[int, ...] = (64, 128)  # N of the "bicubic-N" baselines (an N² thumbnail upsampled)
     refine: int = 0  # > 0: also each model with its latent refined this many steps (infd_core.inversion)
+    grid_sizes: tuple[int, ...] = (1024, 2048)  # sides (multiples of 512) where φ-grid visibility is measured
 
     def __post_init__(self) -> None:
         if any(not 0 < n < ENC_SIZE for n in self.thumbnails):
             raise ValueError(f"thumbnail sizes must be in 1..{ENC_SIZE - 1}, got {self.thumbnails}")
+        if any(s <= 0 or s % (2 * ENC_SIZE) for s in self.grid_sizes):
+            raise ValueError(f"grid sizes must be multiples of {2 * ENC_SIZE}, got {self.grid_sizes}")
         if self.refine < 0:
             raise ValueError(f"refine must be >= 0, got {self.refine}")
 
@@ -164,12 +170,28 @@ def reconstruct(pipe: Pipeline, img: Image.Image) -> Field:
     return pipe.field(pipe.encode(square(img, n)))
 
 
-def scale_consistency(pipe: Pipeline, field: Field, size: int, low: np.ndarray | None = None) -> float:
+def scale_consistency(pipe: Pipeline, field: Field, size: int, low: np.ndarray | None = None,
+                      high: np.ndarray | None = None) -> float:
     """PSNR (dB) between ``field`` rendered at ``size²`` (or ``low``, that render if already made)
-    and rendered at ``(2 size)²`` then area-downsampled to ``size²``."""
+    and rendered at ``(2 size)²`` (or ``high``) then area-downsampled to ``size²``."""
     low = pipe.render(field, size, size) if low is None else low
-    high = pipe.render(field, 2 * size, 2 * size)
+    high = pipe.render(field, 2 * size, 2 * size) if high is None else high
     return psnr(low, downscale_local_mean(high.astype(np.float64) / 255, (2, 2, 1)))
+
+
+def grid_visibility(img: np.ndarray, period: int) -> float:
+    """How visible a grid of ``period``-pixel cells is in ``img [s, s, 3]``: the mean absolute
+    step between neighbouring pixels across cell boundaries over the mean step within cells
+    (grey levels, both axes). About 1 for a photo; above 1 where a renderer's nearest-cell
+    fetch shows through as blocks (a φ cell is ``s / 256`` pixels wide at side ``s``)."""
+    if period < 2:
+        raise ValueError(f"a grid needs cells of 2 or more pixels, got {period}")
+    x = img.astype(np.float64).mean(-1)
+    steps = (np.abs(np.diff(x, axis=1)), np.abs(np.diff(x, axis=0)).T)  # [s, s-1]: between pixel j and j+1
+    edge = (np.arange(x.shape[1] - 1) + 1) % period == 0
+    across = np.mean([d[:, edge].mean() for d in steps])
+    within = np.mean([d[:, ~edge].mean() for d in steps])
+    return float(across / max(within, 1e-12))
 
 
 @dataclass
@@ -178,6 +200,7 @@ class ImageResult:
 
     rows: list[dict[str, Any]]  # {method, scale, psnr, lpips}
     consistency: dict[str, float]  # model name -> dB
+    grid: dict[str, dict[int, float]]  # "gt", "bicubic" and model names -> side -> grid_visibility
     images: dict[str, dict[int, np.ndarray]]  # "gt", "bicubic", model names -> scale -> [s, s, 3] uint8
 
 
@@ -192,18 +215,24 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
         thumb = inp.resize((n, n), LANCZOS)
         images[f"bicubic-{n}"] = {s: square(thumb, s, BICUBIC) for s in settings.scales}
     consistency = {}
+    grid = {"gt": {s: grid_visibility(square(img, s), s // ENC_SIZE) for s in settings.grid_sizes},
+            "bicubic": {s: grid_visibility(square(inp, s, BICUBIC), s // ENC_SIZE) for s in settings.grid_sizes}}
+    c = settings.consistency_size
     for name, pipe in models.items():
         field = reconstruct(pipe, inp)  # the same encoder input as the bicubic baseline
         images[name] = {s: pipe.render(field, s, s) for s in settings.scales}
         if settings.refine:
             better = pipe.field(refine_latent(pipe, inp, settings.refine))
             images[refined(name)] = {s: pipe.render(better, s, s) for s in settings.scales}
-        c = settings.consistency_size
-        consistency[name] = scale_consistency(pipe, field, c, images[name].get(c))
+        renders = dict(images[name])
+        for s in {*settings.grid_sizes, c, 2 * c} - set(renders):
+            renders[s] = pipe.render(field, s, s)
+        consistency[name] = scale_consistency(pipe, field, c, renders[c], renders[2 * c])
+        grid[name] = {s: grid_visibility(renders[s], s // field.phi.shape[-1]) for s in settings.grid_sizes}
     gt = images["gt"]
     rows = [{"method": m, "scale": s, "psnr": psnr(gt[s], out[s]), "lpips": lpips_distance(lpips_net, gt[s], out[s])}
             for s in settings.scales for m, out in images.items() if m != "gt"]
-    return ImageResult(rows, consistency, images)
+    return ImageResult(rows, consistency, grid, images)
 
 
 def reconstruction_pairs(pipe: Pipeline, images: ImageFolder, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -302,12 +331,14 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
     lpips_net = offline_lpips(pipe.device)
     names = [str(p.relative_to(images.root)) for p in images.paths]
     reuse = reference is None and fid in settings.scales  # pFID pairs come out of the photo loop
-    rows, consistency, gts, recons = [], defaultdict(dict), [], []
+    rows, consistency, grid, gts, recons = [], defaultdict(dict), defaultdict(dict), [], []
     for i, name in enumerate(tqdm(names, desc="photos", leave=False)):
         res = evaluate_image(images[i], models, settings, lpips_net)
         rows += [{"image": name, **r} for r in res.rows]
         for m, v in res.consistency.items():
             consistency[m][name] = v
+        for m, v in res.grid.items():
+            grid[m][name] = {str(s): x for s, x in v.items()}
         if reuse and extractors:
             gts.append(res.images["gt"][fid])
             recons.append(res.images["model"][fid])
@@ -330,6 +361,10 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
         "scale_consistency": {"size": settings.consistency_size,
                               "mean_db": {m: float(np.mean(list(v.values()))) for m, v in consistency.items()},
                               "per_image_db": consistency},
+        "grid": {"sizes": list(settings.grid_sizes),
+                 "mean": {m: {str(s): float(np.mean([v[str(s)] for v in per.values()])) for s in settings.grid_sizes}
+                          for m, per in grid.items()},
+                 "per_image": grid},
     }
     if extractors:
         if not reuse:
@@ -394,6 +429,13 @@ def markdown(report: dict[str, Any]) -> str:
             "| model | mean PSNR (dB) | min PSNR (dB) |", "|---|---:|---:|"]
     for m, v in sc["mean_db"].items():
         out.append(f"| {methods[m]} | {v:.2f} | {min(sc['per_image_db'][m].values()):.2f} |")
+    if "grid" in report and report["grid"]["sizes"]:
+        g = report["grid"]
+        out += ["", f"### φ-grid visibility (mean step across φ-cell edges / within cells; 1 = no visible grid)", "",
+                "| image | " + " | ".join(f"{s}²" for s in g["sizes"]) + " |", "|---|" + "---:|" * len(g["sizes"])]
+        for m, v in g["mean"].items():
+            label = "ground truth (photo resized)" if m == "gt" else methods[m]
+            out.append(f"| {label} | " + " | ".join(f"{v[str(s)]:.2f}" for s in g["sizes"]) + " |")
     if "pfid" in report:
         pf = report["pfid"]
         fid = _side(report["settings"]["fid_size"])
@@ -428,6 +470,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--patch-sizes", type=int, nargs="+", default=[256, 1024], help="P of P/1K")
     ap.add_argument("--crops", type=int, default=512, help="random crops per set for P < fid-size")
     ap.add_argument("--seed", type=int, default=0, help="crop positions")
+    ap.add_argument("--grid-sizes", type=int, nargs="*", default=[1024, 2048],
+                    help="sides where φ-grid visibility is measured (multiples of 512)")
     ap.add_argument("--refine", type=int, default=0,
                     help="also report each model with its latent refined this many steps (infd_core.inversion)")
     ap.add_argument("--thumbnails", type=int, nargs="*", default=[64, 128],
@@ -443,7 +487,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     settings = Settings(tuple(args.scales), args.consistency_size, args.fid_size, tuple(args.patch_sizes),
                         args.crops, args.samples, args.steps, args.seed, args.eta, tuple(args.thumbnails),
-                        args.refine)
+                        args.refine, tuple(args.grid_sizes))
     pipe = Pipeline.load(args.model or default_model_dir(), device=args.device)
     compare = Pipeline.load(args.compare, device=args.device) if args.compare else None
     extractors = []
