@@ -7,14 +7,16 @@
    renderer on its frozen encoder (training/configs/ae_cpu_decoder.json: the residual renderer
    and cosine lr the first pass lacked), then fine-tunes the whole autoencoder, encoder included
    (training/configs/ae_cpu_finetune.json: the latent learns to carry more than its thumbnail),
-   then the diffusion UNet on the final latents (training/configs/dm_cpu.json), with the
-   training package's own commands, resuming from checkpoints when re-run,
+   then the diffusion UNet on the final latents (training/configs/dm_cpu.json), then refits the
+   decoder and renderer on the frozen encoder for deep zoom (training/configs/ae_cpu_zoom.json:
+   levels up to 1600², the posterior mean the UNet was trained on; the latents, hence the UNet,
+   stay valid), with the training package's own commands, resuming from checkpoints when re-run,
 3. evaluates on the held-out photos (training.evaluate) and
 4. exports the model folder compactly (UNet in fp16) with a model card: data, sizes, steps,
    wall time, evaluation, a contact sheet of samples and a zoom sequence.
 
-``--ae-steps`` / ``--decoder-steps`` / ``--finetune-steps`` / ``--dm-steps`` stop a stage early (the
-card records what was run).
+``--ae-steps`` / ``--decoder-steps`` / ``--finetune-steps`` / ``--dm-steps`` / ``--zoom-steps`` stop a
+stage early (the card records what was run).
 """
 from __future__ import annotations
 
@@ -42,11 +44,23 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "assets" / "models" / "infd-cpu-photos"
 
 
-def export(model: Path, out: Path) -> None:
-    """Copy a trained model folder to ``out`` with the UNet in fp16 (half the bytes)."""
+def export(model: Path, out: Path, autoencoder: Path | None = None) -> None:
+    """Copy a trained model folder to ``out`` with the UNet in fp16 (half the bytes).
+
+    ``autoencoder``: a model folder whose decoder and renderer were refit on ``model``'s frozen
+    encoder (same latents): its autoencoder weights are shipped instead, and its run is recorded
+    in the meta as ``"zoom": {from, steps, seconds}``.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    write_config(out, read_config(model))
-    shutil.copyfile(model / "autoencoder.safetensors", out / "autoencoder.safetensors")
+    cfg = read_config(model)
+    if autoencoder is not None:
+        refit = read_config(autoencoder)
+        if refit.autoencoder != cfg.autoencoder:
+            raise ValueError(f"the autoencoder of {autoencoder} differs from {model}'s")
+        cfg.meta = {**cfg.meta, "zoom": {"from": str(autoencoder), "steps": refit.meta.get("stage1_steps"),
+                                         "seconds": refit.meta.get("stage1_seconds")}}
+    write_config(out, cfg)
+    shutil.copyfile((autoencoder or model) / "autoencoder.safetensors", out / "autoencoder.safetensors")
     unet = {k: v.half() for k, v in load_file(str(model / "unet.safetensors")).items()}
     save_file(unet, str(out / "unet.safetensors"))
 
@@ -94,6 +108,7 @@ Stored: autoencoder fp32, UNet fp16 ({bytes:.1f} MB in all).
 | decoder + renderer afresh on the frozen encoder (same losses, PatchGAN from step {dec_disc_start}, {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/ae_cpu_decoder.json` |
 | the whole autoencoder fine-tuned, encoder included (fresh PatchGAN from step {ft_disc_start}, cosine lr {ft_lr:g} → {ft_lr_final:g}) | {ft_steps} | {ft_batch} | {ft_time} | `training/configs/ae_cpu_finetune.json` |
 | diffusion ({prediction}, authors' schedule, EMA {ema}; samples with DDIM η = {eta:g} and clamps x0 to the training latents' range) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu.json` |
+| decoder + renderer refit for deep zoom on the frozen encoder (levels up to {zoom_max_r}², the posterior mean, fresh PatchGAN from step {zoom_disc_start}, cosine lr {zoom_lr:g} → {zoom_lr_final:g}); the UNet stays valid | {zoom_steps} | {zoom_batch} | {zoom_time} | `training/configs/ae_cpu_zoom.json` |
 
 ## Evaluation on the 3 held-out photos
 Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --data runs/default/photos/holdout --fid-data runs/default/photos/train --samples {samples} --crops {crops} --refine {refine}`
@@ -139,6 +154,8 @@ def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) ->
     dec_cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_decoder.json", [])
     ft_cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_finetune.json", [])
     dm_cfg = load_json_config(stage2.DMTrainConfig, CONFIGS / "dm_cpu.json", [])
+    zoom_cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_zoom.json", [])
+    zoom = cfg.meta.get("zoom", {"steps": None, "seconds": None})
     manifest = json.loads((work / "photos" / "manifest.json").read_text())
     files = manifest["files"] if isinstance(manifest, dict) else manifest
     splits = {s: sum(1 for f in files if f.get("split") == s) for s in ("train", "holdout")}
@@ -169,6 +186,9 @@ def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) ->
         ft_lr=ft_cfg.lr, ft_lr_final=ft_cfg.lr_final,
         dm_steps=cfg.meta.get("stage2_steps"), dm_batch=dm_cfg.batch,
         dm_time=hours(cfg.meta.get("stage2_seconds")),
+        zoom_steps=zoom["steps"] or 0, zoom_batch=zoom_cfg.batch, zoom_time=hours(zoom["seconds"]),
+        zoom_max_r=zoom_cfg.max_r, zoom_disc_start=zoom_cfg.disc_start, zoom_lr=zoom_cfg.lr,
+        zoom_lr_final=zoom_cfg.lr_final,
         prediction={"v": "v-prediction", "epsilon": "ε-prediction"}[cfg.diffusion.prediction],
         ema=dm_cfg.ema, eta=cfg.diffusion.eta, samples=samples, crops=crops,
         refine=report["settings"]["refine"], evaluation=evaluate.markdown(report), status=status(report))
@@ -184,6 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decoder-steps", type=int)
     ap.add_argument("--finetune-steps", type=int)
     ap.add_argument("--dm-steps", type=int)
+    ap.add_argument("--zoom-steps", type=int)
     ap.add_argument("--samples", type=int, default=8, help="generated images for patch-FID")
     ap.add_argument("--crops", type=int, default=128, help="random crops per set for patch-FID")
     ap.add_argument("--refine", type=int, default=100, help="refinement steps of the evaluation's refined-latent row")
@@ -205,7 +226,11 @@ def main(argv: list[str] | None = None) -> None:
         dm = load_json_config(stage2.DMTrainConfig, CONFIGS / "dm_cpu.json", [])
         stage2.train(dm, args.work / "finetune" / "model", [str(photos / "train")], args.work / "dm", resume=True,
                      steps=args.dm_steps)
-    export(args.work / "dm" / "model", args.out)
+        dm_model = args.work / "dm" / "model"
+        zoom = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu_zoom.json",
+                                [f"init={dm_model}", f"init_encoder={dm_model}"])
+        stage1.train(zoom, [str(photos / "train")], args.work / "zoom", resume=True, steps=args.zoom_steps)
+    export(args.work / "dm" / "model", args.out, autoencoder=args.work / "zoom" / "model")
     report = evaluate.main(["--model", str(args.out), "--data", str(photos / "holdout"),
                             "--fid-data", str(photos / "train"), "--samples", str(args.samples),
                             "--crops", str(args.crops), "--steps", str(args.sample_steps), "--refine", str(args.refine),
