@@ -123,6 +123,15 @@ def tiles_of(page, gen: int) -> dict[tuple[int, int, int], bytes]:
     return out
 
 
+def new_tiles(page, old: int) -> tuple[int, list[bool]]:
+    """Once the newest image has settled: its generation, and for each tile position both it and
+    generation ``old`` loaded, whether the two tiles differ."""
+    wait_settled(page)
+    new = shown_gen(page)
+    before, after = tiles_of(page, old), tiles_of(page, new)
+    return new, [before[k] != after[k] for k in sorted(set(before) & set(after))]
+
+
 def shown_gen(page) -> int:
     return int(page.evaluate("infd.state.shownKey").split("/")[1])
 
@@ -186,11 +195,8 @@ def test_canvas_end_to_end(live, browser_page):
     # guided generation replaces the tiles
     page.click("#infd-guided")
     wait_status(page, "Done: guided", timeout=240_000)
-    wait_settled(page)
-    guided = shown_gen(page)
-    before, after = tiles_of(page, first), tiles_of(page, guided)
-    common = set(before) & set(after)
-    assert guided > first and common and any(before[k] != after[k] for k in common)
+    guided, differs = new_tiles(page, first)
+    assert guided > first and differs and any(differs)
     assert session.state.picture.label.startswith("guided") and "Guidance" in page.inner_text("#infd-report")
     shot(page, "05-guided")
 
@@ -232,11 +238,8 @@ def test_canvas_end_to_end(live, browser_page):
     Image.fromarray(data.coffee()).save(photo)
     page.set_input_files("input[type=file][accept='image/*']", str(photo))
     wait_status(page, "Opened coffee.jpg, refined 2 steps", timeout=120_000)
-    wait_settled(page)
-    opened = shown_gen(page)
-    before, after = tiles_of(page, loaded), tiles_of(page, opened)
-    common = set(before) & set(after)
-    assert opened > loaded and common and all(before[k] != after[k] for k in common)
+    opened, differs = new_tiles(page, loaded)
+    assert opened > loaded and differs and all(differs)
     assert session.state.picture.label == "coffee.jpg, refined 2 steps"
     shot(page, "07-photo")
     assert page.outside == [], f"the page tried to reach the internet: {page.outside}"

@@ -335,6 +335,17 @@ def test_byte_lru_is_bounded_by_bytes():
 
 # --- generation -----------------------------------------------------------------------------------
 
+def cancel_after_first_event(s: Session, run) -> None:
+    """Cancel a model run once it has started; it raises Cancelled and lets go of the session."""
+    next(run)
+    s.cancel.set()
+    with pytest.raises(Cancelled):
+        list(run)
+    deadline = time.monotonic() + 10
+    while s.busy.locked() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_generate_previews_commits_and_cancels(server):
     _, ctx = server
     s = ctx.store.create(canvas=(512, 512))
@@ -345,13 +356,7 @@ def test_generate_previews_commits_and_cancels(server):
     assert not done.preview and done.picture is s.state.picture and s.state.picture.seed == 3
 
     run = generate(ctx, s, seed=4, steps=20)
-    next(run)
-    s.cancel.set()
-    with pytest.raises(Cancelled):
-        list(run)
-    deadline = time.monotonic() + 10
-    while s.busy.locked() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    cancel_after_first_event(s, run)
     assert s.state.picture is done.picture and s.view.picture is done.picture and not s.view.preview
     assert s.undo() and s.state.picture is None
 
@@ -392,13 +397,7 @@ def test_open_photo_encodes_refines_commits_and_cancels(server):
     refined = s.state.picture
 
     run = open_photo(ctx, s, photo, "other.png", refine=200)
-    next(run)
-    s.cancel.set()
-    with pytest.raises(Cancelled):
-        list(run)
-    deadline = time.monotonic() + 10
-    while s.busy.locked() and time.monotonic() < deadline:
-        time.sleep(0.01)
+    cancel_after_first_event(s, run)
     assert s.state.picture is refined and s.view.picture is refined
     assert s.undo() and s.state.picture is first  # opening a photo is an undo step
 
