@@ -18,7 +18,8 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageOps
+
+from infd_core.images import read_photo
 
 from .context import AppContext
 from .generate import Busy, Cancelled, Finished, generate, open_photo
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 CANVAS_PRESETS = [("1024²", "1024"), ("2048²", "2048"), ("4096²", "4096"), ("8192²", "8192"), ("custom", "custom")]
 DEFAULT_CANVAS = 2048
 DEFAULT_COLOR = "#d04030"
-MAX_PHOTO_PIXELS = 64_000_000  # an opened photo is squashed to 256² anyway; this bounds the decode
 MAX_REFINE = 500
 EXPIRED = "Your session has expired (idle too long or the server restarted). Reload the page to start a new one."
 
@@ -82,19 +82,6 @@ def number(value: Any, name: str, lo: float, hi: float, *, whole: bool = False) 
     if not math.isfinite(f) or (whole and f != int(f)) or not lo <= f <= hi:
         raise gr.Error(f"{name} must be {kind} from {lo:g} to {hi:g}, got {value!r}")
     return int(f) if whole else f
-
-
-def read_photo(path: str | Path, max_pixels: int = MAX_PHOTO_PIXELS) -> Image.Image:
-    """An uploaded photo as RGB (EXIF orientation applied); ValueError for non-images and huge ones
-    (checked from the header, before decoding)."""
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise ValueError(f"the photo is {w}x{h}; at most {max_pixels / 1e6:g} megapixels")
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
-        raise ValueError(f"not a readable image ({e})") from None
 
 
 def apply_box_edit(s: Session, data: Any) -> bool:

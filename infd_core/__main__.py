@@ -21,13 +21,14 @@ import sys
 from pathlib import Path
 
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .checkpoint import CheckpointError, import_authors
 from .configs import PRESETS, preset
 from .geometry import Box, box_to_pixels
+from .images import read_photo
 from .pipeline import Pipeline, check_size
 
 
@@ -109,21 +110,12 @@ def cmd_layout(args: argparse.Namespace) -> None:
     _write_image(pipe, z, args)
 
 
-def _open_image(path: str) -> Image.Image:
-    """An RGB image from ``path`` (EXIF orientation applied); ValueError if it is not one."""
-    try:
-        with Image.open(path) as im:
-            return ImageOps.exif_transpose(im).convert("RGB")
-    except (OSError, SyntaxError, Image.DecompressionBombError) as e:  # Pillow's ways of saying "not an image"
-        raise ValueError(f"{path}: not a readable image ({e})") from e
-
-
 def cmd_encode(args: argparse.Namespace) -> None:
     from .inversion import refine_latent
 
     if args.refine < 0:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
-    image = _open_image(args.image)
+    image = read_photo(args.image)
     pipe = _pipeline(args)
     _size(args)
     n = pipe.cfg.autoencoder.input_size

@@ -25,11 +25,12 @@ from app import sessionfile
 from app.context import Limits
 from app.deepzoom import Pyramid
 from app.generate import Cancelled, Finished, Progress, generate, open_photo
-from app.handlers import Handlers, apply_box_edit, number, read_photo, report_markdown
+from app.handlers import Handlers, apply_box_edit, number, report_markdown
 from app.server import create_app, load_pipeline
 from app.sessions import KEEP_VIEWS, BoxSpec, Picture, Session, SessionStore, State
 from app.tiles import ByteLRU, TileWorkers
 from infd_core import guidance
+from infd_core.images import read_photo
 
 EXPORT_LIMIT = 640 * 480
 
@@ -406,11 +407,11 @@ def test_uploaded_photos_are_checked(server, tmp_path):
     _, ctx = server
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"\xff\xd8 not a jpeg" * 50)
-    with pytest.raises(ValueError, match="not a readable image"):
+    with pytest.raises(ValueError, match="garbage.jpg: not a readable image"):
         read_photo(garbage)
     big = tmp_path / "big.png"
     Image.new("RGB", (120, 100)).save(big)
-    with pytest.raises(ValueError, match="at most 0.01 megapixels"):
+    with pytest.raises(ValueError, match="big.png: the image is 120x100; at most 0.01 megapixels"):
         read_photo(big, max_pixels=10_000)
     assert read_photo(big).size == (120, 100)
     s = ctx.store.create(canvas=(512, 512))

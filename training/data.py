@@ -19,14 +19,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps
+from PIL import ExifTags, Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from infd_core.geometry import Box, PixelRange, level_grid
+from infd_core.images import load_image, to_rgb
+from infd_core.images import open_image as _open
 
 __all__ = [
     "IMAGE_EXTENSIONS", "MAX_PIXELS", "BadImageWarning", "SizedDataset", "ImageFolder", "load_image",
@@ -59,44 +60,12 @@ class BadImageWarning(UserWarning):
     """An image file was skipped: unreadable, corrupt, truncated, too small or too large."""
 
 
-def _open(path: Path) -> Image.Image:
-    """``Image.open`` (lazy: reads the header) that refuses decompression bombs outright."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(path)
-
-
 def _upright_size(im: Image.Image) -> tuple[int, int]:
     """``(height, width)`` after EXIF orientation, from the header only."""
     w, h = im.size
     if im.getexif().get(ExifTags.Base.Orientation, 1) in _ROTATED:
         w, h = h, w
     return h, w
-
-
-def to_rgb(im: Image.Image) -> Image.Image:
-    """Any Pillow mode to 8-bit RGB.
-
-    16-bit greyscale (modes ``I;16*``/``I``) is scaled 0..65535 → 0..255 (Pillow's own
-    ``convert`` clips it); float (``F``) is taken as 0..1; anything with alpha or a transparent
-    palette entry is composited on white; greyscale, palette, CMYK, YCbCr go through ``convert``.
-    """
-    if im.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        im = Image.fromarray(np.clip(np.rint(np.asarray(im, dtype=np.float64) / 257.0), 0, 255).astype(np.uint8))
-    elif im.mode == "F":
-        im = Image.fromarray(np.clip(np.rint(np.asarray(im, dtype=np.float64) * 255.0), 0, 255).astype(np.uint8))
-    if im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info:
-        im = im.convert("RGBA")
-        im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im)
-    return im.convert("RGB")
-
-
-def load_image(path: str | Path) -> Image.Image:
-    """Decode a whole file: upright (EXIF orientation applied) 8-bit RGB. Raises on any defect
-    (truncated data is an error: ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left False)."""
-    with _open(Path(path)) as im:
-        im.load()
-        return to_rgb(ImageOps.exif_transpose(im))
 
 
 def _warn(path: Path, reason: str) -> None:

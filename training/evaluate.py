@@ -70,7 +70,8 @@ from .data import ImageFolder
 from .losses import offline_lpips
 
 __all__ = [
-    "Settings", "ImageResult", "baselines", "baseline_labels", "psnr", "square", "lpips_regions", "lpips_distance", "reconstruct",
+    "Settings", "ImageResult", "baselines", "baseline_labels", "refined", "grid_visibility", "psnr", "square",
+    "lpips_regions", "lpips_distance", "reconstruct",
     "scale_consistency", "evaluate_image", "reconstruction_pairs", "generate", "random_crops",
     "frechet_distance", "patch_label", "patch_fid", "evaluate", "markdown", "main",
 ]
