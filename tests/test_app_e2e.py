@@ -3,9 +3,9 @@
 One browser session walks through what a user does: generate, zoom, draw a box with a prompt,
 guided generation, undo, export. Screenshots go to ``artifacts/`` (gitignored); the tile
 timings of the second test to ``artifacts/app-timings.json``. The README's screenshots are
-``INFD_E2E_STEPS=30 pytest tests/test_app_e2e.py`` then ``app-05-guided.png`` and
-``app-03-zoomed-1to1.png`` copied (256-colour PNG) to ``assets/screenshots/app-canvas.png`` /
-``app-zoom-1to1.png``.
+``INFD_E2E_STEPS=30 pytest tests/test_app_e2e.py`` then ``app-05-guided.png``,
+``app-03-zoomed-1to1.png`` and ``app-07-photo.png`` copied (256-colour PNG) to
+``assets/screenshots/app-canvas.png`` / ``app-zoom-1to1.png`` / ``app-photo.png``.
 """
 from __future__ import annotations
 
