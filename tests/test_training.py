@@ -147,6 +147,13 @@ def test_posterior_mean_decodes_deterministically() -> None:
         ae_config(posterior="mode")
 
 
+def test_posterior_mean_of_a_vq_model_is_a_clear_error(photos: Path, tmp_path: Path) -> None:
+    vq = stage1.model_config(tiny_model())
+    vq.autoencoder.regularizer, vq.autoencoder.thumbnail_skip = "vq", False
+    with pytest.raises(ValueError, match="needs a KL autoencoder"):
+        stage1.train(ae_config(model=vq.to_json(), posterior="mean"), [str(photos)], tmp_path, progress=False)
+
+
 def test_cosine_learning_rate() -> None:
     assert stage1.cosine_lr(0, 100, 1e-3, 1e-5) == 1e-3 and stage1.cosine_lr(7, 100, 1e-3, None) == 1e-3
     assert stage1.cosine_lr(50, 100, 1e-3, 1e-5) == pytest.approx(0.5 * (1e-3 + 1e-5))

@@ -130,6 +130,8 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
            progress: bool) -> dict[str, float]:
     mcfg = model_config(cfg.model)
     mcfg.diffusion = None
+    if cfg.posterior == "mean" and mcfg.autoencoder.regularizer != "kl":
+        raise ValueError(f"posterior='mean' needs a KL autoencoder, this one is {mcfg.autoencoder.regularizer!r}")
     torch.manual_seed(cfg.seed)
     ae = Autoencoder(mcfg.autoencoder).to(d.device)
     if cfg.init is not None:
