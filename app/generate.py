@@ -108,7 +108,7 @@ def open_photo(ctx: AppContext, session: Session, image: Image.Image, name: str 
                refine: int = 0) -> Iterator[Progress | Finished]:
     """Encode ``image`` (any size, RGB; squashed to the encoder's square input like in training),
     refine its latent for ``refine`` steps (:mod:`infd_core.inversion`), and commit it as the
-    session's picture: then it zooms, exports and takes ``keep`` boxes like a generated one.
+    session's picture: then it zooms, exports and guides (``keep`` boxes) like a generated one.
 
     Events, errors and cancelling as :func:`generate`; a cancelled refinement keeps nothing.
     """

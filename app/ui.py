@@ -130,10 +130,10 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                         link = gr.Markdown("", elem_id="infd-link")
                         url = gr.Textbox(visible="hidden", elem_id="infd-url")
                     with gr.Tab("Photo", elem_id="infd-photo-tab"):
-                        gr.Markdown("Open a photo to zoom into it, export it at any size, or edit it with boxes "
-                                    "(*keep* what should stay). It is squashed to the model's 256² square input, "
-                                    "like in training. Refining fits the latent to the photo (about 0.5 s a step "
-                                    "on 2 CPU cores): sharper, but slower to open.")
+                        gr.Markdown("Open a photo to zoom into it or export it at any size; guided generation "
+                                    "then starts from it (*keep* boxes pull towards it). It is squashed to the "
+                                    "model's 256² square input, like in training. Refining fits the latent to "
+                                    "the photo (about 0.7 s a step on 2 CPU cores): sharper, but slower to open.")
                         with gr.Row():
                             refine = gr.Number(0, label="Refine steps", precision=0, minimum=0, maximum=MAX_REFINE,
                                                min_width=80, elem_id="infd-refine")
