@@ -19,7 +19,7 @@ from torch import Tensor
 
 from infd_core.diffusion import Cancelled, Step
 from infd_core.geometry import Box
-from infd_core.inversion import refine_latent
+from infd_core.inversion import encode_photo
 
 from .context import AppContext
 from .sessions import Picture, Session, State, View
@@ -112,17 +112,11 @@ def open_photo(ctx: AppContext, session: Session, image: Image.Image, name: str 
 
     Events, errors and cancelling as :func:`generate`; a cancelled refinement keeps nothing.
     """
-    pipe = ctx.pipe
-    n = pipe.cfg.autoencoder.input_size
-    image = image.convert("RGB").resize((n, n), Image.Resampling.LANCZOS)
-
     def work(progress: ProgressFn, should_stop: Callable[[], bool]) -> tuple[Picture, None]:
-        z = pipe.encode(image)
-        if refine:
-            z = refine_latent(pipe, image, refine, z=z, callback=lambda i, total, loss: progress(i, total, None),
-                              should_stop=should_stop)
-            if should_stop():
-                raise Cancelled()
+        z = encode_photo(ctx.pipe, image, refine, callback=lambda i, total, loss: progress(i, total, None),
+                         should_stop=should_stop)
+        if should_stop():
+            raise Cancelled()
         label = f"{name}, refined {refine} steps" if refine else name
         return Picture(z[:1], label=label), None
 

@@ -111,20 +111,16 @@ def cmd_layout(args: argparse.Namespace) -> None:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    from .inversion import refine_latent
+    from .inversion import encode_photo
 
     if args.refine < 0:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
     image = read_photo(args.image)
     pipe = _pipeline(args)
     _size(args)
-    n = pipe.cfg.autoencoder.input_size
-    image = image.resize((n, n), Image.Resampling.LANCZOS)  # what the encoder saw in training
-    z = pipe.encode(image)
-    if args.refine:
-        with tqdm(total=args.refine, desc="refine", unit="step", disable=args.quiet) as bar:
-            z = refine_latent(pipe, image, args.refine, args.lr, z=z,
-                              callback=lambda i, n, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
+    with tqdm(total=args.refine, desc="refine", unit="step", disable=args.quiet or not args.refine) as bar:
+        z = encode_photo(pipe, image, args.refine, lr=args.lr,
+                         callback=lambda i, n, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
     latent = Path(args.out).with_suffix(".latent.safetensors")
     latent.parent.mkdir(parents=True, exist_ok=True)
     save_file({"z": z.cpu().contiguous()}, str(latent),

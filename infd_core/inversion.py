@@ -19,6 +19,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 
 from .geometry import PixelRange
@@ -81,4 +82,14 @@ def refine_latent(pipe: Pipeline, image, steps: int = 100, lr: float = 0.01, *, 
     return z.detach()
 
 
-__all__ = ["Perceptual", "encoder_target", "refine_latent"]
+def encode_photo(pipe: Pipeline, image: Image.Image, refine: int = 0, **refine_kw) -> Tensor:
+    """A photo of any size -> its latent ``[1, 3, 64, 64]``: the whole photo squashed to the
+    encoder's ``input_size²`` (LANCZOS, as in training), encoded, then refined for ``refine``
+    steps (``refine_kw``: :func:`refine_latent`'s ``lr``, ``callback``, ``should_stop``, ...)."""
+    n = pipe.cfg.autoencoder.input_size
+    image = image.convert("RGB").resize((n, n), Image.Resampling.LANCZOS)
+    z = pipe.encode(image)
+    return refine_latent(pipe, image, refine, z=z, **refine_kw) if refine else z
+
+
+__all__ = ["Perceptual", "encode_photo", "encoder_target", "refine_latent"]

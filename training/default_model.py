@@ -186,7 +186,7 @@ def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) ->
         ft_lr=ft_cfg.lr, ft_lr_final=ft_cfg.lr_final,
         dm_steps=cfg.meta.get("stage2_steps"), dm_batch=dm_cfg.batch,
         dm_time=hours(cfg.meta.get("stage2_seconds")),
-        zoom_steps=zoom["steps"] or 0, zoom_batch=zoom_cfg.batch, zoom_time=hours(zoom["seconds"]),
+        zoom_steps=zoom["steps"], zoom_batch=zoom_cfg.batch, zoom_time=hours(zoom["seconds"]),
         zoom_max_r=zoom_cfg.max_r, zoom_disc_start=zoom_cfg.disc_start, zoom_lr=zoom_cfg.lr,
         zoom_lr_final=zoom_cfg.lr_final,
         prediction={"v": "v-prediction", "epsilon": "ε-prediction"}[cfg.diffusion.prediction],

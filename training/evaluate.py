@@ -62,7 +62,7 @@ from skimage.transform import downscale_local_mean
 from tqdm import tqdm
 
 from infd_core.geometry import PixelRange
-from infd_core.inversion import refine_latent
+from infd_core.inversion import encode_photo, refine_latent
 from infd_core.pipeline import Field, Pipeline, default_model_dir, image_to_tensor
 
 from . import features
@@ -167,8 +167,7 @@ def lpips_distance(net: lpips.LPIPS, reference: np.ndarray, test: np.ndarray) ->
 # --- the model -----------------------------------------------------------------------------
 def reconstruct(pipe: Pipeline, img: Image.Image) -> Field:
     """The field of ``img`` from the whole image resized to the encoder's input size (LANCZOS)."""
-    n = pipe.cfg.autoencoder.input_size
-    return pipe.field(pipe.encode(square(img, n)))
+    return pipe.field(encode_photo(pipe, img))
 
 
 def scale_consistency(pipe: Pipeline, field: Field, size: int, low: np.ndarray | None = None,
@@ -216,14 +215,17 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
         thumb = inp.resize((n, n), LANCZOS)
         images[f"bicubic-{n}"] = {s: square(thumb, s, BICUBIC) for s in settings.scales}
     consistency = {}
-    grid = {"gt": {s: grid_visibility(square(img, s), s // ENC_SIZE) for s in settings.grid_sizes},
-            "bicubic": {s: grid_visibility(square(inp, s, BICUBIC), s // ENC_SIZE) for s in settings.grid_sizes}}
+    grid = {}  # the references first: the photo and bicubic of the input (reusing renders at shared sizes)
+    for ref, src, resample in (("gt", img, LANCZOS), ("bicubic", inp, BICUBIC)):
+        grid[ref] = {s: grid_visibility(images[ref][s] if s in images[ref] else square(src, s, resample), s // ENC_SIZE)
+                     for s in settings.grid_sizes}
     c = settings.consistency_size
     for name, pipe in models.items():
-        field = reconstruct(pipe, inp)  # the same encoder input as the bicubic baseline
+        z = encode_photo(pipe, inp)  # the same encoder input as the bicubic baseline
+        field = pipe.field(z)
         images[name] = {s: pipe.render(field, s, s) for s in settings.scales}
         if settings.refine:
-            better = pipe.field(refine_latent(pipe, inp, settings.refine))
+            better = pipe.field(refine_latent(pipe, inp, settings.refine, z=z))
             images[refined(name)] = {s: pipe.render(better, s, s) for s in settings.scales}
         renders = dict(images[name])
         for s in {*settings.grid_sizes, c, 2 * c} - set(renders):
