@@ -2,7 +2,7 @@
 
 Every script runs as ``python bench/NAME.py [--config cpu|paper] [--precision fp32|bf16]`` and
 prints numbers; nothing is asserted. Timings on a shared 2-core machine are noisy (another busy
-process makes everything 2-5x slower, FACTS §6), so each script prints the load average first.
+process makes everything 2-5x slower), so each script prints the load average first.
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def parse(description: str, extra: Callable[[argparse.ArgumentParser], None] | N
 
 
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
-    """fp32 matmul throughput now, to put the timings in scale (FACTS §6: ~400 GFLOP/s on a quiet machine)."""
+    """fp32 matmul throughput now, to put the timings in scale (a quiet 2-core Xeon with AMX: ~400 GFLOP/s)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     return 2 * n**3 / median_time(lambda: a @ b, reps) / 1e9
 

@@ -1,4 +1,4 @@
-"""Parameter counts of both presets, compared with the authors' model (FACTS §4).
+"""Parameter counts of both presets, compared with the authors' released FFHQ model.
 
 Modules are built on the meta device: counting is instant and allocates nothing.
 ``--config``/``--precision`` are accepted for a uniform command line; both presets are printed.
@@ -12,7 +12,7 @@ from common import header, model_config, parse
 from infd_core.autoencoder import Autoencoder
 from infd_core.diffusion import build_unet
 
-AUTHORS = {"encoder": 22.3e6, "decoder": 33.0e6, "renderer": 2.67e6, "unet": 274e6}  # FACTS §4
+AUTHORS = {"encoder": 22.3e6, "decoder": 33.0e6, "renderer": 2.67e6, "unet": 274e6}  # their released FFHQ checkpoint
 
 
 def count(module: nn.Module) -> int:

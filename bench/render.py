@@ -3,7 +3,7 @@
 
 Each peak-RSS figure comes from a fresh subprocess (this script with ``--child``) reading
 ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` at its end, so the measurements do not share a heap.
-The paper renderer (width 256) needs ~27 GB for 2048² in one call (FACTS §6), more than this
+The paper renderer (width 256) needs ~27 GB for 2048² in one call, more than this
 machine has: for ``--config paper`` the one-call size defaults to 1024².
 """
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Model configurations: the paper's sizes (appendix H) and an interactive CPU size.
 
 A :class:`ModelConfig` is what ``config.json`` of a model folder holds. Parameter counts of
-the presets (``python -m infd_core info --preset paper``) are compared with the authors'
-numbers in FACTS §4 by ``bench/params.py``.
+the presets (``python -m infd_core info --preset paper``) are compared with the counts of
+the authors' released FFHQ checkpoint by ``bench/params.py``.
 """
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
-"""Image files in, upright 8-bit RGB out: one decoder for training, the CLI and the app.
+"""Images in and out: one decoder for files, and the one pixel convention of the model.
 
-Pillow opens lazily (the header first), so sizes are checked before any pixel is decoded;
-decompression bombs are refused outright rather than warned about.
+* Files: upright 8-bit RGB for training, the CLI and the app. Pillow opens lazily (the header
+  first), so sizes are checked before any pixel is decoded; decompression bombs are refused
+  outright rather than warned about, with a limit passed per call (Pillow's global limit is
+  never changed).
+* Pixels: the model sees RGB floats in [-1, 1] (``uint8 / 127.5 - 1``); :func:`to_tensor` and
+  :func:`to_uint8` are the only conversions between the two, and :func:`squash` is how any
+  picture becomes the encoder's square input (the whole image, aspect not kept, as in training).
 """
 from __future__ import annotations
 
@@ -9,16 +14,28 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
+from torch import Tensor
 
 MAX_PHOTO_PIXELS = 64_000_000  # a user's photo is squashed to the encoder's 256² input: this bounds the decode
 
 
-def open_image(path: str | Path) -> Image.Image:
-    """``Image.open`` (lazy: reads the header) that refuses decompression bombs outright."""
+MAX_IMAGE_PIXELS = 1 << 27  # 134 MP (e.g. 14200 x 9450): the largest image any path here decodes
+
+
+def open_image(path: str | Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """``Image.open`` (lazy: reads the header) that refuses images over ``max_pixels`` outright
+    (``Image.DecompressionBombError``) instead of warning. Pillow's global limit is left alone; it
+    still refuses anything over twice its default (179 MP) by itself."""
     with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(path)
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit is checked below
+        im = Image.open(path)
+    w, h = im.size
+    if w * h > max_pixels:
+        im.close()
+        raise Image.DecompressionBombError(f"{w}x{h} is {w * h} pixels, over the limit of {max_pixels}")
+    return im
 
 
 def to_rgb(im: Image.Image) -> Image.Image:
@@ -62,4 +79,36 @@ def read_photo(path: str | Path, max_pixels: int | None = MAX_PHOTO_PIXELS) -> I
         raise ValueError(f"{Path(path).name}: not a readable image ({type(e).__name__}: {e})") from None
 
 
-__all__ = ["MAX_PHOTO_PIXELS", "load_image", "open_image", "read_photo", "to_rgb"]
+def to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
+    """PIL image / ``[H, W, 3]`` uint8 array / ``[B, 3, H, W]`` (or ``[3, H, W]``) float tensor ->
+    ``[B, 3, H, W]`` float32 in [-1, 1] (tensors are taken as already in [-1, 1])."""
+    if isinstance(image, Tensor):
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"image tensor must be [B, 3, H, W], got {tuple(image.shape)}")
+        return image.float()
+    if isinstance(image, Image.Image):
+        image = np.array(image.convert("RGB"))
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError("image must be a PIL image, an [H, W, 3] uint8 array or a [B, 3, H, W] tensor")
+    pixels = torch.from_numpy(image if image.flags.writeable else image.copy())
+    return pixels.permute(2, 0, 1)[None].float() / 127.5 - 1
+
+
+def to_uint8(rgb: Tensor) -> np.ndarray:
+    """``[3, H, W]`` (or ``[B, 3, H, W]``) in [-1, 1] -> ``[H, W, 3]`` (``[B, H, W, 3]``) uint8,
+    clamped and rounded; detached and moved to the CPU."""
+    x = ((rgb.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.movedim(-3, -1).cpu().numpy()
+
+
+def squash(image: Image.Image, size: int) -> Image.Image:
+    """The whole ``image`` resized to ``size x size`` (aspect not kept, LANCZOS): the encoder's
+    input as training makes it."""
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    return image if image.size == (size, size) else image.resize((size, size), Image.Resampling.LANCZOS)
+
+
+__all__ = ["MAX_IMAGE_PIXELS", "MAX_PHOTO_PIXELS", "load_image", "open_image", "read_photo", "squash", "to_rgb",
+           "to_tensor", "to_uint8"]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .geometry import PixelRange, check_level, level_grid
+from .images import to_uint8
 from .renderers import fixed_norm_statistics, select_statistics
 
 DEFAULT_TILE = 256
@@ -56,11 +57,6 @@ def _run(renderer: nn.Module, phi: Tensor, coord: Tensor, cell: Tensor, channels
     if channels_last:
         phi = phi.contiguous(memory_format=torch.channels_last)
     return renderer(phi, coord, cell)
-
-
-def to_uint8(rgb: Tensor) -> np.ndarray:
-    """``[3, H, W]`` in [-1, 1] -> ``[H, W, 3]`` uint8."""
-    return ((rgb.detach().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
 
 
 def iter_tiles(renderer: nn.Module, phi: Tensor, height: int, width: int, region: PixelRange | None = None, *,

@@ -1,4 +1,4 @@
-"""The app end to end: a real server and headless Debian Chromium (FACTS §1), fully offline.
+"""The app end to end: a real server and headless Debian Chromium (driven by playwright; no browser download), fully offline.
 
 One browser session walks through what a user does: generate, zoom, draw a box with a prompt,
 guided generation, undo, export. Screenshots go to ``artifacts/`` (gitignored); the tile

@@ -194,7 +194,7 @@ def test_pixel_limits(tmp_path: Path) -> None:
     Image.new("1", (16384, MAX_PIXELS // 16384 + 1)).save(tmp_path / "bomb.png")  # just over MAX_PIXELS
     with pytest.warns(BadImageWarning, match="bomb.png"):
         assert [p.name for p in ImageFolder(tmp_path).paths] == ["ok.png"]
-    with pytest.raises(Image.DecompressionBombWarning):  # raised as an error, not just warned
+    with pytest.raises(Image.DecompressionBombError):  # refused, not just warned about
         load_image(tmp_path / "bomb.png")
     with pytest.warns(BadImageWarning) as caught, pytest.raises(ValueError, match="no usable image"):
         ImageFolder(tmp_path, max_pixels=1000)

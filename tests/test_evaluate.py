@@ -15,7 +15,7 @@ from infd_core import configs
 from infd_core.pipeline import Pipeline
 from training import features
 from training.data import ImageFolder
-from training.evaluate import (Settings, _labels, baselines, evaluate_image, grid_visibility, frechet_distance, main, patch_label, psnr,
+from training.evaluate import (Settings, _labels, baselines, encoder_input_size, evaluate_image, grid_visibility, frechet_distance, main, patch_label, psnr,
                                random_crops, square, targets)
 from training.losses import offline_lpips
 
@@ -129,9 +129,11 @@ def test_compared_models_of_the_same_kind_get_distinct_labels(pipe: Pipeline) ->
                                                          "compare": "cpu (CLIF renderer), compare"}
 
 
-def test_thumbnail_sizes_are_validated() -> None:
+def test_thumbnail_sizes_are_validated(pipe: Pipeline) -> None:
     with pytest.raises(ValueError, match="thumbnail sizes"):
-        Settings(thumbnails=(64, 256))
+        Settings(thumbnails=(0, 64))
+    with pytest.raises(ValueError, match="below the encoder input"):
+        encoder_input_size({"model": pipe}, Settings(thumbnails=(64, pipe.cfg.autoencoder.input_size)))
     assert baselines(Settings(thumbnails=(128, 96))) == ["bicubic", "bicubic-96", "bicubic-128"]
 
 

@@ -1,4 +1,4 @@
-"""Renderer inputs (FACTS §4 worked values) and seamless patchwise rendering."""
+"""Renderer inputs (worked values from the authors' code) and seamless patchwise rendering."""
 from __future__ import annotations
 
 import dataclasses

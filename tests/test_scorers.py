@@ -9,8 +9,7 @@ import torch
 import torch.nn.functional as F
 from skimage import data
 
-from infd_core.scorers import ClipScorer, OfflineScorer, PromptTarget, load_scorer
-from infd_core.scorers.base import CLIP_ARCH_ENV, CLIP_WEIGHTS_ENV
+from infd_core.scorers import CLIP_ARCH_ENV, CLIP_WEIGHTS_ENV, ClipScorer, OfflineScorer, PromptTarget, load_scorer
 
 from .conftest import TINY_ARCH
 

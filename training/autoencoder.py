@@ -34,6 +34,7 @@ from tqdm import tqdm
 from infd_core.autoencoder import Autoencoder
 from infd_core.checkpoint import load_weights, read_config, save_weights, write_config
 from infd_core.configs import ModelConfig, preset
+from infd_core.images import to_uint8
 
 from .common import (CSVLog, Dist, autocast, chunk_batches, cleanup_distributed, load_json_config, load_state,
                      next_chunk, save_state, setup_distributed, unwrap, wall_time, wrap_ddp)
@@ -43,7 +44,7 @@ from .losses import AutoencoderLoss, NLayerDiscriminator
 
 @dataclass
 class AETrainConfig:
-    """Stage-1 settings; defaults are the authors' (FACTS §4) except where the cpu preset overrides."""
+    """Stage-1 settings; defaults are the authors' (their released FFHQ configuration) except where the cpu preset overrides."""
 
     model: str | dict[str, Any] = "paper"  # preset name or a full ModelConfig JSON dict
     batch: int = 8  # per process
@@ -70,7 +71,7 @@ class AETrainConfig:
     sample_every: int = 1000
     workers: int = 2
     cache_images: bool = False
-    precision: str = "fp32"  # "bf16": autocast forward passes (3-6x faster on CPUs with AMX, FACTS §6)
+    precision: str = "fp32"  # "bf16": autocast forward passes (3-6x faster on CPUs with AMX, no faster without it: measure)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -262,8 +263,7 @@ def save_samples(inp: Tensor, gt: Tensor, pred: Tensor, path: Path) -> None:
     for i in range(min(4, pred.shape[0])):
         small = torch.nn.functional.interpolate(inp[i // k:i // k + 1], size=(p, p), mode="area")[0]
         rows.append(torch.cat([small, gt[i], pred[i].detach().clamp(-1, 1)], dim=2))
-    img = ((torch.cat(rows, dim=1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-    Image.fromarray(np.ascontiguousarray(img)).save(path)
+    Image.fromarray(to_uint8(torch.cat(rows, dim=1))).save(path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -26,7 +26,8 @@ from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
 from infd_core.geometry import Box, PixelRange, level_grid
-from infd_core.images import load_image, to_rgb
+from infd_core.images import MAX_IMAGE_PIXELS as MAX_PIXELS
+from infd_core.images import load_image, squash, to_rgb, to_tensor
 from infd_core.images import open_image as _open
 
 __all__ = [
@@ -35,13 +36,6 @@ __all__ = [
 ]
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"})
-MAX_PIXELS = 1 << 27  # 134 MP (e.g. 14200 x 9450): the largest image ever decoded here
-
-# Deliberate: Pillow only *warns* between its limit and twice it (and its default is 89 MP).
-# We set its limit to ours and turn the warning into an error when opening (``_open``), so no
-# image above MAX_PIXELS is decoded in this process, whatever path opens it.
-Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-
 LANCZOS = Image.Resampling.LANCZOS
 _ROTATED = (5, 6, 7, 8)  # EXIF orientations that swap width and height
 
@@ -152,11 +146,6 @@ class ImageFolder:
         raise RuntimeError(f"none of the {n} images under {self.root} could be decoded")
 
 
-def _to_tensor(im: Image.Image) -> Tensor:
-    """RGB PIL image → float32 ``[3, H, W]`` in [-1, 1]."""
-    return TF.pil_to_tensor(im).float().div_(127.5).sub_(1.0)
-
-
 def _randint(lo: int, hi: int) -> int:
     """Uniform integer in ``[lo, hi]`` (both included) from torch's default generator."""
     return int(torch.randint(lo, hi + 1, ()).item())
@@ -194,7 +183,7 @@ def field_crop(img: Image.Image, r: int, y0: int, x0: int, patch: int = 256, enc
 
 def encoder_input(img: Image.Image, enc_size: int = 256, flip: bool = False) -> Tensor:
     """The whole ``img`` resized to ``[3, enc_size, enc_size]`` in [-1, 1] (mirrored if ``flip``)."""
-    inp = _to_tensor(img.resize((enc_size, enc_size), LANCZOS))
+    inp = to_tensor(squash(img, enc_size))[0]
     return TF.horizontal_flip(inp) if flip else inp
 
 
@@ -208,13 +197,13 @@ def level_crop(img: Image.Image, r: int, y0: int, x0: int, patch: int = 256, fli
     # support as resizing the whole image then cropping, equal to it up to 8-bit rounding (a few
     # values in 10^4 differ by 1/255), and ~20x cheaper for large r.
     gt = img.resize((patch, patch), LANCZOS, box=(c0 * w / r, y0 * h / r, (c0 + patch) * w / r, (y0 + patch) * h / r))
-    gt_t = _to_tensor(gt)
+    gt_t = to_tensor(gt)[0]
     coord, cell = level_grid(r, r, PixelRange(y0, y0 + patch, x0, x0 + patch))
     return {"gt": TF.horizontal_flip(gt_t) if flip else gt_t, "coord": coord, "cell": cell}
 
 
 class NeuralFieldCrops(Dataset[dict[str, Tensor]]):
-    """The paper's random-downsampling crops for training the autoencoder (FACTS §4).
+    """The paper's random-downsampling crops for training the autoencoder (paper §4.3).
 
     For each image: ground-truth level ``r`` is ``top = min(short side, max_r)`` with
     probability ``p_max``, else uniform in ``[min_r, top]`` (``min_r`` defaults to ``patch``;
@@ -355,8 +344,8 @@ class SquareCrops(Dataset[dict[str, Tensor]]):
         img = self.images[index % len(self.images)]
         w, h = img.size
         box = self.draw_box(w, h)
-        inp = _to_tensor(img.resize((self.size, self.size), LANCZOS,
-                                    box=(box.x0 * w, box.y0 * h, box.x1 * w, box.y1 * h)))
+        inp = to_tensor(img.resize((self.size, self.size), LANCZOS,
+                                   box=(box.x0 * w, box.y0 * h, box.x1 * w, box.y1 * h)))[0]
         if self.hflip and _coin(0.5):
             inp, box = TF.horizontal_flip(inp), Box(1.0 - box.x1, box.y0, 1.0 - box.x0, box.y1)
         return {"inp": inp, "box": torch.tensor([box.x0, box.y0, box.x1, box.y1], dtype=torch.float32)}

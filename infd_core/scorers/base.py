@@ -1,4 +1,4 @@
-"""What every image-vs-prompt scorer offers, and how to pick one.
+"""What every image-vs-prompt scorer offers (:func:`infd_core.scorers.load_scorer` picks one).
 
 A scorer measures how well image crops match text prompts, differentiably, so that
 layout-to-image guidance (DPS) can push each box's rendering towards its prompt:
@@ -13,7 +13,6 @@ Scorers are frozen ``nn.Module``\\ s: always in eval mode, no parameter gradient
 """
 from __future__ import annotations
 
-import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Sequence
@@ -22,10 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["PromptTarget", "Scorer", "load_scorer", "CLIP_WEIGHTS_ENV", "CLIP_ARCH_ENV"]
-
-CLIP_WEIGHTS_ENV = "INFD_CLIP_WEIGHTS"  # local open_clip weights file used by the "auto" spec
-CLIP_ARCH_ENV = "INFD_CLIP_ARCH"  # its open_clip architecture, e.g. "ViT-B-32"
+__all__ = ["PromptTarget", "Scorer", "normalize_images"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -111,42 +107,3 @@ def normalize_images(images: Tensor, size: int, mean: Sequence[float], std: Sequ
     m = torch.tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     s = torch.tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
     return (x - m) / s
-
-
-def load_scorer(spec: str | None = None, device: str | torch.device = "cpu") -> Scorer:
-    """Build a scorer from a spec string.
-
-    * ``None`` or ``"auto"``: CLIP if ``$INFD_CLIP_WEIGHTS`` names a local open_clip weights
-      file (architecture in ``$INFD_CLIP_ARCH``), otherwise the offline scorer;
-    * ``"offline"``: EfficientNet-Lite0 ImageNet classifier + MiniLM prompt mapping (no download);
-    * ``"clip:ARCH:PRETRAINED"``: open_clip architecture ``ARCH`` with ``PRETRAINED`` either a
-      local weights file or an open_clip tag such as ``openai`` (tags download: online only).
-
-    Raises ValueError for a malformed or unknown spec, FileNotFoundError for a missing file.
-    """
-    spec = "auto" if spec is None else spec.strip()
-    if spec == "auto":
-        weights = os.environ.get(CLIP_WEIGHTS_ENV, "").strip()
-        if not weights:
-            spec = "offline"
-        else:
-            arch = os.environ.get(CLIP_ARCH_ENV, "").strip()
-            if not arch:
-                raise ValueError(f"${CLIP_WEIGHTS_ENV} is set but ${CLIP_ARCH_ENV} is not: "
-                                 "set it to the open_clip architecture of the weights, e.g. ViT-B-32")
-            if not os.path.isfile(weights):
-                raise FileNotFoundError(f"${CLIP_WEIGHTS_ENV} names a missing file: {weights}")
-            spec = f"clip:{arch}:{weights}"
-
-    if spec == "offline":
-        from .offline import OfflineScorer
-        scorer: Scorer = OfflineScorer()
-    elif spec.startswith("clip:"):
-        parts = spec.split(":", 2)
-        if len(parts) != 3 or not parts[1] or not parts[2]:
-            raise ValueError(f"CLIP spec must be 'clip:ARCH:PRETRAINED' (tag or local file), got {spec!r}")
-        from .clip import ClipScorer
-        scorer = ClipScorer(parts[1], parts[2])
-    else:
-        raise ValueError(f"unknown scorer spec {spec!r}: use 'auto', 'offline' or 'clip:ARCH:PRETRAINED'")
-    return scorer.to(device)

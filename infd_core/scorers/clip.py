@@ -1,6 +1,6 @@
 """CLIP scorer (open_clip): 100 x cosine similarity of image and text embeddings.
 
-No CLIP weights install offline (FACTS §2): pass a local open_clip state-dict file
+No CLIP weights install from PyPI or Debian: pass a local open_clip state-dict file
 (``.pt``/``.pth``/``.bin``/``.safetensors``) or, online, an open_clip tag such as ``openai``.
 The BPE tokenizer ships with open_clip and works offline.
 """
