@@ -26,7 +26,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from infd_core import configs
-from infd_core.pipeline import Pipeline, default_model_dir
+from infd_core.pipeline import Pipeline, assets_dir, default_model_dir
 
 from .context import AppContext, Limits
 from .deepzoom import stream_deepzoom_zip, stream_png
@@ -34,8 +34,6 @@ from .sessionfile import dump as dump_session
 from .sessions import Session, SessionNotFound, View
 from .ui import STATIC, build_ui
 
-ROOT = Path(__file__).resolve().parent.parent
-OSD = ROOT / "assets" / "openseadragon"
 IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
 NO_STORE = {"Cache-Control": "no-store"}
 
@@ -146,7 +144,7 @@ def create_app(pipe: Pipeline, *, limits: Limits | None = None, scorer: str | No
     app = FastAPI(title="infd", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.ctx = ctx
     add_routes(app, ctx)
-    app.mount("/infd/osd", StaticFiles(directory=OSD), name="openseadragon")
+    app.mount("/infd/osd", StaticFiles(directory=assets_dir() / "openseadragon"), name="openseadragon")
     app.mount("/infd/viewer", StaticFiles(directory=STATIC), name="viewer")
     demo = build_ui(ctx)
     gr.mount_gradio_app(app, demo, path="/", ssr_mode=False, css_paths=[STATIC / "viewer.css"],
