@@ -61,6 +61,7 @@ def share_link(server: uvicorn.Server, host: str, port: int) -> None:
 
 
 def parse_args(argv: list[str] | None, environ: Mapping[str, str]) -> argparse.Namespace:
+    """The flags; ``environ`` gives the defaults of --host, --port and --scorer."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     try:
         host, port = env_address(environ)
