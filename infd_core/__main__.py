@@ -25,11 +25,13 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError, import_authors
+from .authors import import_authors
+from .checkpoint import CheckpointError
 from .configs import PRESETS, preset
 from .geometry import Box, box_to_pixels
 from .images import read_photo
 from .pipeline import Pipeline, check_size
+from .tiling import RENDER_MODES
 
 
 def _pipeline(args: argparse.Namespace) -> Pipeline:
@@ -43,6 +45,13 @@ def _size(args: argparse.Namespace) -> tuple[int, int]:
     h, w = args.height or args.size, args.width or args.size
     check_size(h, w)
     return h, w
+
+
+def _steps(args: argparse.Namespace, pipe: Pipeline) -> int:
+    """--steps, or the model's own number (the authors' models: 200)."""
+    if args.steps is not None:
+        return args.steps
+    return pipe.cfg.diffusion.steps if pipe.cfg.diffusion is not None else 50
 
 
 def _region(args: argparse.Namespace, h: int, w: int):
@@ -67,7 +76,7 @@ def _write_image(pipe: Pipeline, z: torch.Tensor, args: argparse.Namespace) -> N
                 n_tiles = bar.total = n
             bar.update(1)
 
-        img = pipe.render(field, h, w, region, tile=args.tile, progress=progress)
+        img = pipe.render(field, h, w, region, tile=args.tile, progress=progress, mode=args.render_mode)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(args.out)
     print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]})")
@@ -76,8 +85,9 @@ def _write_image(pipe: Pipeline, z: torch.Tensor, args: argparse.Namespace) -> N
 def cmd_sample(args: argparse.Namespace) -> None:
     pipe = _pipeline(args)
     _size(args)  # fail on a bad size before sampling, not after
-    with tqdm(total=args.steps, desc=f"{args.sampler} seed {args.seed}", unit="step", disable=args.quiet) as bar:
-        z = pipe.sample(args.seed, steps=args.steps, sampler=args.sampler, eta=args.eta, callback=lambda s: bar.update(1))
+    steps = _steps(args, pipe)
+    with tqdm(total=steps, desc=f"{args.sampler} seed {args.seed}", unit="step", disable=args.quiet) as bar:
+        z = pipe.sample(args.seed, steps=steps, sampler=args.sampler, eta=args.eta, callback=lambda s: bar.update(1))
     latent = Path(args.out).with_suffix(".latent.safetensors")
     save_file({"z": z.cpu().contiguous()}, str(latent), metadata={"model": pipe.cfg.name, "seed": str(args.seed)})
     _write_image(pipe, z, args)
@@ -98,8 +108,9 @@ def cmd_layout(args: argparse.Namespace) -> None:
     if scorer is not None:
         print(f"scorer: {scorer.name}")
     init = load_file(args.init)["z"] if args.init else None
-    with tqdm(total=args.steps, desc=f"guided seed {args.seed}", unit="step", disable=args.quiet) as bar:
-        z, report = guided_sample(pipe, layout, seed=args.seed, steps=args.steps, scale=args.scale, scorer=scorer,
+    steps = _steps(args, pipe)
+    with tqdm(total=steps, desc=f"guided seed {args.seed}", unit="step", disable=args.quiet) as bar:
+        z, report = guided_sample(pipe, layout, seed=args.seed, steps=steps, scale=args.scale, scorer=scorer,
                                   init_latent=init, callback=lambda s: bar.update(1))
     for r in report["regions"]:
         print(f"  {r['kind']:5s} {r['box']}: {r.get('understood_as', '')} loss {r['loss']:.3f}")
@@ -142,7 +153,9 @@ def cmd_info(args: argparse.Namespace) -> None:
 
 
 def cmd_import_authors(args: argparse.Namespace) -> None:
-    import_authors(args.checkpoint, args.out)
+    report = import_authors(args.checkpoint, args.out, ema=not args.no_ema)
+    for line in report.lines():
+        print(line)
     print(f"wrote {args.out}")
 
 
@@ -164,12 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--width", type=int)
         p.add_argument("--region", help="render only x0,y0,x1,y1 (fractions of the image) of that size")
         p.add_argument("--tile", type=int, default=256)
+        p.add_argument("--render-mode", default="fixed-statistics", choices=list(RENDER_MODES),
+                       help="fixed-statistics: exact tiles (deep zoom); authors-patchwise: the authors' 256² patches "
+                            "with 8-px padding (their published samples)")
         p.add_argument("--out", required=True)
 
     p = sub.add_parser("sample", help="generate an image from a seed")
     model_args(p), image_args(p)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
     p.add_argument("--eta", type=float, default=None, help="DDIM η (default: the model's own)")
     p.set_defaults(fn=cmd_sample)
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     model_args(p), image_args(p)
     p.add_argument("--layout", required=True, help="JSON layout file (see above)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
     p.add_argument("--scale", type=float, default=1.0, help="guidance strength (0 = unguided)")
     p.add_argument("--scorer", default=None, help="auto | offline | clip:ARCH:PRETRAINED (tag or local file)")
     p.add_argument("--init", help="latent file of the current image (for keep regions)")
@@ -202,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(fn=cmd_info)
 
     p = sub.add_parser("import-authors", help="convert an authors' .pth checkpoint to an infd model folder")
-    p.add_argument("checkpoint")
+    p.add_argument("checkpoint", help="the authors' .pth (read as weights only; nothing is downloaded)")
     p.add_argument("--out", required=True)
+    p.add_argument("--no-ema", action="store_true", help="import the UNet's raw weights (z_dm), not the EMA ones")
     p.set_defaults(fn=cmd_import_authors)
 
     args = ap.parse_args(argv)

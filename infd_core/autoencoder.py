@@ -21,24 +21,27 @@ from torch import Tensor, nn
 from .renderers import RendererConfig, build_renderer
 
 
-def Normalize(channels: int) -> nn.GroupNorm:
-    """LDM's GroupNorm(32) for wide layers; at least 4 channels per group for narrow ones.
+def Normalize(channels: int, groups: int | None = None) -> nn.GroupNorm:
+    """GroupNorm with ``groups`` groups, or by default LDM's 32 for wide layers and at least 4
+    channels per group for narrow ones.
 
     A group of one channel is instance norm: it erases each channel's spatial mean, i.e. the
     image's colour and brightness, and a small model then renders every image in one colour.
+    LDM (and the authors' checkpoints) use 32 groups at every width: ``groups=32``.
     """
-    return nn.GroupNorm(num_groups=max(1, min(32, channels // 4)), num_channels=channels, eps=1e-6, affine=True)
+    n = groups if groups is not None else max(1, min(32, channels // 4))
+    return nn.GroupNorm(num_groups=n, num_channels=channels, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
     """LDM ResNet block (no time embedding): norm-swish-conv twice, 1x1 shortcut if widths differ."""
 
-    def __init__(self, in_channels: int, out_channels: int | None = None):
+    def __init__(self, in_channels: int, out_channels: int | None = None, groups: int | None = None):
         super().__init__()
         out_channels = out_channels or in_channels
-        self.norm1 = Normalize(in_channels)
+        self.norm1 = Normalize(in_channels, groups)
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = Normalize(out_channels)
+        self.norm2 = Normalize(out_channels, groups)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
         self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
 
@@ -51,9 +54,9 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention with 1x1 q/k/v/proj convs (LDM naming)."""
 
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, groups: int | None = None):
         super().__init__()
-        self.norm = Normalize(channels)
+        self.norm = Normalize(channels, groups)
         self.q, self.k, self.v, self.proj_out = (nn.Conv2d(channels, channels, 1) for _ in range(4))
 
     def forward(self, x: Tensor) -> Tensor:
@@ -88,7 +91,8 @@ class CoderConfig:
 
     ``num_res_blocks`` is per level (the decoder runs one more per level, as in LDM);
     ``attn_resolutions`` lists feature sides (for a 256 input: 256, 128, 64) with attention;
-    ``mid_attn`` toggles attention in the middle block.
+    ``mid_attn`` toggles attention in the middle block; ``norm_groups``: GroupNorm groups at
+    every width (None: :func:`Normalize`'s default; 32: LDM's and the authors').
     """
 
     ch: int = 128
@@ -96,6 +100,7 @@ class CoderConfig:
     num_res_blocks: int = 2
     attn_resolutions: tuple[int, ...] = ()
     mid_attn: bool = True
+    norm_groups: int | None = None
 
 
 class _Level(nn.Module):
@@ -118,11 +123,11 @@ class _Level(nn.Module):
 
 
 class _Mid(nn.Module):
-    def __init__(self, channels: int, attn: bool):
+    def __init__(self, channels: int, attn: bool, groups: int | None = None):
         super().__init__()
-        self.block_1 = ResnetBlock(channels)
-        self.attn_1 = AttnBlock(channels) if attn else nn.Identity()
-        self.block_2 = ResnetBlock(channels)
+        self.block_1 = ResnetBlock(channels, groups=groups)
+        self.attn_1 = AttnBlock(channels, groups) if attn else nn.Identity()
+        self.block_2 = ResnetBlock(channels, groups=groups)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.block_2(self.attn_1(self.block_1(x)))
@@ -134,19 +139,19 @@ class Encoder(nn.Module):
     def __init__(self, cfg: CoderConfig, out_channels: int, in_channels: int = 3, resolution: int = 256):
         super().__init__()
         self.conv_in = nn.Conv2d(in_channels, cfg.ch, 3, padding=1)
-        mults = (1, *cfg.ch_mult)
+        mults, g = (1, *cfg.ch_mult), cfg.norm_groups
         levels, res = [], resolution
         for i in range(len(cfg.ch_mult)):
             c_in, c_out = cfg.ch * mults[i], cfg.ch * mults[i + 1]
-            blocks = [ResnetBlock(c_in if j == 0 else c_out, c_out) for j in range(cfg.num_res_blocks)]
-            attns = [AttnBlock(c_out) for _ in blocks] if res in cfg.attn_resolutions else []
+            blocks = [ResnetBlock(c_in if j == 0 else c_out, c_out, g) for j in range(cfg.num_res_blocks)]
+            attns = [AttnBlock(c_out, g) for _ in blocks] if res in cfg.attn_resolutions else []
             last = i == len(cfg.ch_mult) - 1
             levels.append(_Level(blocks, attns, None if last else Downsample(c_out), "downsample"))
             res = res if last else res // 2
         self.down = nn.ModuleList(levels)
         c = cfg.ch * cfg.ch_mult[-1]
-        self.mid = _Mid(c, cfg.mid_attn)
-        self.norm_out = Normalize(c)
+        self.mid = _Mid(c, cfg.mid_attn, g)
+        self.norm_out = Normalize(c, g)
         self.conv_out = nn.Conv2d(c, out_channels, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -164,13 +169,14 @@ class Decoder(nn.Module):
         n = len(cfg.ch_mult)
         c = cfg.ch * cfg.ch_mult[-1]
         res = resolution // 2 ** (n - 1)
+        g = cfg.norm_groups
         self.conv_in = nn.Conv2d(z_channels, c, 3, padding=1)
-        self.mid = _Mid(c, cfg.mid_attn)
+        self.mid = _Mid(c, cfg.mid_attn, g)
         levels: list[nn.Module] = []
         for i in reversed(range(n)):
             c_out = cfg.ch * cfg.ch_mult[i]
-            blocks = [ResnetBlock(c if j == 0 else c_out, c_out) for j in range(cfg.num_res_blocks + 1)]
-            attns = [AttnBlock(c_out) for _ in blocks] if res in cfg.attn_resolutions else []
+            blocks = [ResnetBlock(c if j == 0 else c_out, c_out, g) for j in range(cfg.num_res_blocks + 1)]
+            attns = [AttnBlock(c_out, g) for _ in blocks] if res in cfg.attn_resolutions else []
             levels.insert(0, _Level(blocks, attns, Upsample(c_out) if i != 0 else None, "upsample"))
             c, res = c_out, (res * 2 if i != 0 else res)
         self.up = nn.ModuleList(levels)

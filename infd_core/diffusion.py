@@ -36,6 +36,11 @@ class DiffusionConfig:
     clamps its x0 prediction to it at every step (like DDPM's ``clip_sample`` for pixels).
     ``eta``: the DDIM η the model samples with unless told otherwise (1.0: the authors'; the cpu
     preset's 0.0, deterministic, keeps box guidance local where η = 1 turns it into a new image).
+    ``steps``: how many sampling steps a caller gets unless it asks for a number.
+    ``timestep_spacing`` and ``set_alpha_to_one`` (diffusers' names) pick the timesteps a run of N
+    steps visits and what its last step returns. infd's own: "trailing" (999, 994, ..., 4 for 200)
+    and ᾱ_prev = ᾱ_0 at the end. The authors' (ADM's ``ddimN``): "leading" (995, 990, ..., 0) and
+    ``set_alpha_to_one`` (ᾱ_prev = 1: the last step returns the predicted x0).
     """
 
     unet: dict[str, Any] = field(default_factory=dict)
@@ -47,11 +52,18 @@ class DiffusionConfig:
     prediction: str = "epsilon"
     latent_range: tuple[float, float] | None = None
     eta: float = 1.0
+    steps: int = 50
+    timestep_spacing: str = "trailing"
+    set_alpha_to_one: bool = False
 
     def __post_init__(self) -> None:
         self.unet = json.loads(json.dumps(self.unet))  # tuples -> lists: equal to the config read back from disk
         if not 0.0 <= self.eta <= 1.0:
             raise ValueError(f"eta must be in [0, 1], got {self.eta}")
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= self.num_train_timesteps:
+            raise ValueError(f"steps must be an integer in [1, {self.num_train_timesteps}], got {self.steps!r}")
+        if self.timestep_spacing not in ("trailing", "leading"):
+            raise ValueError(f"timestep_spacing must be 'trailing' or 'leading', got {self.timestep_spacing!r}")
         if self.prediction not in ("epsilon", "v"):
             raise ValueError(f"prediction must be 'epsilon' or 'v', got {self.prediction!r}")
         if self.latent_range is not None:
@@ -81,13 +93,14 @@ def build_unet(cfg: DiffusionConfig) -> UNet2DModel:
 
 
 def make_scheduler(cfg: DiffusionConfig, sampler: str) -> DDIMScheduler | DDPMScheduler:
-    """A fresh diffusers scheduler for ``sampler`` ("ddim" or "ddpm"); ε-prediction, no clipping."""
+    """A fresh diffusers scheduler for ``sampler`` ("ddim" or "ddpm"); ε-prediction, no clipping,
+    the timesteps of ``cfg.timestep_spacing``."""
     common = dict(num_train_timesteps=cfg.num_train_timesteps, trained_betas=cfg.betas(),
-                  prediction_type="epsilon", clip_sample=False)
+                  prediction_type="epsilon", clip_sample=False, timestep_spacing=cfg.timestep_spacing)
     if sampler == "ddim":
-        return DDIMScheduler(**common, set_alpha_to_one=False, timestep_spacing="trailing")
+        return DDIMScheduler(**common, set_alpha_to_one=cfg.set_alpha_to_one)
     if sampler == "ddpm":
-        return DDPMScheduler(**common, variance_type="fixed_small", timestep_spacing="trailing")
+        return DDPMScheduler(**common, variance_type="fixed_small")
     raise ValueError(f"sampler must be 'ddim' or 'ddpm', got {sampler!r}")
 
 

@@ -19,6 +19,13 @@ The one coordinate convention of infd, stated here and nowhere else:
   computed in float64 from absolute pixel indices, so a pixel has bit-identical coordinates
   whichever tile or region it is rendered in (this is what makes tiles seamless).
 
+* **Nearest cell.** A query point takes the feature cell of a ``h x w`` grid whose square
+  contains it. A point exactly on a cell edge (at levels that are odd multiples of the grid,
+  e.g. 384 on 256, a third of the pixels) is a tie: :func:`nearest_cell` breaks it by
+  ``"floor"`` (the cell below/right, infd's) or ``"grid_sample"`` (the authors':
+  ``grid_sample(mode="nearest", align_corners=False)``, i.e. the pixel-index
+  ``((y + 1) h - 1) / 2`` rounded half to even).
+
 Known pixel, for the tests: at level 4x4, pixel (row 0, col 3) has centre (-0.75, 0.75) and
 cell (0.5, 0.5).
 """
@@ -29,8 +36,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Box", "PixelRange", "level_grid", "box_grid", "check_level", "MAX_SIDE"]
+__all__ = ["Box", "PixelRange", "level_grid", "box_grid", "check_level", "nearest_cell", "CELL_TIES", "MAX_SIDE"]
 
+CELL_TIES = ("floor", "grid_sample")
 MAX_SIDE = 1 << 17  # 131072 px: beyond this a level is surely a mistake (and float32 cells lose bits)
 
 
@@ -160,3 +168,19 @@ def box_to_pixels(box: Box, height: int, width: int) -> PixelRange:
                      math.floor(box.x0 * width + 1e-9), math.ceil(box.x1 * width - 1e-9))
     return PixelRange(max(rng.r0, 0), min(max(rng.r1, rng.r0 + 1), height),
                       max(rng.c0, 0), min(max(rng.c1, rng.c0 + 1), width))
+
+
+def nearest_cell(coord: torch.Tensor, size: torch.Tensor, ties: str = "floor") -> torch.Tensor:
+    """Index (row, col) of the grid cell each query point falls in, clamped to the grid.
+
+    ``coord [..., 2]`` (y, x) float32 field-frame points, ``size`` = ``[h, w]`` of the grid (same
+    dtype and device). Returns float ``[..., 2]`` integral values. ``ties``: see the module
+    docstring ("floor" or "grid_sample").
+    """
+    if ties == "floor":
+        idx = ((coord + 1) * 0.5 * size).floor()
+    elif ties == "grid_sample":
+        idx = torch.round(((coord + 1) * size - 1) / 2)  # torch.round: half to even, like nearbyint
+    else:
+        raise ValueError(f"cell ties must be one of {CELL_TIES}, got {ties!r}")
+    return torch.minimum(idx.clamp_min(0), size - 1)

@@ -28,8 +28,8 @@ from .configs import ModelConfig
 from .diffusion import Guidance, Step, build_unet, sample, unet_eps
 from .geometry import Box, PixelRange, box_grid, check_level
 from .renderers import fixed_norm_statistics, norm_statistics
-from .tiling import DEFAULT_TILE, iter_tiles, render_pixels, render_region
-
+from .tiling import (DEFAULT_TILE, RENDER_MODES, iter_tiles, render_authors_patchwise, render_pixels,
+                     render_region)
 ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
 DEFAULT_MODEL_NAME = "infd-cpu-photos"
 
@@ -119,18 +119,19 @@ class Pipeline:
         n = self.cfg.autoencoder.latent_size
         return (self.cfg.autoencoder.z_channels, n, n)
 
-    def sample(self, seed: int = 0, *, steps: int = 50, sampler: str = "ddim", eta: float | None = None,
+    def sample(self, seed: int = 0, *, steps: int | None = None, sampler: str = "ddim", eta: float | None = None,
                batch: int = 1, guidance: Guidance | None = None, callback: Callable[[Step], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> Tensor:
         """Generate latents ``[batch, 3, 64, 64]`` (denormalised, ready for :meth:`field`).
 
-        ``eta``: DDIM's η (None: the model's own, ``DiffusionConfig.eta``). ``guidance`` receives
+        ``steps``, ``eta``: DDIM's (None: the model's own, ``DiffusionConfig.steps``, ``.eta``). ``guidance`` receives
         normalised latents; use :meth:`denormalize` inside it.
         """
         if self.unet is None:
             raise RuntimeError(f"model {self.cfg.name!r} has no diffusion UNet (autoencoder-only)")
         gen = torch.Generator().manual_seed(int(seed))
         d = self.cfg.diffusion
+        steps = d.steps if steps is None else steps
         x = sample(unet_eps(self.unet, d, self.autocast_dtype), d, (batch, *self.latent_shape), steps=steps,
                    sampler=sampler, eta=d.eta if eta is None else eta, generator=gen, device=self.device,
                    guidance=guidance, callback=callback, should_stop=should_stop)
@@ -161,8 +162,19 @@ class Pipeline:
         return Field(phi, stats)
 
     def render(self, field: Field, height: int, width: int, region: PixelRange | None = None, *,
-               tile: int = DEFAULT_TILE, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        """Region (default: all) of the image at ``height x width`` -> ``[h, w, 3]`` uint8, tile by tile."""
+               tile: int = DEFAULT_TILE, progress: Callable[[int, int], None] | None = None,
+               mode: str = "fixed-statistics") -> np.ndarray:
+        """Region (default: all) of the image at ``height x width`` -> ``[h, w, 3]`` uint8, tile by tile.
+
+        ``mode``: "fixed-statistics" (exact tiles) or "authors-patchwise" (the authors' 256² patches
+        with 8-px padding, ``tile`` unused); see :mod:`infd_core.tiling`.
+        """
+        if mode == "authors-patchwise":
+            return render_authors_patchwise(self.autoencoder.renderer, field.phi, height, width, region,
+                                            progress=progress, autocast_dtype=self.autocast_dtype,
+                                            channels_last=self.channels_last)
+        if mode != "fixed-statistics":
+            raise ValueError(f"render mode must be one of {RENDER_MODES}, got {mode!r}")
         return render_region(self.autoencoder.renderer, field.phi, height, width, region, tile=tile,
                              progress=progress, **self._render_kw(field))
 

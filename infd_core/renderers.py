@@ -31,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .geometry import CELL_TIES, nearest_cell
+
 
 @dataclass
 class RendererConfig:
@@ -39,6 +41,7 @@ class RendererConfig:
     blocks: int = 2
     norm: str = "group"  # "group" (authors') | "none" (tile-exact)
     base: str = "none"  # "none" (authors') | "bilinear": predict a residual over bilinear phi[:3]
+    cell_ties: str = "floor"  # "floor" (infd's) | "grid_sample" (authors'): see geometry.nearest_cell
 
     def __post_init__(self) -> None:
         if self.kind not in ("clif", "liif"):
@@ -47,13 +50,15 @@ class RendererConfig:
             raise ValueError(f"renderer norm must be 'group' or 'none', got {self.norm!r}")
         if self.base not in ("none", "bilinear"):
             raise ValueError(f"renderer base must be 'none' or 'bilinear', got {self.base!r}")
+        if self.cell_ties not in CELL_TIES:
+            raise ValueError(f"renderer cell_ties must be one of {CELL_TIES}, got {self.cell_ties!r}")
 
 
-def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
+def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor, ties: str = "floor") -> Tensor:
     """The per-pixel renderer input ``[B, C + 4, H, W]``: nearest phi vector, rel. coord, rel. cell.
 
     The nearest phi cell is found in float32 from ``coord`` (query points outside the image
-    take the border cell). Relative values are in units of phi cells: a 1024^2 query on a 256^2
+    take the border cell; points on a cell edge by ``ties``, see :func:`~infd_core.geometry.nearest_cell`). Relative values are in units of phi cells: a 1024^2 query on a 256^2
     phi gives rel. coord in {+-0.25, +-0.75} and rel. cell 0.5.
     """
     b, c, h, w = phi.shape
@@ -61,8 +66,7 @@ def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
         raise ValueError(f"coord/cell must both be [B={b}, H, W, 2], got {tuple(coord.shape)} and {tuple(cell.shape)}")
     coord, cell = coord.float(), cell.float()
     size = coord.new_tensor([h, w])
-    idx = ((coord + 1) * 0.5 * size).floor().clamp_min(0)
-    idx = torch.minimum(idx, size - 1)  # [B, H, W, 2] (row, col) of the nearest phi cell
+    idx = nearest_cell(coord, size, ties)  # [B, H, W, 2] (row, col) of the nearest phi cell
     centre = (idx + 0.5) / size * 2 - 1
     flat = (idx[..., 0] * w + idx[..., 1]).long().flatten(1)  # [B, H*W]
     rel = torch.cat([(coord - centre) * size, cell * size], dim=-1)  # [B, H, W, 4]
@@ -97,7 +101,7 @@ class _Base(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def _render(self, net: nn.Module, phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
-        out = net(renderer_inputs(phi, coord, cell))
+        out = net(renderer_inputs(phi, coord, cell, self.cfg.cell_ties))
         if self.cfg.base == "none":
             return out
         base = bilinear_base(phi, coord).to(out.dtype)

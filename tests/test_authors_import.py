@@ -1,16 +1,20 @@
-"""The importer for the authors' released ``.pth`` checkpoints (layout: FACTS §4).
+"""The importer for the authors' released ``.pth`` checkpoints.
 
-The checkpoint here is built from a written-down description of their key layout (LDM
-encoder/decoder names, their CLIF renderer, junk from the diffusion model, LPIPS and the
-discriminator), with fewer levels/blocks than theirs and random weights. The imported model is checked against
+Two kinds of check. (1) Golden fixtures made by the authors' own code (``tests/authors_fixtures.py``,
+two non-paper sizes with a UNet each): the import must reproduce their encoder, decoder, renders,
+UNet and DDIM sampler. (2) An autoencoder-only checkpoint built here from a written-down
+description of their key layout (LDM encoder/decoder names, their CLIF renderer, LPIPS and
+discriminator junk), at widths of 128 channels, random weights. The imported model is checked against
 references that do not use infd_core's modules: diffusers' ``Encoder``/``Decoder`` loaded with
 diffusers' own LDM key converter, and a functional CLIF written after the authors' code
 (``grid_sample`` nearest, ``align_corners=False``; GroupNorm over the rendered patch).
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
+import re
 from pathlib import Path
 
 import pytest
@@ -21,9 +25,11 @@ from diffusers.models.autoencoders.vae import Decoder, Encoder
 from torch import Tensor
 
 from infd_core.__main__ import main
-from infd_core.checkpoint import CheckpointError, import_authors, read_authors_checkpoint
+from infd_core.authors import import_authors, read_authors_checkpoint
+from infd_core.autoencoder import Normalize
+from infd_core.checkpoint import CheckpointError, read_config
 from infd_core.geometry import PixelRange, level_grid
-from infd_core.pipeline import Pipeline
+from infd_core.pipeline import Pipeline, default_model_dir
 
 # The authors': 128, (1, 2, 4), 2, 3, 8192, 256. Every encoder/decoder layer keeps >= 128 channels: there
 # infd's Normalize and LDM's GroupNorm(32) agree (narrower infd layers use channels // 4 groups).
@@ -98,12 +104,7 @@ def authors_shapes() -> Shapes:
     conv(s, "renderer.net.model.0", CH + 4, WIDTH, 3)
     resnet(s, "renderer.net.model.1", WIDTH, WIDTH), resnet(s, "renderer.net.model.2", WIDTH, WIDTH)
     norm(s, "renderer.net.norm_out", WIDTH), conv(s, "renderer.net.conv_out", WIDTH, 3, 3)
-    for unet in ("z_dm", "z_dm_ema"):  # openai UNet keys: not imported
-        s[f"{unet}.time_embed.0.weight"] = (64, 16)
-        conv(s, f"{unet}.input_blocks.0.0", 3, 16, 3)
-        norm(s, f"{unet}.middle_block.0.in_layers.0", 16)
-        conv(s, f"{unet}.out.2", 16, 3, 3)
-    conv(s, "perc_loss.net.slice1.0", 3, 8, 3)
+    conv(s, "perc_loss.net.slice1.0", 3, 8, 3)  # training losses: not imported
     s["perc_loss.lin0.model.1.weight"] = (1, 8, 1, 1)
     conv(s, "disc.main.0", 3, 8, 4)
     return s
@@ -237,8 +238,7 @@ def test_imported_weights_are_the_authors_minus_the_unused_ones(imported, sd):
     pipe, _ = imported
     ours = pipe.autoencoder.state_dict()
     dropped = {k for k in sd if k not in ours}
-    assert all(k.startswith(("z_dm.", "z_dm_ema.", "perc_loss.", "disc.", "decoder.1.norm_out.", "decoder.1.conv_out."))
-               for k in dropped)
+    assert all(k.startswith(("perc_loss.", "disc.", "decoder.1.norm_out.", "decoder.1.conv_out.")) for k in dropped)
     assert {k for k in dropped if k.startswith("decoder.1.")} == {
         "decoder.1.norm_out.weight", "decoder.1.norm_out.bias", "decoder.1.conv_out.weight", "decoder.1.conv_out.bias"}
     assert set(ours) <= set(sd) and all(torch.equal(ours[k], sd[k]) for k in ours)
@@ -339,4 +339,199 @@ def test_cli_import_authors(imported, tmp_path, capsys):
     _, ckpt = imported
     assert main(["import-authors", str(ckpt), "--out", str(tmp_path / "m")]) == 0
     assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "autoencoder.safetensors"}
-    assert "wrote" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote" in out and "no diffusion UNet in the checkpoint" in out
+
+
+# --- golden fixtures of the authors' code ------------------------------------------------------
+
+from infd_core.authors import adm_ddim_timesteps, authors_unet_kwargs  # noqa: E402
+from infd_core.diffusion import DiffusionConfig, make_scheduler, predict_x0, sample, unet_eps  # noqa: E402
+from infd_core.geometry import CELL_TIES, nearest_cell  # noqa: E402
+from infd_core.tiling import iter_authors_patches, render_pixels  # noqa: E402
+from tests import authors_fixtures as fx  # noqa: E402
+
+SINGLE, RENDER, RUN = 1e-5, 1e-4, 1e-4  # single forwards (relative), renders (absolute), the 10-step run (relative)
+
+
+def authors_pth(tmp: Path, name: str) -> tuple[Path, dict[str, Tensor], dict]:
+    """The fixture's checkpoint rebuilt in the authors' layout, its weights and the fixture's metadata."""
+    _, meta = fx.load(name)
+    sd = fx.random_weights([(k, shape) for k, shape in meta["keys"]], meta["seed"])
+    assert fx.weights_sha256(sd) == meta["sha256"], "regenerated weights differ from the ones the fixture was made with"
+    path = tmp / f"{name}.pth"
+    torch.save({"model": {"name": "infd", "args": meta["spec"], "sd": sd}, "iter": 1}, path)
+    return path, sd, meta
+
+
+@pytest.fixture(scope="module", params=sorted(fx.SPECS))
+def golden(request, tmp_path_factory):
+    """(name, imported pipeline, authors' weights, fixture tensors, metadata) per fixture model."""
+    tmp = tmp_path_factory.mktemp(request.param)
+    path, sd, meta = authors_pth(tmp, request.param)
+    import_authors(path, tmp / "model")
+    tensors, _ = fx.load(request.param)
+    return request.param, Pipeline.load(tmp / "model"), sd, tensors, meta
+
+
+def rel(a: Tensor, b: Tensor) -> float:
+    return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
+
+
+def check_summary(ours: Tensor, tensors: dict[str, Tensor], name: str, tol: float, relative: bool) -> None:
+    """Compare a full tensor of ours with the fixture's samples, channel means and crop of the authors'."""
+    samples = ours.flatten()[fx.sample_indices(ours.numel())]
+    ref = tensors[f"{name}.samples"]
+    err = rel(samples, ref) if relative else (samples - ref).abs().max().item()
+    assert err <= tol, f"{name}: {err:.2e}"
+    means = ours.double().mean(dim=(0, 2, 3))
+    assert (means - tensors[f"{name}.channel_means"]).abs().max().item() <= tol * ref.abs().max().item()
+    if f"{name}.crop" in tensors:
+        crop = ours[fx.CROP]
+        err = rel(crop, tensors[f"{name}.crop"]) if relative else (crop - tensors[f"{name}.crop"]).abs().max().item()
+        assert err <= tol, f"{name} crop: {err:.2e}"
+
+
+def test_fixture_records_the_authors_commit():
+    for name in fx.SPECS:
+        _, meta = fx.load(name)
+        assert re.fullmatch(r"[0-9a-f]{40}", meta["authors_commit"]) and meta["authors_repository"].endswith("yinboc/infd")
+    assert sum(p.stat().st_size for p in fx.FIXTURES.iterdir()) <= 3 * 2**20
+
+
+def test_imported_config_has_the_authors_knobs(golden):
+    name, pipe, _, _, meta = golden
+    spec, ae, d = meta["spec"], pipe.cfg.autoencoder, pipe.cfg.diffusion
+    for coder in (ae.encoder, ae.decoder):
+        assert (coder.ch, list(coder.ch_mult), coder.norm_groups) == (spec["encoder"]["args"]["ch"],
+                                                                       spec["encoder"]["args"]["ch_mult"], 32)
+    assert ae.latent_size == spec["z_shape"][1] and ae.renderer.cell_ties == "grid_sample"
+    unet = spec["z_dm"]["args"]
+    assert d.unet["block_out_channels"] == [unet["model_channels"] * m for m in unet["channel_mult"]]
+    assert d.unet["layers_per_block"] == unet["num_res_blocks"]
+    assert d.unet["resnet_time_scale_shift"] == ("scale_shift" if unet.get("use_scale_shift_norm") else "default")
+    assert (d.steps, d.eta, d.timestep_spacing, d.set_alpha_to_one) == (200, 1.0, "leading", True)
+    assert (d.beta_start, d.beta_end, d.prediction) == (0.0015, 0.0195, "epsilon")
+    assert pipe.cfg.meta["unet_weights"] == "z_dm_ema"
+
+
+def test_latent_and_phi_match_the_authors(golden):
+    _, pipe, sd, tensors, _ = golden
+    assert rel(pipe.encode(fx.test_image()), tensors["z"]) <= SINGLE
+    field = pipe.field(fx.test_latent(sd, pipe.cfg.autoencoder.latent_size))
+    check_summary(field.phi, tensors, "phi", SINGLE, relative=True)
+
+
+def test_renders_match_the_authors(golden):
+    _, pipe, sd, tensors, _ = golden
+    renderer = pipe.autoencoder.renderer
+    field = pipe.field(fx.test_latent(sd, pipe.cfg.autoencoder.latent_size))
+    with torch.no_grad():
+        # fixed statistics are measured on a 256² render: there they are the authors' whole render
+        fixed = render_pixels(renderer, field.phi, 256, 256, PixelRange(0, 256, 0, 256), norm_stats=field.norm_stats)
+        check_summary(fixed, tensors, "render_256x256", RENDER, relative=False)
+        for h, w in ((256, 384), (384, 384)):  # the authors' whole render, cell ties included
+            coord, cell = level_grid(h, w)
+            check_summary(renderer(field.phi, coord[None], cell[None]), tensors, f"render_{h}x{w}", RENDER, relative=False)
+        for n in (384, 512):
+            img = torch.zeros(1, 3, n, n)
+            for rng, rgb in iter_authors_patches(renderer, field.phi, n, n):
+                img[..., rng.r0:rng.r1, rng.c0:rng.c1] = rgb
+            check_summary(img, tensors, f"patchwise_{n}", RENDER, relative=False)
+
+
+def test_authors_patchwise_mode_of_the_pipeline(golden):
+    _, pipe, sd, tensors, _ = golden
+    field = pipe.field(fx.test_latent(sd, pipe.cfg.autoencoder.latent_size))
+    img = pipe.render(field, 512, 512, mode="authors-patchwise")
+    ref = tensors["patchwise_512.crop"][0]  # rows/cols 240..272 of their 512² patchwise render
+    expect = ((ref.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
+    assert abs(img[240:272, 240:272].astype(float) - expect).max() <= 1
+    region = pipe.render(field, 512, 512, PixelRange(200, 300, 100, 400), mode="authors-patchwise")
+    assert (region == img[200:300, 100:400]).all()
+    with pytest.raises(ValueError, match="render mode"):
+        pipe.render(field, 64, 64, mode="whole")
+
+
+def test_unet_forward_matches_the_authors(golden):
+    _, pipe, _, tensors, _ = golden
+    x, t = fx.unet_inputs(pipe.cfg.autoencoder.latent_size)
+    with torch.no_grad():
+        assert rel(pipe.unet(x, t).sample, tensors["unet_eps"]) <= SINGLE
+
+
+@pytest.mark.parametrize("steps, tol", [(10, RUN), (200, 1e-3)])
+def test_ddim_run_matches_the_authors_sampler(golden, steps, tol):
+    """Same noise: x_T and one draw per step from one generator, as the authors' loop draws them."""
+    _, pipe, _, tensors, _ = golden
+    d, side = pipe.cfg.diffusion, pipe.cfg.autoencoder.latent_size
+    x = sample(unet_eps(pipe.unet, d), d, (1, 3, side, side), steps=steps, eta=d.eta,
+               generator=torch.Generator().manual_seed(fx.DDIM_SEED))
+    assert rel(x, tensors[f"ddim_{steps}"]) <= tol
+
+
+def test_the_authors_timesteps_and_last_step():
+    d = DiffusionConfig(timestep_spacing="leading", set_alpha_to_one=True)
+    sched = make_scheduler(d, "ddim")
+    sched.set_timesteps(200)
+    assert sched.timesteps.tolist() == list(range(995, -1, -5)) == adm_ddim_timesteps(1000, 200)
+    x, eps = torch.randn(1, 3, 8, 8), torch.randn(1, 3, 8, 8)
+    last = sched.step(eps, 0, x, eta=1.0, generator=torch.Generator().manual_seed(0)).prev_sample
+    assert torch.allclose(last, predict_x0(x, eps, sched.alphas_cumprod[0]), atol=1e-6)  # returns x̂0
+    ours = make_scheduler(DiffusionConfig(), "ddim")  # infd's own models keep theirs
+    ours.set_timesteps(200)
+    assert ours.timesteps[[0, -1]].tolist() == [999, 4] and float(ours.final_alpha_cumprod) < 1
+
+
+def test_old_configs_keep_infds_sampler_and_norms():
+    old = {k: v for k, v in dataclasses.asdict(DiffusionConfig()).items()
+           if k not in ("steps", "timestep_spacing", "set_alpha_to_one")}
+    d = DiffusionConfig(**old)
+    assert (d.steps, d.timestep_spacing, d.set_alpha_to_one) == (50, "trailing", False)
+    cfg = read_config(default_model_dir())
+    assert (cfg.diffusion.timestep_spacing, cfg.diffusion.set_alpha_to_one) == ("trailing", False)
+    assert cfg.autoencoder.encoder.norm_groups is None and cfg.autoencoder.renderer.cell_ties == "floor"
+    assert Normalize(64).num_groups == 16 and Normalize(64, 32).num_groups == 32
+
+
+@pytest.mark.parametrize("h, w", [(256, 384), (384, 384), (640, 640), (300, 200)])
+def test_grid_sample_ties_are_grid_samples(h, w):
+    coord, _ = level_grid(h, w)
+    index = torch.stack(torch.meshgrid(torch.arange(256.0), torch.arange(256.0), indexing="ij"))[None]
+    theirs = F.grid_sample(index, coord[None].flip(-1), mode="nearest", align_corners=False)[0].permute(1, 2, 0)
+    size = torch.tensor([256.0, 256.0])
+    assert torch.equal(nearest_cell(coord, size, "grid_sample"), theirs)
+    differ = (nearest_cell(coord, size, "floor") != theirs).any(-1).float().mean().item()
+    if w % 128 == 0 and (w // 128) % 2 == 1:  # odd multiples of 128: a third of the columns lie on cell edges
+        assert differ > 0.3
+    assert set(CELL_TIES) == {"floor", "grid_sample"}
+
+
+def test_cli_reports_parts_parameters_and_sampler(tmp_path, capsys):
+    path, _, _ = authors_pth(tmp_path, "base32")
+    assert main(["import-authors", str(path), "--out", str(tmp_path / "m")]) == 0
+    out = capsys.readouterr().out
+    assert {p.name for p in (tmp_path / "m").iterdir()} == {"config.json", "autoencoder.safetensors", "unet.safetensors"}
+    for part in ("encoder", "decoder", "renderer", "unet"):
+        assert re.search(rf"^{part}: \d+\.\d\dM parameters$", out, re.M)
+    assert "sampler: DDIM 200 steps, eta 1, timesteps 995, 990, 985, ..., 5, 0, last step returns x0: True" in out
+    assert "not imported: z_dm.* " in out
+
+
+def test_what_diffusers_cannot_express_is_refused(tmp_path):
+    _, sd, meta = authors_pth(tmp_path, "base32")
+    args = meta["spec"]["z_dm"]["args"]
+    with pytest.raises(CheckpointError, match="class conditioning"):
+        authors_unet_kwargs(sd, "z_dm_ema.", {**args, "num_classes": 10}, 32)
+    with pytest.raises(CheckpointError, match="one head size"):
+        authors_unet_kwargs(sd, "z_dm_ema.", {**args, "num_head_channels": -1, "num_heads": 4, "num_heads_upsample": 2}, 32)
+    assert authors_unet_kwargs(sd, "z_dm_ema.", {**args, "num_head_channels": -1, "num_heads": 4}, 32)[
+        "attention_head_dim"] == 16  # one attention width (64): 4 heads of 16
+    wide = dict(sd, **{"z_dm_ema.time_embed.0.weight": torch.zeros(128, 16)})  # model_channels 16, first level 32
+    with pytest.raises(CheckpointError, match=r"channel_mult\[0\]"):
+        authors_unet_kwargs(wide, "z_dm_ema.", {}, 32)
+    extra = dict(sd, **{"z_dm_ema.label_emb.weight": torch.zeros(10, 128)})
+    torch.save({"model": {"name": "infd", "args": meta["spec"], "sd": extra}}, tmp_path / "extra.pth")
+    with pytest.raises(CheckpointError, match="no place for.*label_emb"):
+        import_authors(tmp_path / "extra.pth", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
