@@ -8,8 +8,13 @@ from typing import Any
 from infd_core.pipeline import Pipeline
 
 from .deepzoom import render_tile
+from .exports import ExportSlots
+from .sessionfile import Loaded
+from .sessionfile import load as load_session
 from .sessions import Session, SessionStore, View
 from .tiles import ByteLRU, TileWorkers
+
+LOAD_WAIT = 10.0  # seconds a session file waits for a free loading slot
 
 
 @dataclass(frozen=True)
@@ -20,10 +25,17 @@ class Limits:
     max_canvas_side: int = 65536
     tile_cache_bytes: int = 256 << 20
     tile_threads: int = 2
-    max_sessions: int = 64
+    tile_queue: int = 64  # tile renders waiting; beyond this a request gets 503 at once
+    tile_wait: float = 4.0  # seconds a tile request waits for its render before 503
+    tile_retry_after: int = 1  # seconds, the Retry-After of a 503 (the viewer retries then)
+    max_sessions: int = 64  # in memory; beyond this the least recently seen are spilled to disk
+    max_spilled: int = 4096  # on disk; beyond this the least recently seen are deleted (logged)
     session_ttl: float = 2 * 3600
     session_bytes: int = 1 << 30
+    sessions_per_minute: int = 30  # new sessions per client address
     concurrent_exports: int = 2
+    export_seconds: float = 1800  # an export still streaming after this is cut off and frees its slot
+    concurrent_loads: int = 2  # session files being parsed at once
 
 
 @dataclass
@@ -37,10 +49,12 @@ class AppContext:
 
     def __post_init__(self) -> None:
         lim = self.limits
-        self.store = SessionStore(lim.max_sessions, lim.session_ttl, lim.session_bytes)
+        self.store = SessionStore(lim.max_sessions, lim.session_ttl, lim.session_bytes,
+                                  max_spilled=lim.max_spilled, per_minute=lim.sessions_per_minute)
         self.cache = ByteLRU(lim.tile_cache_bytes)
-        self.workers = TileWorkers(lim.tile_threads)
-        self.exports = threading.BoundedSemaphore(lim.concurrent_exports)
+        self.workers = TileWorkers(lim.tile_threads, max_queue=lim.tile_queue)
+        self.exports = ExportSlots(lim.concurrent_exports)
+        self._loads = threading.BoundedSemaphore(lim.concurrent_loads)
         self._scorer: Any = None
         self._scorer_lock = threading.Lock()
 
@@ -62,6 +76,16 @@ class AppContext:
                              f"(about {int(self.limits.max_export_pixels ** 0.5)}² ; see app.py --max-export)")
         if max(width, height) > self.limits.max_canvas_side:
             raise ValueError(f"export sides are limited to {self.limits.max_canvas_side} px")
+
+    def load_session_file(self, data: bytes) -> Loaded:
+        """Parse a session file (:func:`app.sessionfile.load`), at most ``concurrent_loads`` at once;
+        ValueError (a message for the user) if it is malformed or the server is busy loading others."""
+        if not self._loads.acquire(timeout=LOAD_WAIT):
+            raise ValueError("the server is busy loading other session files; try again in a moment")
+        try:
+            return load_session(data, self.pipe, self.limits.max_canvas_side)
+        finally:
+            self._loads.release()
 
     @property
     def scorer_loaded(self) -> bool:

@@ -4,24 +4,26 @@ Routes (outside Gradio's queue; the unguessable session key in the URL is the ac
 
 * ``GET /tiles/{key}/{gen}/{level}/{x}_{y}.png``: a Deep Zoom tile of view ``gen`` of a session
   (see :mod:`app.deepzoom`). A view never changes, so tiles are sent ``immutable`` and kept in
-  a byte-bounded LRU; misses are rendered on the tile pool, newest request first.
+  a byte-bounded LRU; misses are rendered on the tile pool, newest request first (see
+  :mod:`app.tiles`). A full queue, or a render not ready within ``Limits.tile_wait``, gets 503
+  with ``Retry-After`` (the viewer retries then); a request whose client left is withdrawn.
 * ``GET /export/{key}/{gen}/image.png?width=&height=``: the whole image at any size within the
   limit, streamed strip by strip; ``.../deepzoom.zip`` the same as a Deep Zoom folder.
 * ``GET /session/{key}/infd-session.zip``: the session file (image, boxes, prompts).
 * ``/infd/osd/`` (vendored OpenSeadragon) and ``/infd/viewer/`` (viewer.js, viewer.css).
 
 Bad input gets a 4xx with a JSON ``detail``: unknown/expired session or view and tiles outside
-the pyramid 404, non-numeric parameters 422, exports over the limit 400, too many exports 429.
+the pyramid 404, non-numeric parameters 422, exports over the limit 400, too many exports 429
+(an export holds its slot until its response ends: done, client gone, or ``Limits.export_seconds``).
 """
 from __future__ import annotations
 
 import asyncio
-import threading
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import gradio as gr
-from fastapi import FastAPI, HTTPException, Query
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -30,11 +32,14 @@ from infd_core.pipeline import Pipeline, assets_dir, default_model_dir
 
 from .context import AppContext, Limits
 from .deepzoom import stream_deepzoom_zip, stream_png
+from .exports import ExportJob, ExportResponse
 from .sessionfile import dump as dump_session
 from .sessions import Session, SessionNotFound, View
+from .tiles import Overloaded
 from .ui import STATIC, build_ui
 
 IMMUTABLE = {"Cache-Control": "private, max-age=31536000, immutable"}
+POLL = 0.25  # seconds between checks that a client waiting for a tile is still connected
 NO_STORE = {"Cache-Control": "no-store"}
 
 
@@ -49,25 +54,52 @@ def _lookup(ctx: AppContext, key: str, gen: int) -> tuple[Session, View]:
     return session, view
 
 
-def _export_slot(ctx: AppContext) -> threading.BoundedSemaphore:
-    if not ctx.exports.acquire(blocking=False):
-        raise HTTPException(429, "too many exports running; try again in a moment", headers=NO_STORE)
-    return ctx.exports
+BUSY_EXPORTING = "too many exports are running; try again in a moment"
 
 
-def _released(chunks: Iterator[bytes], slot: threading.BoundedSemaphore) -> Iterator[bytes]:
-    """Pass ``chunks`` through and free the export slot however the stream ends (done, error, client gone)."""
+def _export_job(ctx: AppContext) -> ExportJob:
+    job = ctx.exports.start(ctx.limits.export_seconds)
+    if job is None:
+        raise HTTPException(429, BUSY_EXPORTING, headers={**NO_STORE, "Retry-After": "10"})
+    return job
+
+
+def _overloaded(ctx: AppContext) -> HTTPException:
+    retry = str(ctx.limits.tile_retry_after)
+    return HTTPException(503, "the server is busy; retry shortly", headers={**NO_STORE, "Retry-After": retry})
+
+
+async def _wait_for_tile(request: Request, ctx: AppContext, cache_key: tuple, render: Callable[[], bytes]) -> bytes:
+    """The rendered tile; 503 if the queue is full or the render takes over ``tile_wait`` s.
+
+    While waiting, checks every :data:`POLL` s whether the client is still there; if it left,
+    the request withdraws (its render is dropped if nobody else waits for it).
+    """
     try:
-        yield from chunks
+        job = ctx.workers.submit(cache_key, render)
+    except Overloaded:
+        raise _overloaded(ctx) from None
+    waiting = asyncio.wrap_future(job)
+    deadline = asyncio.get_running_loop().time() + ctx.limits.tile_wait
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiting}, timeout=POLL)
+            if done:
+                return waiting.result()
+            if await request.is_disconnected():
+                raise HTTPException(499, "client closed the request", headers=NO_STORE)
+            if asyncio.get_running_loop().time() > deadline:
+                raise _overloaded(ctx)
     finally:
-        slot.release()
+        if not waiting.done():
+            ctx.workers.withdraw(cache_key, job)
 
 
 def add_routes(app: FastAPI, ctx: AppContext) -> None:
     """The tile, export and session-file routes."""
 
     @app.get("/tiles/{key}/{gen}/{level}/{x}_{y}.png")
-    async def tile(key: str, gen: int, level: int, x: int, y: int) -> Response:
+    async def tile(request: Request, key: str, gen: int, level: int, x: int, y: int) -> Response:
         session, view = _lookup(ctx, key, gen)
         try:
             view.pyramid.tile_range(level, x, y)
@@ -76,8 +108,7 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
         cache_key = (key, gen, level, x, y)
         data = ctx.cache.get(cache_key)
         if data is None:
-            job = ctx.workers.submit(cache_key, lambda: ctx.tile_png(session, view, level, x, y))
-            data = await asyncio.wrap_future(job)
+            data = await _wait_for_tile(request, ctx, cache_key, lambda: ctx.tile_png(session, view, level, x, y))
             ctx.cache.put(cache_key, data)
         return Response(data, media_type="image/png", headers=IMMUTABLE)
 
@@ -88,18 +119,22 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
         except ValueError as e:
             raise HTTPException(400, str(e), headers=NO_STORE) from None
         field_ = ctx.store.field(session, view, ctx.pipe)  # cheap (one decoder pass) next to the export
-        slot = _export_slot(ctx)
+        job = _export_job(ctx)
+
+        def before_strip() -> None:  # stop rendering once the response is over; let tiles go first
+            job.check()
+            ctx.workers.yield_to_tiles()
+
         seed = view.picture.seed
         stem = f"infd-{'seed' + str(seed) if seed is not None else 'image'}-{width}x{height}"
         if deepzoom:
-            chunks = stream_deepzoom_zip(ctx.pipe, field_, width, height, name=stem,
-                                         before_tile=ctx.workers.yield_to_tiles)
+            chunks = stream_deepzoom_zip(ctx.pipe, field_, width, height, name=stem, before_tile=before_strip)
             media, name = "application/zip", f"{stem}-deepzoom.zip"
         else:
-            chunks = stream_png(ctx.pipe, field_, width, height, before_strip=ctx.workers.yield_to_tiles)
+            chunks = stream_png(ctx.pipe, field_, width, height, before_strip=before_strip)
             media, name = "image/png", f"{stem}.png"
         headers = {**NO_STORE, "Content-Disposition": f'attachment; filename="{name}"'}
-        return StreamingResponse(_released(chunks, slot), media_type=media, headers=headers)
+        return ExportResponse(chunks, job, media_type=media, headers=headers)
 
     @app.get("/export/{key}/{gen}/image.png")
     def export_png(key: str, gen: int, width: int = Query(gt=0), height: int = Query(gt=0)) -> StreamingResponse:

@@ -83,7 +83,32 @@
         width: img.width, height: img.height, tileSize: img.tile, tileOverlap: img.overlap,
         minLevel: img.min_level, maxLevel: img.max_level,
         getTileUrl: (level, x, y) => `tiles/${session}/${img.gen}/${level}/${x}_${y}.png`,
+        downloadTileStart: downloadTile,
+        downloadTileAbort: (job) => job.userData.abort && job.userData.abort(),
       };
+    }
+
+    // Tiles are fetched here instead of by OpenSeadragon's default loader so that a busy server's
+    // 503 is retried after its Retry-After (at most TILE_RETRIES times) instead of leaving a hole.
+    const TILE_RETRIES = 30;
+    function downloadTile(job) {
+      const ctl = new AbortController();
+      let timer = null;
+      let tries = 0;
+      job.userData.abort = () => { ctl.abort(); clearTimeout(timer); };
+      const attempt = () => {
+        fetch(job.src, { signal: ctl.signal, credentials: 'same-origin' }).then((r) => {
+          if (r.status === 503 && tries++ < TILE_RETRIES) {
+            const wait = Math.min(30, Math.max(0.2, parseFloat(r.headers.get('Retry-After')) || 1));
+            timer = setTimeout(attempt, wait * 1000);
+            return null;
+          }
+          if (!r.ok) return job.fail(`[infd] tile answered ${r.status}`, null);
+          return r.blob().then((blob) => (blob.size ? job.finish(blob, null, 'rasterBlob')
+            : job.fail('[infd] empty tile', null)));
+        }).catch((err) => { if (!ctl.signal.aborted) job.fail(`[infd] tile failed: ${err}`, null); });
+      };
+      attempt();
     }
 
     function showImage(v) {

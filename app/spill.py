@@ -1,0 +1,152 @@
+"""Sessions parked on disk when the in-memory limits bite, and brought back on their next request.
+
+A spilled session is one uncompressed zip (tens of KB: latents are 48 KB, boxes and prompts a
+few KB, reference images what they are) named by the session's unguessable key, in a private
+directory that the store creates on first use (mode 0700, files 0600) and removes when it goes.
+The zip holds what undo/redo and the viewer need:
+
+* ``session.json``: canvas, undo position, generation counter, selection, the browser's box
+  revision, and every undo step as ``{"picture": i, "global_prompt", "boxes": [Region.to_json()
+  + {"image": j}]}`` (the same region JSON as session files, :mod:`app.sessionfile`);
+* ``pictures/<i>.safetensors``: each distinct latent once (the latent file format of
+  :mod:`infd_core.checkpoint`), with its seed and label in ``session.json``;
+* ``images/<j>.npy``: each distinct reference image once (read back without pickle).
+
+Pictures and images shared between undo steps stay shared after the round trip. The newest
+view is rebuilt under its old generation number, so the tiles the browser is asking for keep
+working; decoded fields are not saved (they are decoded again on demand).
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import tempfile
+import threading
+import weakref
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from infd_core.checkpoint import latent_bytes, latent_from_bytes
+from infd_core.layout import Region
+
+from . import sessions as _s  # attributes used at call time: sessions.py imports this module
+from .deepzoom import Pyramid
+
+FORMAT = "infd-spilled-session"
+VERSION = 1
+
+
+class SpillDir:
+    """A private directory of spilled sessions, created on first write, removed by :meth:`close`
+    (or when the owner is garbage collected / the process exits)."""
+
+    def __init__(self) -> None:
+        self._path: Path | None = None
+        self._lock = threading.Lock()
+        self._cleanup: weakref.finalize | None = None
+
+    @property
+    def path(self) -> Path:
+        with self._lock:
+            if self._path is None:
+                self._path = Path(tempfile.mkdtemp(prefix="infd-sessions-"))  # mode 0700
+                self._cleanup = weakref.finalize(self, shutil.rmtree, self._path, True)
+            return self._path
+
+    def _file(self, key: str) -> Path:
+        if not _s.KEY.match(key):  # keys are [A-Za-z0-9_-]{32}: safe as file names
+            raise ValueError("malformed session key")
+        return self.path / f"{key}.zip"
+
+    def write(self, key: str, data: bytes) -> None:
+        final = self._file(key)
+        tmp = final.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, final)
+
+    def read(self, key: str) -> bytes | None:
+        try:
+            return self._file(key).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def delete(self, key: str) -> None:
+        self._file(key).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup()
+
+
+def encode(session: _s.Session) -> bytes:
+    """The spill file of ``session`` (call with ``session.lock`` held)."""
+    pictures: dict[int, int] = {}  # id(Picture) -> index
+    images: dict[int, int] = {}  # id(ndarray) -> index
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        def picture_index(p: _s.Picture | None) -> int | None:
+            if p is None:
+                return None
+            if id(p) not in pictures:
+                pictures[id(p)] = len(pictures)
+                zf.writestr(f"pictures/{pictures[id(p)]}.safetensors", latent_bytes(p.latent))
+                meta["pictures"].append({"seed": p.seed, "label": p.label})
+            return pictures[id(p)]
+
+        def box_json(b: Region) -> dict[str, Any]:
+            out = b.to_json()
+            if b.image is not None:
+                if id(b.image) not in images:
+                    images[id(b.image)] = len(images)
+                    npy = io.BytesIO()
+                    np.save(npy, b.image, allow_pickle=False)
+                    zf.writestr(f"images/{images[id(b.image)]}.npy", npy.getvalue())
+                out["image"] = images[id(b.image)]
+            return out
+
+        view = session.view
+        meta: dict[str, Any] = {
+            "format": FORMAT, "version": VERSION, "canvas": list(session.canvas), "index": session.index,
+            "gen": session.gen, "selected": session.selected, "client_rev": session.client_rev, "pictures": [],
+            "view": None}
+        meta["history"] = [{"picture": picture_index(st.picture), "global_prompt": st.global_prompt,
+                            "boxes": [box_json(b) for b in st.boxes]} for st in session.history]
+        if view is not None and not view.preview and view.picture is session.state.picture:
+            meta["view"] = {"gen": view.gen, "width": view.pyramid.width, "height": view.pyramid.height}
+        zf.writestr("session.json", json.dumps(meta))
+    return buf.getvalue()
+
+
+def decode(key: str, data: bytes, last_seen: float) -> _s.Session:
+    """The session that :func:`encode` wrote, under ``key``; it has no decoded fields yet."""
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        meta = json.loads(zf.read("session.json"))
+        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+            raise ValueError("not a spilled session of this version")
+        pictures = [_s.Picture(latent_from_bytes(zf.read(f"pictures/{i}.safetensors")), seed=p["seed"], label=p["label"])
+                    for i, p in enumerate(meta["pictures"])]
+        images: dict[int, np.ndarray] = {}
+
+        def image(j: int | None) -> np.ndarray | None:
+            if j is not None and j not in images:
+                images[j] = np.load(io.BytesIO(zf.read(f"images/{j}.npy")), allow_pickle=False)
+            return None if j is None else images[j]
+
+        history = [_s.State(None if st["picture"] is None else pictures[st["picture"]],
+                            tuple(Region.from_json({k: v for k, v in b.items() if k != "image"}, image(b.get("image")))
+                                  for b in st["boxes"]),
+                            st["global_prompt"])
+                   for st in meta["history"]]
+    session = _s.Session(key, canvas=tuple(meta["canvas"]), history=history, index=meta["index"], gen=meta["gen"],
+                         selected=meta["selected"], client_rev=meta["client_rev"], last_seen=last_seen)
+    v = meta["view"]
+    if v is not None:
+        session.views[v["gen"]] = _s.View(v["gen"], session.state.picture, Pyramid(v["width"], v["height"]))
+    return session
