@@ -48,7 +48,7 @@ def child(args) -> None:
     def step() -> None:
         x_t = x.clone().requires_grad_(True)
         eps = pipe.unet(x_t, t).sample
-        fld = pipe.field(pipe.denormalize(x_t - eps), grad=True)
+        fld = pipe.field(pipe.cfg.diffusion.denormalize(x_t - eps), grad=True)  # a rough x̂0: cost, not quality
         crop = (pipe.render_box(fld, box, SCORE_SIZE) if args.mode == "ours"
                 else render_box_fixed_resolution(pipe, fld, box, args.canvas, SCORE_SIZE))
         (grad,) = torch.autograd.grad(scorer.score(crop, [target]).sum(), x_t)

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from .authors import import_authors
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load_latent, save_latent
 from .configs import PRESETS, preset
 from .geometry import Box, box_to_pixels
 from .images import read_photo
@@ -88,13 +87,13 @@ def cmd_sample(args: argparse.Namespace) -> None:
     steps = _steps(args, pipe)
     with tqdm(total=steps, desc=f"{args.sampler} seed {args.seed}", unit="step", disable=args.quiet) as bar:
         z = pipe.sample(args.seed, steps=steps, sampler=args.sampler, eta=args.eta, callback=lambda s: bar.update(1))
-    latent = Path(args.out).with_suffix(".latent.safetensors")
-    save_file({"z": z.cpu().contiguous()}, str(latent), metadata={"model": pipe.cfg.name, "seed": str(args.seed)})
+    save_latent(Path(args.out).with_suffix(".latent.safetensors"), z, {"model": pipe.cfg.name, "seed": args.seed})
     _write_image(pipe, z, args)
 
 
 def cmd_layout(args: argparse.Namespace) -> None:
-    from .guidance import Layout, guided_sample
+    from .guidance import guided_sample
+    from .layout import Layout
     from .scorers import load_scorer
 
     try:
@@ -103,11 +102,10 @@ def cmd_layout(args: argparse.Namespace) -> None:
         raise ValueError(f"{args.layout}: malformed JSON ({e})") from e
     pipe = _pipeline(args)
     _size(args)
-    needs_scorer = any(r.kind in ("text", "image") for r in layout.conditions())
-    scorer = load_scorer(args.scorer, device=pipe.device) if needs_scorer else None
+    scorer = load_scorer(args.scorer, device=pipe.device) if layout.needs_scorer else None
     if scorer is not None:
         print(f"scorer: {scorer.name}")
-    init = load_file(args.init)["z"] if args.init else None
+    init = load_latent(args.init) if args.init else None
     steps = _steps(args, pipe)
     with tqdm(total=steps, desc=f"guided seed {args.seed}", unit="step", disable=args.quiet) as bar:
         z, report = guided_sample(pipe, layout, seed=args.seed, steps=steps, scale=args.scale, scorer=scorer,
@@ -115,8 +113,7 @@ def cmd_layout(args: argparse.Namespace) -> None:
     for r in report["regions"]:
         print(f"  {r['kind']:5s} {r['box']}: {r.get('understood_as', '')} loss {r['loss']:.3f}")
     out = Path(args.out)
-    save_file({"z": z.cpu().contiguous()}, str(out.with_suffix(".latent.safetensors")),
-              metadata={"model": pipe.cfg.name, "seed": str(args.seed)})
+    save_latent(out.with_suffix(".latent.safetensors"), z, {"model": pipe.cfg.name, "seed": args.seed})
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
     _write_image(pipe, z, args)
 
@@ -132,20 +129,14 @@ def cmd_encode(args: argparse.Namespace) -> None:
     with tqdm(total=args.refine, desc="refine", unit="step", disable=args.quiet or not args.refine) as bar:
         z = encode_photo(pipe, image, args.refine, lr=args.lr,
                          callback=lambda i, n, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
-    latent = Path(args.out).with_suffix(".latent.safetensors")
-    latent.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"z": z.cpu().contiguous()}, str(latent),
-              metadata={"model": pipe.cfg.name, "image": Path(args.image).name, "refine": str(args.refine)})
+    save_latent(Path(args.out).with_suffix(".latent.safetensors"), z,
+                {"model": pipe.cfg.name, "image": Path(args.image).name, "refine": args.refine})
     _write_image(pipe, z, args)
 
 
 def cmd_render(args: argparse.Namespace) -> None:
     pipe = _pipeline(args)
-    try:
-        z = load_file(args.latent)["z"]
-    except Exception as e:  # safetensors raises several types for bad files
-        raise ValueError(f"{args.latent}: not a latent file written by infd ({e})") from e
-    _write_image(pipe, z, args)
+    _write_image(pipe, load_latent(args.latent), args)
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -167,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", help="model folder (default: the embedded model, or $INFD_MODEL)")
         p.add_argument("--preset", choices=sorted(PRESETS), help="use randomly initialised weights of a preset instead")
-        p.add_argument("--device", default="cpu", help="cpu | cuda | mps")
+        p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu) | cpu | cuda | cuda:1 | mps")
         p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
         p.add_argument("--quiet", action="store_true")
 

@@ -1,5 +1,5 @@
-"""Model folders: ``config.json`` + safetensors (the authors' checkpoints are read by
-:mod:`infd_core.authors`).
+"""The project's files: model folders (``config.json`` + safetensors) and latent files (the
+authors' checkpoints are read by :mod:`infd_core.authors`).
 
 A model folder is self-describing::
 
@@ -16,8 +16,10 @@ import json
 from pathlib import Path
 
 from safetensors import SafetensorError
+from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save_file
-from torch import nn
+from safetensors.torch import save as save_tensors
+from torch import Tensor, nn
 
 from .configs import ModelConfig
 
@@ -68,3 +70,45 @@ def read_config(folder: str | Path) -> ModelConfig:
 def write_config(folder: str | Path, cfg: ModelConfig) -> None:
     Path(folder).mkdir(parents=True, exist_ok=True)
     (Path(folder) / "config.json").write_text(json.dumps(cfg.to_json(), indent=2) + "\n")
+
+
+# --- latent files ------------------------------------------------------------------------------
+# One latent per file: safetensors with the tensor under "latent" ([B, C, h, w] float32, an
+# autoencoder latent as Pipeline.field takes it) and string metadata (model name, seed, ...).
+# The CLI writes them as ``*.latent.safetensors``; session files hold one as ``latent.safetensors``.
+
+LATENT_KEY = "latent"
+_OLD_LATENT_KEYS = ("z",)  # the CLI's files before the format was shared
+
+
+def latent_bytes(z: Tensor, metadata: dict[str, object] | None = None) -> bytes:
+    """A latent file's content (metadata values are stored as strings)."""
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return save_tensors({LATENT_KEY: z.detach().float().cpu().contiguous()}, metadata=meta or None)
+
+
+def save_latent(path: str | Path, z: Tensor, metadata: dict[str, object] | None = None) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_bytes(latent_bytes(z, metadata))
+
+
+def latent_from_bytes(raw: bytes, name: str = "latent file") -> Tensor:
+    """The latent in a latent file's content (this format or the CLI's older ``"z"`` files);
+    ValueError naming ``name`` for anything else."""
+    try:
+        tensors = load_tensors(raw)
+    except (SafetensorError, ValueError) as e:
+        raise ValueError(f"{name} is not a latent file (not readable as safetensors: {e})") from None
+    for key in (LATENT_KEY, *_OLD_LATENT_KEYS):
+        if key in tensors:
+            return tensors[key]  # dtype and shape as stored: Autoencoder.check_latent judges them
+    raise ValueError(f"{name} is not a latent file (expected a tensor named {LATENT_KEY!r}, found {sorted(tensors)})")
+
+
+def load_latent(path: str | Path) -> Tensor:
+    """:func:`latent_from_bytes` of a file; ValueError if it cannot be read."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ValueError(f"{path}: not a latent file ({e.strerror})") from None
+    return latent_from_bytes(raw, str(path))

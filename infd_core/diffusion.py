@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -76,6 +76,14 @@ class DiffusionConfig:
         """Linear betas, float64, as the authors' ``np.linspace``."""
         return np.linspace(self.beta_start, self.beta_end, self.num_train_timesteps, dtype=np.float64)
 
+    def normalize(self, z: Tensor) -> Tensor:
+        """Autoencoder latents -> the UNet's units: ``(z - latent_mean) / latent_std``."""
+        return (z - self.latent_mean) / self.latent_std
+
+    def denormalize(self, x: Tensor) -> Tensor:
+        """The UNet's units -> autoencoder latents (inverse of :meth:`normalize`)."""
+        return x * self.latent_std + self.latent_mean
+
 
 def unet_kwargs(ch: int, mult: tuple[int, ...], blocks: int, attn_levels: tuple[int, ...], head_dim: int = 32,
                 sample_size: int = 64, channels: int = 3) -> dict[str, Any]:
@@ -121,6 +129,42 @@ class Guidance(Protocol):
         to add to x_{t-1}, or None."""
 
 
+@dataclass
+class Known:
+    """Cells whose clean value is known (inpainting, outpainting, "keep"): after every step the
+    sample is replaced there by ``x0`` noised to the new step's level, and by ``x0`` itself at
+    the end (RePaint, Lugmayr et al. 2022). ``x0 [B, C, h, w]``; ``mask`` broadcastable to it,
+    in [0, 1] (1: known; fractions blend, for a feathered seam). ``until``: the fraction of the
+    steps for which the cells are held (1.0: to the end; less lets the sampler rework them)."""
+
+    x0: Tensor
+    mask: Tensor
+    until: float = 1.0
+
+    def __post_init__(self) -> None:
+        if float(self.mask.min()) < 0 or float(self.mask.max()) > 1:
+            raise ValueError("known mask must lie in [0, 1]")
+        if not 0 < self.until <= 1:
+            raise ValueError(f"until must be in (0, 1], got {self.until}")
+
+    def active(self, step: int, total: int) -> bool:
+        """Whether the cells are held after step ``step`` (0-based) of ``total``."""
+        return self.until >= 1 or step + 1 <= self.until * total
+
+
+def blend_known(x: Tensor, known: Known, alpha_bar: Tensor | None, noise: Tensor) -> Tensor:
+    """``x`` with the known cells replaced by ``known.x0`` noised to ``alpha_bar`` (None: clean)."""
+    target = known.x0 if alpha_bar is None else alpha_bar.sqrt() * known.x0 + (1 - alpha_bar).sqrt() * noise
+    m = known.mask.to(x.dtype)
+    return m * target + (1 - m) * x
+
+
+def renoise(x: Tensor, alpha_bar_from: Tensor, alpha_bar_to: Tensor, noise: Tensor) -> Tensor:
+    """Forward diffusion from level ᾱ_from to the noisier ᾱ_to: q(x_to | x_from)."""
+    a = alpha_bar_to / alpha_bar_from
+    return a.sqrt() * x + (1 - a).sqrt() * noise
+
+
 EpsModel = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -156,12 +200,17 @@ def predict_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
 
 def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *, steps: int = 50, sampler: str = "ddim",
            eta: float = 1.0, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-           x_T: Tensor | None = None, guidance: Guidance | None = None,
-           callback: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
+           x_T: Tensor | None = None, guidance: Guidance | None = None, known: Sequence[Known] = (),
+           resample: int = 0, callback: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
     """Run the reverse process from noise; returns normalised latents ``shape`` (float32).
 
     Deterministic for a given ``generator`` state (initial noise and DDIM/DDPM noise are
     drawn from it on the CPU). ``eta`` is DDIM's (1.0 = the authors' setting; 0 = deterministic).
+    ``known``: cells held to given clean values (:class:`Known`, applied in order: a later one
+    wins where masks overlap); their noise comes from the same generator, after the step's own.
+    ``resample``: with ``known``, extra passes per step that re-noise the blended sample to the
+    step's level and denoise it again, so the generated cells harmonise with the held ones
+    (RePaint's jumps of length 1; each costs one more UNet call per step).
     """
     if not isinstance(steps, int) or not 1 <= steps <= cfg.num_train_timesteps:
         raise ValueError(f"steps must be an integer in [1, {cfg.num_train_timesteps}], got {steps!r}")
@@ -175,11 +224,22 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
     alphas = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     generator = generator or torch.Generator().manual_seed(0)
     x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator).to(device)
+    if isinstance(resample, bool) or not isinstance(resample, int) or not 0 <= resample <= 10:
+        raise ValueError(f"resample must be an integer in [0, 10], got {resample!r}")
     step_kw = {"eta": eta} if sampler == "ddim" else {}
+    known = [Known(k.x0.to(device), k.mask.to(device), k.until) for k in known]
     n = len(sched.timesteps)
-    for i, t in enumerate(sched.timesteps):
-        if should_stop is not None and should_stop():
-            raise Cancelled(f"cancelled at step {i} of {n}")
+
+    def hold(x: Tensor, i: int) -> Tensor:
+        """Blend the held cells into x_{t-1} after step i (clean after the last step)."""
+        a_prev = alphas[int(sched.timesteps[i + 1])] if i + 1 < n else None
+        for k in known:
+            if k.active(i, n):
+                x = blend_known(x, k, a_prev, torch.randn(shape, generator=generator).to(device))
+        return x
+
+    def denoise(x: Tensor, i: int, t: Tensor) -> tuple[Tensor, Tensor]:
+        """One reverse step from level t: (x_{t-1}, the x0 predicted at t)."""
         tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
         with torch.enable_grad() if guidance is not None else torch.no_grad():
             x_in = x.detach().requires_grad_(guidance is not None)
@@ -195,6 +255,19 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
         x = sched.step(eps, t, x.detach(), generator=generator, **step_kw).prev_sample
         if correction is not None:
             x = x + correction.detach()
+        return x, x0
+
+    for i, t in enumerate(sched.timesteps):
+        if should_stop is not None and should_stop():
+            raise Cancelled(f"cancelled at step {i} of {n}")
+        x, x0 = denoise(x, i, t)
+        if any(k.active(i, n) for k in known):
+            x = hold(x, i)
+            for _ in range(resample if i + 1 < n else 0):
+                a_prev = alphas[int(sched.timesteps[i + 1])]
+                x = renoise(x, a_prev, alphas[int(t)], torch.randn(shape, generator=generator).to(device))
+                x, x0 = denoise(x, i, t)
+                x = hold(x, i)
         if callback is not None:
             callback(Step(i, n, int(t), x, x0))
     return x

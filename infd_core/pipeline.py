@@ -15,7 +15,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -25,21 +25,39 @@ from torch import Tensor
 from . import checkpoint as ckpt
 from .autoencoder import Autoencoder
 from .configs import ModelConfig
-from .diffusion import Guidance, Step, build_unet, sample, unet_eps
+from .diffusion import Guidance, Known, Step, build_unet, sample, unet_eps
 from .geometry import Box, PixelRange, box_grid, check_level
+from .images import to_tensor
 from .renderers import fixed_norm_statistics, norm_statistics
 from .tiling import (DEFAULT_TILE, RENDER_MODES, iter_tiles, render_authors_patchwise, render_pixels,
                      render_region)
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "models"
+
 DEFAULT_MODEL_NAME = "infd-cpu-photos"
 
 
+def assets_dir() -> Path:
+    """The shipped assets (models, OpenSeadragon): ``infd_core/_assets`` in an installed package
+    (``pip install .`` puts the repository's ``assets/`` there), else ``assets/`` in the repository."""
+    package = Path(__file__).resolve().parent
+    installed = package / "_assets"
+    return installed if installed.is_dir() else package.parent / "assets"
+
+
 def default_model_dir() -> Path:
-    """``$INFD_MODEL`` if set, else the model shipped in ``assets/models``."""
-    return Path(os.environ.get("INFD_MODEL") or ASSETS / DEFAULT_MODEL_NAME)
+    """``$INFD_MODEL`` if set, else the shipped model ``assets/models/infd-cpu-photos``."""
+    return Path(os.environ.get("INFD_MODEL") or assets_dir() / "models" / DEFAULT_MODEL_NAME)
+
+
+def pick_device(cuda: bool, mps: bool) -> str:
+    """What ``device="auto"`` means, given which accelerators are available: cuda, then mps, then cpu."""
+    return "cuda" if cuda else "mps" if mps else "cpu"
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device from ``cpu``, ``cuda``, ``cuda:1``, ``mps`` or ``auto`` (see :func:`pick_device`);
+    RuntimeError if the requested accelerator is not available here."""
+    if device == "auto":
+        device = pick_device(torch.cuda.is_available(), torch.backends.mps.is_available())
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but CUDA is not available here; use --device cpu")
@@ -120,35 +138,40 @@ class Pipeline:
         return (self.cfg.autoencoder.z_channels, n, n)
 
     def sample(self, seed: int = 0, *, steps: int | None = None, sampler: str = "ddim", eta: float | None = None,
-               batch: int = 1, guidance: Guidance | None = None, callback: Callable[[Step], None] | None = None,
+               batch: int = 1, guidance: Guidance | None = None, known: Sequence[Known] = (),
+               resample: int = 0, callback: Callable[[Step], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> Tensor:
-        """Generate latents ``[batch, 3, 64, 64]`` (denormalised, ready for :meth:`field`).
+        """Generate latents ``[batch, 3, 64, 64]``, ready for :meth:`field`.
 
-        ``steps``, ``eta``: DDIM's (None: the model's own, ``DiffusionConfig.steps``, ``.eta``). ``guidance`` receives
-        normalised latents; use :meth:`denormalize` inside it.
+        Every latent going in or out is an autoencoder latent, as :meth:`encode` makes and
+        :meth:`field` takes; the UNet's normalised units stay inside. ``steps``, ``eta``: DDIM's
+        (None: the model's own, ``DiffusionConfig.steps``, ``.eta``). ``guidance(x_t, x0, step,
+        total)`` gets x̂0 as a latent (differentiable w.r.t. ``x_t``) and returns a correction
+        direction for x_{t-1} (or None); ``known``: cells held to ``Known.x0`` (a latent) where its
+        ``mask`` is 1, with ``resample`` harmonising passes per step
+        (:func:`infd_core.diffusion.sample`); ``callback`` sees each :class:`Step` with ``x`` and
+        ``x0`` as latents.
         """
         if self.unet is None:
             raise RuntimeError(f"model {self.cfg.name!r} has no diffusion UNet (autoencoder-only)")
         gen = torch.Generator().manual_seed(int(seed))
         d = self.cfg.diffusion
+        hook = None if guidance is None else (lambda x_t, x0, i, n: guidance(x_t, d.denormalize(x0), i, n))
+        for k in known:
+            self.autoencoder.check_latent(k.x0)
+        known = [Known(d.normalize(k.x0.float().to(self.device)), k.mask, k.until) for k in known]
+        shown = None if callback is None else (
+            lambda st: callback(Step(st.index, st.total, st.timestep, d.denormalize(st.x), d.denormalize(st.x0))))
         steps = d.steps if steps is None else steps
         x = sample(unet_eps(self.unet, d, self.autocast_dtype), d, (batch, *self.latent_shape), steps=steps,
                    sampler=sampler, eta=d.eta if eta is None else eta, generator=gen, device=self.device,
-                   guidance=guidance, callback=callback, should_stop=should_stop)
-        return self.denormalize(x)
-
-    def denormalize(self, x: Tensor) -> Tensor:
-        d = self.cfg.diffusion
-        return x * d.latent_std + d.latent_mean
-
-    def normalize(self, z: Tensor) -> Tensor:
-        d = self.cfg.diffusion
-        return (z - d.latent_mean) / d.latent_std
+                   guidance=hook, known=known, resample=resample, callback=shown, should_stop=should_stop)
+        return d.denormalize(x)
 
     @torch.no_grad()
     def encode(self, image: Image.Image | np.ndarray | Tensor) -> Tensor:
         """An RGB image (PIL, ``[H, W, 3]`` uint8, or ``[B, 3, H, W]`` in [-1, 1]) -> latent ``[B, 3, 64, 64]``."""
-        return self.autoencoder.encode(image_to_tensor(image).to(self.device))
+        return self.autoencoder.encode(to_tensor(image).to(self.device))
 
     # --- fields and pixels --------------------------------------------------------------------
     def field(self, z: Tensor, *, grad: bool = False) -> Field:
@@ -220,21 +243,6 @@ class Pipeline:
                            "unet": n(self.unet)},
                 "renderer": dataclasses.asdict(self.cfg.autoencoder.renderer),
                 "receptive_radius": ae.renderer.receptive_radius}
-
-
-def image_to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
-    """PIL image / ``[H, W, 3]`` uint8 array / ``[B, 3, H, W]`` tensor -> ``[B, 3, H, W]`` float in [-1, 1]."""
-    if isinstance(image, Tensor):
-        if image.ndim == 3:
-            image = image[None]
-        if image.ndim != 4 or image.shape[1] != 3:
-            raise ValueError(f"image tensor must be [B, 3, H, W], got {tuple(image.shape)}")
-        return image.float()
-    if isinstance(image, Image.Image):
-        image = np.array(image.convert("RGB"))
-    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-        raise ValueError("image must be a PIL image, an [H, W, 3] uint8 array or a [B, 3, H, W] tensor")
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
 def check_size(height: int, width: int, max_pixels: int | None = None) -> None:

@@ -1,4 +1,5 @@
-"""Shared fixtures: the embedded default model, the offline scorer, a tiny saved open_clip model."""
+"""Shared fixtures: a fixed-seed random model for mechanics, the embedded default model (its quality
+tests live in ``test_shipped_model.py``), the offline scorer, a tiny saved open_clip model."""
 from __future__ import annotations
 
 import json
@@ -7,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from infd_core import configs
 from infd_core.pipeline import Pipeline, default_model_dir
 from infd_core.scorers import OfflineScorer
 
@@ -16,6 +18,13 @@ TINY_CFG = {
     "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "head_width": 32, "patch_size": 16},
     "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe() -> Pipeline:
+    """The cpu preset with fixed-seed random weights: what mechanics are tested on, so that
+    retraining the shipped model does not move them."""
+    return Pipeline.from_config(configs.cpu(), seed=0)
 
 
 @pytest.fixture(scope="session")

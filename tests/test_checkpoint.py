@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from infd_core import configs
 from infd_core.__main__ import main
-from infd_core.checkpoint import CheckpointError
+from infd_core.checkpoint import CheckpointError, latent_bytes, latent_from_bytes, load_latent, save_latent
 from infd_core.geometry import PixelRange
 from infd_core.pipeline import Pipeline, check_size
 
@@ -204,6 +204,21 @@ def test_cli_samples_a_png_of_the_requested_size_and_renders_its_latent(tmp_path
     full_px, crop_px = np.asarray(Image.open(full)), np.asarray(Image.open(crop))
     assert crop_px.shape == (64, 64, 3)
     assert np.array_equal(crop_px, full_px[64:128, 32:96])
+
+
+def test_latent_files_are_one_format_and_old_cli_files_still_load(tmp_path):
+    z = torch.randn(1, 3, 64, 64)
+    save_latent(tmp_path / "a.latent.safetensors", z, {"model": "cpu", "seed": 3})
+    assert torch.equal(load_latent(tmp_path / "a.latent.safetensors"), z)
+    assert torch.equal(latent_from_bytes(latent_bytes(z)), z)  # what session files hold
+    save_file({"z": z}, str(tmp_path / "old.latent.safetensors"))  # the CLI's files before the shared format
+    assert torch.equal(load_latent(tmp_path / "old.latent.safetensors"), z)
+    save_file({"w": z}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(ValueError, match="not a latent file"):
+        load_latent(tmp_path / "other.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a latent file"):
+        load_latent(tmp_path / "junk.safetensors")
 
 
 def bad_latent_file(tmp_path: Path) -> str:

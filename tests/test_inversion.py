@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from safetensors.torch import load_file
+from infd_core.checkpoint import load_latent
 from skimage import data
 
 from infd_core.__main__ import main
@@ -30,24 +30,24 @@ def fit_loss(pipe: Pipeline, image: Image.Image, z: torch.Tensor) -> float:
         return float((out - target).abs().mean() + offline_lpips()(out, target).mean())
 
 
-def test_refinement_lowers_the_fit_loss_deterministically(default_pipe: Pipeline, photo: Image.Image) -> None:
-    z0 = default_pipe.encode(photo)
+def test_refinement_lowers_the_fit_loss_deterministically(tiny_pipe: Pipeline, photo: Image.Image) -> None:
+    z0 = tiny_pipe.encode(photo)
     seen = []
-    z = refine_latent(default_pipe, photo, steps=6, callback=lambda i, n, loss: seen.append((i, n, loss)))
+    z = refine_latent(tiny_pipe, photo, steps=6, callback=lambda i, n, loss: seen.append((i, n, loss)))
     assert z.shape == z0.shape and not z.requires_grad
     assert [s[:2] for s in seen] == [(i, 6) for i in range(1, 7)]
-    before, after = fit_loss(default_pipe, photo, z0), fit_loss(default_pipe, photo, z)
+    before, after = fit_loss(tiny_pipe, photo, z0), fit_loss(tiny_pipe, photo, z)
     assert after < 0.9 * before, (before, after)
-    assert torch.equal(z, refine_latent(default_pipe, photo, steps=6))
-    assert torch.equal(refine_latent(default_pipe, photo, steps=0), z0)  # 0 steps: the encoder's latent
+    assert torch.equal(z, refine_latent(tiny_pipe, photo, steps=6))
+    assert torch.equal(refine_latent(tiny_pipe, photo, steps=0), z0)  # 0 steps: the encoder's latent
 
 
-def test_refinement_stops_when_asked_and_starts_where_told(default_pipe: Pipeline, photo: Image.Image) -> None:
+def test_refinement_stops_when_asked_and_starts_where_told(tiny_pipe: Pipeline, photo: Image.Image) -> None:
     steps = []
-    z1 = refine_latent(default_pipe, photo, steps=50, perceptual_weight=0, callback=lambda i, n, loss: steps.append(i),
+    z1 = refine_latent(tiny_pipe, photo, steps=50, perceptual_weight=0, callback=lambda i, n, loss: steps.append(i),
                        should_stop=lambda: len(steps) >= 2)
     assert steps == [1, 2]
-    z2 = refine_latent(default_pipe, photo, steps=1, perceptual_weight=0, z=z1)
+    z2 = refine_latent(tiny_pipe, photo, steps=1, perceptual_weight=0, z=z1)
     assert not torch.equal(z1, z2) and z2.shape == z1.shape
 
 
@@ -60,9 +60,9 @@ def test_refinement_stops_when_asked_and_starts_where_told(default_pipe: Pipelin
     (dict(z=torch.zeros(2, 3, 64, 64)), "does not match image batch"),
     (dict(z=torch.zeros(1, 4, 64, 64)), "latent must have shape"),
 ])
-def test_refinement_rejects_bad_arguments(default_pipe: Pipeline, photo: Image.Image, kw: dict, match: str) -> None:
+def test_refinement_rejects_bad_arguments(tiny_pipe: Pipeline, photo: Image.Image, kw: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
-        refine_latent(default_pipe, photo, **kw)
+        refine_latent(tiny_pipe, photo, **kw)
 
 
 def test_cli_encode_writes_a_render_and_a_latent_that_render_reproduces(tmp_path: Path) -> None:
@@ -71,7 +71,7 @@ def test_cli_encode_writes_a_render_and_a_latent_that_render_reproduces(tmp_path
     out = tmp_path / "zoom.png"
     assert main(["encode", str(src), "--refine", "2", "--size", "320", "--out", str(out), "--quiet"]) == 0
     latent = tmp_path / "zoom.latent.safetensors"
-    assert load_file(str(latent))["z"].shape == (1, 3, 64, 64)
+    assert load_latent(latent).shape == (1, 3, 64, 64)
     again = tmp_path / "again.png"
     assert main(["render", "--latent", str(latent), "--size", "320", "--out", str(again), "--quiet"]) == 0
     a, b = np.asarray(Image.open(out)), np.asarray(Image.open(again))

@@ -122,7 +122,7 @@ def _train(cfg: DMTrainConfig, ae_dir: Path, data: list[str], out: Path, d: Dist
     dcfg = diffusion_config(cfg.unet)
     dcfg.latent_mean, dcfg.latent_std = float(z.mean()), float(z.std())
     dcfg.latent_range = (float(z.min()), float(z.max()))
-    latents = TensorDataset((z - dcfg.latent_mean) / dcfg.latent_std)
+    latents = TensorDataset(dcfg.normalize(z))
 
     torch.manual_seed(cfg.seed)
     unet = build_unet(dcfg).to(d.device)

@@ -1,0 +1,465 @@
+"""Layouts: boxes on the canvas and what each kind of box asks of the picture.
+
+A :class:`Region` is a box (image fractions ``x0, y0, x1, y1``, see :mod:`infd_core.geometry`)
+with a *kind* and that kind's fields; a :class:`Layout` is the regions plus a global prompt (a
+text region over the whole canvas). This module is the only validator of both: the CLI's layout
+JSON, the app's boxes and session files all build them here.
+
+Each kind is one object in :data:`KINDS` that knows how to check a region's fields, how to
+*prepare* it for one sampling run (:class:`Condition`: a differentiable loss for DPS guidance,
+and/or a hard constraint on latent cells) and how to explain it in the report:
+
+* ``text``  -- the scorer's match of the box with ``prompt``, averaged over random augmented
+  cutouts of the box (so a texture that fools one exact view is not rewarded); the report adds
+  a *judge*: the same scorer on augmentations the guidance never saw.
+* ``image`` -- a reference picture placed at scale: pasted into the box over the current
+  picture, encoded, and its latent cells held (``hard``) or held for the first steps only
+  (``soft``) while the sampler harmonises around them; a box smaller than
+  :data:`MIN_PLACED_CELLS` latent cells a side falls back to DPS on the box's render.
+* ``color`` -- the box's displayed (clamped) mean colour pulled towards ``color``.
+* ``keep``  -- the current picture's latent cells under the box are held (no loss needed).
+
+Adding a kind: one class here with ``check``/``prepare``/``describe``, and its name in
+the UI's kind list.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .geometry import Box, box_to_pixels
+from .images import to_tensor
+from .inversion import refine_latent
+
+MAX_REGIONS = 16
+MAX_WEIGHT = 100.0
+MAX_PROMPT = 500  # characters, box prompts and the global prompt alike
+MAX_DEPTH = 8  # nesting of layout JSON (deeper input is refused before it is walked)
+SCORE_SIZE = 224  # side of the box renders that losses see
+MIN_PLACED_CELLS = 4  # an image box narrower than this many latent cells is steered by DPS instead
+REGION_ID = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
+PLACEMENTS = ("hard", "soft")
+SOFT_UNTIL = 0.8  # a soft placement holds its cells for this fraction of the steps
+PLACE_REFINE = 10  # latent refinement steps for a placed picture (embedded model: box LPIPS 0.22 -> 0.18, ~7 s on 2 cores)
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """One box and its condition. ``id`` is an optional handle (the app's box id); ``image`` a
+    reference ``[h, w, 3]`` uint8 array; ``placement`` how an image region is held."""
+
+    box: Box
+    kind: str = "text"
+    prompt: str = ""
+    weight: float = 1.0
+    color: tuple[float, float, float] | None = None
+    image: np.ndarray | None = None
+    placement: str = "hard"
+    id: str = ""
+
+    def __post_init__(self) -> None:
+        box = self.box
+        if isinstance(box, (list, tuple)):
+            if len(box) != 4:
+                raise ValueError(f"box must be [x0, y0, x1, y1], got {box!r}")
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+                raise ValueError(f"box coordinates must be numbers, got {box!r}")
+            box = Box(*(float(v) for v in box))
+        if not isinstance(box, Box):
+            raise ValueError(f"box must be a Box or [x0, y0, x1, y1], got {box!r}")
+        box.check_inside()
+        object.__setattr__(self, "box", box)
+        if self.id and not (isinstance(self.id, str) and REGION_ID.match(self.id)):
+            raise ValueError(f"region id must be 1-24 letters, digits, '_' or '-', got {self.id!r}")
+        if self.kind not in KINDS:
+            raise ValueError(f"region kind must be one of {tuple(KINDS)}, got {self.kind!r}")
+        w = self.weight
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w) or not 0 <= w <= MAX_WEIGHT:
+            raise ValueError(f"region weight must be a finite number in [0, {MAX_WEIGHT:g}], got {w!r}")
+        if not isinstance(self.prompt, str) or len(self.prompt) > MAX_PROMPT:
+            raise ValueError(f"prompt must be a string of at most {MAX_PROMPT} characters")
+        if self.color is not None:
+            c = self.color
+            if (not isinstance(c, (list, tuple)) or len(c) != 3
+                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1 for v in c)):
+                raise ValueError(f"color must be (r, g, b) in [0, 1], got {c!r}")
+            object.__setattr__(self, "color", tuple(float(v) for v in c))
+        if self.image is not None:
+            im = self.image
+            if not isinstance(im, np.ndarray) or im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+                raise ValueError("a reference image must be an [h, w, 3] uint8 RGB array")
+            if min(im.shape[:2]) < 8 or max(im.shape[:2]) > 4096:
+                raise ValueError(f"a reference image must be 8..4096 px a side, got {im.shape[1]}x{im.shape[0]}")
+        if self.placement not in PLACEMENTS:
+            raise ValueError(f"placement must be one of {PLACEMENTS}, got {self.placement!r}")
+
+    @property
+    def spec(self) -> "Kind":
+        return KINDS[self.kind]
+
+    def check_ready(self) -> None:
+        """Raise ValueError unless the region has what its kind needs to guide (a prompt, a colour…)."""
+        self.spec.check(self)
+
+    def same_as(self, other: "Region") -> bool:
+        """Value equality (the reference image compared by identity: it is never mutated)."""
+        return self.to_json() == other.to_json() and self.image is other.image
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON form (layout files, session files); a reference image is only flagged."""
+        out: dict[str, Any] = {"box": [self.box.x0, self.box.y0, self.box.x1, self.box.y1], "kind": self.kind,
+                               "weight": self.weight}
+        if self.id:
+            out["id"] = self.id
+        if self.prompt:
+            out["prompt"] = self.prompt
+        if self.color is not None:
+            out["color"] = list(self.color)
+        if self.image is not None:
+            out["has_image"] = True
+        if self.placement != "hard":
+            out["placement"] = self.placement
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, image: np.ndarray | None = None) -> "Region":
+        """Inverse of :meth:`to_json` (also reads boxes as ``x0, y0, x1, y1`` keys, as older session
+        files have them); ``image``: the reference the file stores beside. ValueError if malformed."""
+        if not isinstance(data, dict):
+            raise ValueError("a region must be a JSON object")
+        data = dict(data)
+        if "box" not in data and all(k in data for k in ("x0", "y0", "x1", "y1")):
+            data["box"] = [data.pop(k) for k in ("x0", "y0", "x1", "y1")]
+        data.pop("has_image", None)
+        if "box" not in data:
+            raise ValueError("a region needs a \"box\": [x0, y0, x1, y1]")
+        unknown = set(data) - _JSON_KEYS
+        if unknown:
+            raise ValueError(f"unknown keys {sorted(unknown)}")
+        if data.get("color") is None:
+            data.pop("color", None)
+        try:
+            return cls(**data, image=image)
+        except TypeError as e:
+            raise ValueError(str(e)) from None
+
+
+_JSON_KEYS = {"box", "kind", "prompt", "weight", "color", "placement", "id"}
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Regions (at most :data:`MAX_REGIONS`) and a global prompt (a text region over the whole canvas)."""
+
+    regions: tuple[Region, ...] = ()
+    global_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regions", tuple(self.regions))
+        if len(self.regions) > MAX_REGIONS:
+            raise ValueError(f"at most {MAX_REGIONS} regions, got {len(self.regions)}")
+        if not all(isinstance(r, Region) for r in self.regions):
+            raise ValueError("regions must be Region objects")
+        if not isinstance(self.global_prompt, str) or len(self.global_prompt) > MAX_PROMPT:
+            raise ValueError(f"the global prompt must be a string of at most {MAX_PROMPT} characters")
+
+    def conditions(self) -> list[Region]:
+        """The global prompt (as a whole-canvas text region) and the regions, each checked ready."""
+        extra = [Region(Box(0, 0, 1, 1), "text", self.global_prompt.strip())] if self.global_prompt.strip() else []
+        out = extra + list(self.regions)
+        for i, r in enumerate(out):
+            try:
+                r.check_ready()
+            except ValueError as e:
+                raise ValueError(f"box {i + 1 - len(extra)}: {e}" if r in self.regions else str(e)) from None
+        return out
+
+    @property
+    def needs_scorer(self) -> bool:
+        return bool(self.global_prompt.strip()) or any(r.spec.needs_scorer for r in self.regions)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"global_prompt": self.global_prompt, "regions": [r.to_json() for r in self.regions]}
+
+    @classmethod
+    def from_json(cls, data: Any) -> "Layout":
+        """``{"global_prompt": str, "regions": [...]}`` or a bare list of regions; raises ValueError."""
+        check_depth(data)
+        if isinstance(data, list):
+            data = {"regions": data}
+        if not isinstance(data, dict) or not isinstance(data.get("regions", []), list):
+            raise ValueError("layout must be a list of regions or {\"global_prompt\", \"regions\": [...]}")
+        regions = []
+        for i, r in enumerate(data.get("regions", [])):
+            try:
+                regions.append(Region.from_json(r))
+            except ValueError as e:
+                raise ValueError(f"region {i}: {e}") from None
+        prompt = data.get("global_prompt", "") or ""
+        if not isinstance(prompt, str):
+            raise ValueError("global_prompt must be a string")
+        return cls(tuple(regions), prompt)
+
+
+def check_depth(data: Any, limit: int = MAX_DEPTH) -> None:
+    """ValueError if JSON ``data`` nests deeper than ``limit`` (checked without recursion)."""
+    stack = [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            raise ValueError(f"JSON nested deeper than {limit} levels")
+        if isinstance(item, dict):
+            stack += [(v, depth + 1) for v in item.values()]
+        elif isinstance(item, list):
+            stack += [(v, depth + 1) for v in item]
+
+
+# --- conditions: what a region does during one sampling run --------------------------------------
+
+@dataclass
+class Hold:
+    """Latent cells held during sampling: ``latent [1, C, n, n]`` where ``mask [n, n]`` (1: held;
+    fractions blend) for the first ``until`` fraction of the steps (1.0: to the end)."""
+
+    latent: Tensor
+    mask: Tensor
+    until: float = 1.0
+
+
+@dataclass
+class Condition:
+    """A region prepared for one run. ``loss(crop)``: lower is better, on the box rendered at
+    :data:`SCORE_SIZE`² with displayed colours (clamped to [-1, 1]); None when the region acts only
+    by its ``hold``. ``describe(crop)``: the report's entries for the final picture."""
+
+    region: Region
+    loss: Callable[[Tensor], Tensor] | None = None
+    hold: Hold | None = None
+    describe: Callable[[Tensor], dict[str, Any]] = field(default=lambda crop: {})
+
+
+@dataclass
+class RunContext:
+    """What preparing a region may use: the pipeline, the scorer (None if none is loaded), the
+    current picture's latent (None for a fresh image) and a generator for augmentations."""
+
+    pipe: Any  # infd_core.pipeline.Pipeline (not imported: the pipeline does not depend on layouts)
+    scorer: Any | None
+    init_latent: Tensor | None
+    generator: torch.Generator
+
+
+class Kind:
+    """What a region kind means (one subclass per kind, registered in :data:`KINDS`)."""
+
+    name: ClassVar[str]
+    needs_scorer: ClassVar[bool] = False
+    needs_init: ClassVar[bool] = False
+    changes_picture: ClassVar[bool] = True  # False: the region only holds what is there
+    fields: ClassVar[tuple[str, ...]] = ()  # the Region fields a user sets for this kind (editors show these)
+
+    def check(self, r: Region) -> None:
+        """ValueError unless ``r`` has the fields this kind needs to guide."""
+
+    def prepare(self, r: Region, ctx: RunContext) -> Condition:
+        raise NotImplementedError
+
+    def label(self, r: Region) -> str:
+        """A short description for box lists."""
+        return self.name
+
+
+class TextKind(Kind):
+    name = "text"
+    needs_scorer = True
+    fields = ("prompt",)
+    cutouts = 4  # augmented views scored per step
+    judge_views = 8  # views the judge scores, from augmentations the guidance never uses
+    judge_seed = 20240601
+
+    def check(self, r: Region) -> None:
+        if not r.prompt.strip():
+            raise ValueError("a text region needs a prompt")
+
+    def label(self, r: Region) -> str:
+        return r.prompt or "(no prompt yet)"
+
+    def prepare(self, r: Region, ctx: RunContext) -> Condition:
+        scorer, target = ctx.scorer, ctx.scorer.encode_prompt(r.prompt)
+
+        def loss(crop: Tensor) -> Tensor:
+            views = cutouts(crop, self.cutouts, ctx.generator)
+            return -scorer.score(views, [target] * views.shape[0]).mean()
+
+        def describe(crop: Tensor) -> dict[str, Any]:
+            views = judge_views(crop, self.judge_views, torch.Generator().manual_seed(self.judge_seed))
+            return {"score": float(scorer.score(crop, [target])[0]),
+                    "judge": float(scorer.score(views, [target] * views.shape[0]).mean()),
+                    "understood_as": target.explain(), "known": bool(target.known)}
+
+        return Condition(r, loss, describe=describe)
+
+
+class ColorKind(Kind):
+    name = "color"
+    fields = ("color",)
+
+    def check(self, r: Region) -> None:
+        if r.color is None:
+            raise ValueError("a color region needs a colour")
+
+    def label(self, r: Region) -> str:
+        return "#" + "".join(f"{round(c * 255):02x}" for c in r.color) if r.color else "(no colour)"
+
+    def prepare(self, r: Region, ctx: RunContext) -> Condition:
+        target = torch.tensor(r.color, device=ctx.pipe.device) * 2 - 1
+
+        def loss(crop: Tensor) -> Tensor:
+            return (crop.mean(dim=(0, 2, 3)) - target).pow(2).sum() * 10
+
+        def describe(crop: Tensor) -> dict[str, Any]:
+            return {"mean_color": [round(float(v), 4) for v in (crop.mean(dim=(0, 2, 3)) + 1) / 2]}
+
+        return Condition(r, loss, describe=describe)
+
+
+class KeepKind(Kind):
+    name = "keep"
+    needs_init = True
+    changes_picture = False
+
+    def label(self, r: Region) -> str:
+        return "keep what is there"
+
+    def prepare(self, r: Region, ctx: RunContext) -> Condition:
+        n = ctx.init_latent.shape[-1]
+        return Condition(r, hold=Hold(ctx.init_latent, box_cells([r.box], n)))
+
+
+class ImageKind(Kind):
+    name = "image"
+    fields = ("image", "placement")
+    refine = PLACE_REFINE  # latent refinement steps for the placed collage
+
+    def check(self, r: Region) -> None:
+        if r.image is None:
+            raise ValueError("an image region needs a reference picture")
+
+    def label(self, r: Region) -> str:
+        return "reference image" + (", soft" if r.placement == "soft" else "") if r.image is not None else "(no image)"
+
+    def prepare(self, r: Region, ctx: RunContext) -> Condition:
+        pipe = ctx.pipe
+        n = pipe.latent_shape[-1]
+        cells = min((r.box.x1 - r.box.x0) * n, (r.box.y1 - r.box.y0) * n)
+        reference = _resize(r.image, SCORE_SIZE, pipe.device)
+        if cells >= MIN_PLACED_CELLS:
+            latent = place_image(pipe, r.image, r.box, ctx.init_latent, self.refine)
+            hold = Hold(latent, box_cells([r.box], n), 1.0 if r.placement == "hard" else SOFT_UNTIL)
+            return Condition(r, hold=hold, describe=lambda crop: {"placed": r.placement,
+                                                                   "cells": round(cells, 1)})
+
+        def loss(crop: Tensor) -> Tensor:  # too small to place: match colours and layout at 32x32
+            small = lambda t: F.adaptive_avg_pool2d(t, 32)  # noqa: E731
+            out = F.mse_loss(small(crop), small(reference)) * 10
+            if ctx.scorer is not None:
+                a, b = (F.normalize(ctx.scorer.embed_images(t), dim=-1) for t in (crop, reference))
+                out = out + (1 - (a * b).sum())
+            return out
+
+        return Condition(r, loss, describe=lambda crop: {
+            "placed": None, "cells": round(cells, 1),
+            "note": f"box is {cells:.1f} latent cells across (< {MIN_PLACED_CELLS}): steered by DPS, not placed"})
+
+
+KINDS: dict[str, Kind] = {k.name: k for k in (TextKind(), ImageKind(), ColorKind(), KeepKind())}
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+def box_cells(boxes: list[Box], n: int, feather: float = 1.0) -> Tensor:
+    """``[n, n]`` (rows y) in [0, 1]: 1 on latent cells whose centre lies in any box, falling
+    linearly to 0 over ``feather`` cells outside (Chebyshev distance)."""
+    return region_mask(boxes, n, feather / n)
+
+
+def region_mask(boxes: list[Box], size: int, margin: float) -> Tensor:
+    """Where a set of boxes acts on a ``size x size`` latent: ``[size, size]`` (rows y, columns x)
+    in [0, 1]; 1 at cell centres inside any box, falling linearly to 0 at ``margin`` (image
+    fractions, Chebyshev distance) outside it."""
+    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # cell centres in [0, 1]
+    mask = torch.zeros(size, size)
+    for b in boxes:
+        dy = torch.clamp(torch.maximum(b.y0 - c, c - b.y1), min=0)[:, None]
+        dx = torch.clamp(torch.maximum(b.x0 - c, c - b.x1), min=0)[None, :]
+        mask = torch.maximum(mask, torch.clamp(1 - torch.maximum(dx, dy) / max(margin, 1e-6), min=0))
+    return mask
+
+
+def cutouts(crop: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """``k`` differentiable augmented views ``[k, 3, S, S]`` of ``crop [1, 3, S, S]``: random square
+    cutouts of 60-100 % of the side, resized back, mirrored at random, plus small noise."""
+    s = crop.shape[-1]
+    views = []
+    for _ in range(k):
+        side = int(s * (0.6 + 0.4 * float(torch.rand((), generator=gen))))
+        y, x = (int(torch.randint(0, s - side + 1, (), generator=gen)) for _ in range(2))
+        v = F.interpolate(crop[..., y:y + side, x:x + side], size=(s, s), mode="bilinear", align_corners=False)
+        if float(torch.rand((), generator=gen)) < 0.5:
+            v = v.flip(-1)
+        views.append(v + 0.02 * torch.randn(v.shape, generator=gen).to(v.device))
+    return torch.cat(views).clamp(-1, 1)
+
+
+def judge_views(crop: Tensor, k: int, gen: torch.Generator) -> Tensor:
+    """Views the guidance never sees: a down-and-up resize (detail a texture relies on is lost),
+    an off-centre crop of 50-85 %, a flip, a brightness change and stronger noise."""
+    s = crop.shape[-1]
+    views = []
+    for _ in range(k):
+        small = int(s * (0.35 + 0.3 * float(torch.rand((), generator=gen))))
+        v = F.interpolate(crop, size=(small, small), mode="bilinear", antialias=True, align_corners=False)
+        side = int(small * (0.5 + 0.35 * float(torch.rand((), generator=gen))))
+        y, x = (int(torch.randint(0, small - side + 1, (), generator=gen)) for _ in range(2))
+        v = F.interpolate(v[..., y:y + side, x:x + side], size=(s, s), mode="bicubic", align_corners=False)
+        if float(torch.rand((), generator=gen)) < 0.5:
+            v = v.flip(-1)
+        v = v * (0.85 + 0.3 * float(torch.rand((), generator=gen)))
+        views.append(v + 0.05 * torch.randn(v.shape, generator=gen).to(v.device))
+    return torch.cat(views).clamp(-1, 1)
+
+
+def _resize(image: np.ndarray, size: int, device: torch.device) -> Tensor:
+    t = to_tensor(image).to(device)
+    return F.interpolate(t, size=(size, size), mode="bicubic", antialias=True, align_corners=False).clamp(-1, 1)
+
+
+def place_image(pipe: Any, image: np.ndarray, box: Box, init_latent: Tensor | None,
+                refine: int = PLACE_REFINE) -> Tensor:
+    """The latent ``[1, C, n, n]`` of ``image`` pasted into ``box``: the current picture (or
+    mid-grey) rendered at the encoder's input size, the reference resized into the box's pixels,
+    the collage encoded and its latent refined for ``refine`` steps (:mod:`infd_core.inversion`)."""
+    n = pipe.cfg.autoencoder.input_size
+    if init_latent is not None:
+        canvas = pipe.render(pipe.field(init_latent.to(pipe.device)), n, n).copy()
+    else:
+        canvas = np.full((n, n, 3), 128, np.uint8)
+    rng = box_to_pixels(box, n, n)
+    h, w = rng.shape
+    patch = PIL.Image.fromarray(image).resize((max(w, 1), max(h, 1)), PIL.Image.Resampling.LANCZOS)
+    canvas[rng.r0:rng.r1, rng.c0:rng.c1] = np.asarray(patch)
+    return refine_latent(pipe, canvas, refine, z=pipe.encode(canvas)) if refine else pipe.encode(canvas)
+
+
+__all__ = ["KINDS", "MAX_PROMPT", "MAX_REGIONS", "MAX_WEIGHT", "MIN_PLACED_CELLS", "PLACEMENTS", "SCORE_SIZE",
+           "Condition", "Hold", "Kind", "Layout", "Region", "RunContext", "box_cells", "check_depth", "cutouts",
+           "judge_views", "place_image", "region_mask"]
