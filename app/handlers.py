@@ -1,8 +1,10 @@
 """What the UI's events do: read and change a session, and say what the page should show next.
 
-:class:`Handlers` methods are wired to components in :mod:`app.ui`; each returns the values of
-its outputs in the order wired there (:meth:`Handlers.panel` for the common set). Bad input never raises
-anything but ``gr.Error`` (shown to the user; the session is left as it was).
+:class:`Handlers` methods are wired to components in :mod:`app.ui`; each returns its outputs as
+a named tuple (:class:`Panel`, :class:`RunOut`, …) whose fields name the components, and
+:mod:`app.ui` wires the same tuple types filled with components, so nothing depends on the order
+of two distant lists. Bad input never raises anything but ``gr.Error`` (shown to the user; the
+session is left as it was).
 
 The browser talks to the viewer through :func:`viewer_value` (Python -> browser) and the
 viewer's events ``box_edit``, ``box_select`` and ``history`` (see ``static/viewer.js``).
@@ -11,20 +13,23 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import gradio as gr
 import numpy as np
 
+from infd_core.geometry import Box
 from infd_core.images import read_photo
+from infd_core.layout import KINDS, Region
 
 from .context import AppContext
 from .generate import Busy, Cancelled, Finished, generate, open_photo
-from .sessionfile import load as load_session_file
-from .sessions import BoxSpec, Session, SessionNotFound
+from .sessions import Session, SessionNotFound, TooManySessions
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +38,62 @@ DEFAULT_CANVAS = 2048
 DEFAULT_COLOR = "#d04030"
 MAX_REFINE = 500
 EXPIRED = "Your session has expired (idle too long or the server restarted). Reload the page to start a new one."
+
+
+def user_error(message: str) -> gr.Error:
+    """The error shown to the user for bad input, logged as one line (Gradio would print a traceback)."""
+    log.info("user error: %s", message)
+    return gr.Error(message, print_exception=False)
+
+
+class Panel(NamedTuple):
+    """The canvas and the box editor: what most events refresh."""
+
+    viewer: Any
+    box_list: Any
+    editing: Any  # id of the box shown in the editor
+    editor: Any  # the editor's group (visible when a box is selected)
+    kind: Any
+    prompt: Any
+    weight: Any
+    color: Any
+    image: Any
+    placement: Any
+    global_prompt: Any
+
+
+class RunOut(NamedTuple):
+    viewer: Any
+    status: Any
+    report: Any
+
+
+class CanvasOut(NamedTuple):
+    viewer: Any
+    canvas_w: Any
+    canvas_h: Any
+    export_w: Any
+    export_h: Any
+
+
+# loading a session file refreshes the panel and the canvas and seed fields
+LoadOut = NamedTuple("LoadOut", [*Panel.__annotations__.items(), ("canvas", Any), ("canvas_w", Any), ("canvas_h", Any),
+                                 ("seed", Any), ("status", Any)])
+
+
+def discard_upload(path: str) -> None:
+    """Delete an upload Gradio cached, once read (only files under Gradio's cache directory)."""
+    cache = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+    file = Path(path).resolve()
+    if file.is_relative_to(cache):
+        file.unlink(missing_ok=True)
+
+
+def viewer_box(b: Region) -> dict[str, Any]:
+    """A box as the viewer draws it (``static/viewer.js``)."""
+    return {"id": b.id, "x0": b.box.x0, "y0": b.box.y0, "x1": b.box.x1, "y1": b.box.y1, "kind": b.kind,
+            "prompt": b.prompt, "weight": b.weight, "color": list(b.color) if b.color else None,
+            "has_image": b.image is not None}
 
 
 def viewer_value(s: Session, progress: tuple[int, int] | None = None) -> dict[str, Any]:
@@ -44,16 +105,12 @@ def viewer_value(s: Session, progress: tuple[int, int] | None = None) -> dict[st
         image = {"gen": view.gen, "width": p.width, "height": p.height, "tile": p.tile, "overlap": p.overlap,
                  "min_level": p.min_level, "max_level": p.max_level, "preview": view.preview}
     st = s.state
-    return {"session": s.key, "image": image, "boxes": [b.to_json() for b in st.boxes], "selected": s.selected,
+    return {"session": s.key, "image": image, "boxes": [viewer_box(b) for b in st.boxes], "selected": s.selected,
             "rev": s.client_rev, "progress": {"step": progress[0], "total": progress[1]} if progress else None}
 
 
-def box_label(i: int, b: BoxSpec) -> str:
-    detail = {"text": b.prompt or "(no prompt yet)",
-              "image": "reference image" if b.image is not None else "(no image)",
-              "color": rgb_to_hex(b.color) if b.color else "(no colour)",
-              "keep": "keep what is there"}[b.kind]
-    return f"{i}. {b.kind}: {detail[:48]}" + (f"  ×{b.weight:g}" if b.weight != 1 else "")
+def box_label(i: int, b: Region) -> str:
+    return f"{i}. {b.kind}: {b.spec.label(b)[:48]}" + (f"  ×{b.weight:g}" if b.weight != 1 else "")
 
 
 def hex_to_rgb(value: str) -> tuple[float, float, float]:
@@ -78,9 +135,9 @@ def number(value: Any, name: str, lo: float, hi: float, *, whole: bool = False) 
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise gr.Error(f"{name} must be {kind}, got {value!r}") from None
+        raise user_error(f"{name} must be {kind}, got {value!r}") from None
     if not math.isfinite(f) or (whole and f != int(f)) or not lo <= f <= hi:
-        raise gr.Error(f"{name} must be {kind} from {lo:g} to {hi:g}, got {value!r}")
+        raise user_error(f"{name} must be {kind} from {lo:g} to {hi:g}, got {value!r}")
     return int(f) if whole else f
 
 
@@ -106,44 +163,78 @@ def apply_box_edit(s: Session, data: Any) -> bool:
         geo = data.get("box")
         if not isinstance(geo, dict):
             raise ValueError("malformed edit: no box")
-        coords = {k: geo.get(k) for k in ("x0", "y0", "x1", "y1")}
+        coords = [geo.get(k) for k in ("x0", "y0", "x1", "y1")]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in coords):
+            raise ValueError(f"box coordinates must be numbers, got {coords}")
+        box = Box(*(float(v) for v in coords))
         if op == "add":
-            s.commit(st.with_box(BoxSpec(id=geo.get("id"), **coords)))
+            if not isinstance(geo.get("id"), str) or not geo.get("id"):
+                raise ValueError("a new box needs an id")
+            s.commit(st.with_box(Region(box, id=geo.get("id"))))
             s.selected = geo.get("id")
             return True
         if op == "update":
             old = st.box(geo.get("id"))
             if old is None:
                 raise ValueError("that box no longer exists")
-            s.commit(st.with_box(replace(old, **coords)))
+            s.commit(st.with_box(replace(old, box=box)))
             return False
         raise ValueError(f"unknown edit {op!r}")
 
 
-def commit_editor(s: Session, box_id: str | None, kind: str, prompt: str, weight: float, color: str) -> None:
+def commit_editor(s: Session, box_id: str | None, kind: str, prompt: str, weight: float, color: str,
+                  placement: str = "hard") -> None:
     """Store the editor fields into box ``box_id`` (one undo step if anything changed)."""
     with s.lock:
         box = s.state.box(box_id) if box_id else None
         if box is None:
             return
         rgb = hex_to_rgb(color) if kind == "color" else box.color
-        s.commit(s.state.with_box(replace(box, kind=kind, prompt=(prompt or "").strip(), weight=weight, color=rgb)))
+        s.commit(s.state.with_box(replace(box, kind=kind, prompt=(prompt or "").strip(), weight=weight, color=rgb,
+                                          placement=placement or "hard")))
+
+
+def kind_fields(kind: str, **values: Any) -> dict[str, Any]:
+    """Editor updates for a box of ``kind``: its kind's fields (:attr:`infd_core.layout.Kind.fields`)
+    shown (with ``values`` where given), every other kind's hidden."""
+    shown = KINDS[kind].fields
+    names = {f for k in KINDS.values() for f in k.fields}
+    return {f: gr.update(visible=f in shown, **({"value": values[f]} if f in values else {})) for f in names}
 
 
 def report_markdown(report: dict[str, Any] | None) -> str:
     """The guidance report as a short table: what each condition scored and how prompts were understood."""
     if not report:
         return ""
-    margin = report.get("margin")
+    margin = report["margin"]
     reach = "whole picture" if margin is None else f"near the boxes (margin {margin:g})"
-    lines = [f"**Guidance**: scorer `{report.get('scorer')}`, strength {report.get('scale')}, {reach}", "",
-             "| # | kind | prompt | understood as | loss |", "|---|---|---|---|---|"]
-    for i, r in enumerate(report.get("regions", [])):
-        understood = r.get("understood_as", "")
-        if r.get("known") is False:
-            understood = f"⚠ {understood}"
-        lines.append(f"| {i} | {r.get('kind')} | {r.get('prompt', '')} | {understood} | {r.get('loss', 0):.3f} |")
+    held = ", the rest of the picture held" if report.get("held") and margin is not None else ""
+    lines = [f"**Guidance**: scorer `{report['scorer']}`, strength {report['scale']}, {reach}{held}", "",
+             "| # | kind | what | result | changed (/255) |", "|---|---|---|---|---:|"]
+    for i, r in enumerate(report["regions"]):
+        lines.append(f"| {i} | {r['kind']} | {_what(r)} | {_result(r)} | {r.get('changed', '')} |")
     return "\n".join(lines)
+
+
+def _what(r: dict[str, Any]) -> str:
+    if r["kind"] == "text":
+        return f"{r['prompt']} → {'' if r['known'] else '⚠ '}{r['understood_as']}"
+    if r["kind"] == "color":
+        return rgb_to_hex(r["color"])
+    return {"image": "reference image", "keep": "keep"}.get(r["kind"], "")
+
+
+def _result(r: dict[str, Any]) -> str:
+    """Scores with their gains (the judge: augmented views the guidance never saw)."""
+    if r["kind"] == "text":
+        before = r.get("before")
+        gain = (lambda k: f" ({r[k] - before[k]:+.2f})") if before else (lambda k: "")
+        return f"score {r['score']:.2f}{gain('score')}, judge {r['judge']:.2f}{gain('judge')}"
+    if r["kind"] == "color":
+        return f"mean {rgb_to_hex(r['mean_color'])}"
+    if r["kind"] == "image":
+        return r.get("note") or f"placed ({r['placed']}, {r['cells']} cells)"
+    return ""
 
 
 class Handlers:
@@ -156,38 +247,42 @@ class Handlers:
         try:
             return self.ctx.store.get(key)
         except SessionNotFound:
-            raise gr.Error(EXPIRED) from None
+            raise user_error(EXPIRED) from None
 
-    def panel(self, s: Session, refresh: str = "editor") -> list[Any]:
-        """[viewer, box list, editing, editor group, kind, prompt, weight, colour, image, global prompt].
+    def panel(self, s: Session, refresh: str = "editor") -> Panel:
+        """The canvas, the box list and (``refresh``: "editor" or "all") the editor.
 
-        ``refresh``: "list" (viewer and box list only), "editor" (+ the editor) or "all".
-
-        The editor is refreshed only when the selection (or the whole state) changes, so the answer
-        to a canvas edit never overwrites a prompt being typed.
+        ``refresh``: "list" (viewer and box list only), "editor" (+ the editor) or "all" (+ the
+        global prompt). The editor is refreshed only when the selection (or the whole state)
+        changes, so the answer to a canvas edit never overwrites a prompt being typed.
         """
         st = s.state
         choices = [(box_label(i, b), b.id) for i, b in enumerate(st.boxes, 1)]
-        out: list[Any] = [viewer_value(s), gr.update(choices=choices, value=s.selected)]
+        out = Panel(viewer_value(s), gr.update(choices=choices, value=s.selected), *[gr.skip()] * 9)
+        if refresh == "all":
+            out = out._replace(global_prompt=st.global_prompt)
         if refresh == "list":
-            return out + [gr.skip()] * 8
+            return out
         b = st.box(s.selected) if s.selected else None
         if b is None:
-            out += [None, gr.update(visible=False)] + [gr.skip()] * 5
-        else:
-            out += [b.id, gr.update(visible=True), b.kind, gr.update(value=b.prompt, visible=b.kind == "text"),
-                    b.weight, gr.update(value=rgb_to_hex(b.color) if b.color else DEFAULT_COLOR,
-                                        visible=b.kind == "color"),
-                    gr.update(value=b.image, visible=b.kind == "image")]
-        return out + [st.global_prompt if refresh == "all" else gr.skip()]
+            return out._replace(editing=None, editor=gr.update(visible=False))
+        return out._replace(
+            editing=b.id, editor=gr.update(visible=True), kind=b.kind, weight=b.weight,
+            **kind_fields(b.kind, prompt=b.prompt, color=rgb_to_hex(b.color) if b.color else DEFAULT_COLOR,
+                          image=b.image, placement=b.placement))
 
     # --- page and boxes ---------------------------------------------------------------------------
-    def load(self) -> list[Any]:
-        """A new session for a new page: [key, *panel]."""
-        s = self.ctx.store.create(canvas=(DEFAULT_CANVAS, DEFAULT_CANVAS))
-        return [s.key, *self.panel(s)]
+    def load(self, request: gr.Request) -> tuple[Any, ...]:
+        """A new session for a new page: its key, then the :class:`Panel` (new sessions are
+        limited per client address, ``Limits.sessions_per_minute``)."""
+        client = request.client.host if request is not None and request.client is not None else None
+        try:
+            s = self.ctx.store.create(canvas=(DEFAULT_CANVAS, DEFAULT_CANVAS), client=client)
+        except TooManySessions as e:
+            raise user_error(str(e)) from None
+        return (s.key, *self.panel(s))
 
-    def box_edit(self, key: str, evt: gr.EventData) -> list[Any]:
+    def box_edit(self, key: str, evt: gr.EventData) -> Panel:
         s = self.session(key)
         try:
             changed = apply_box_edit(s, evt._data)
@@ -196,38 +291,36 @@ class Handlers:
             changed = True
         return self.panel(s, "editor" if changed else "list")
 
-    def box_select(self, key: str, evt: gr.EventData) -> list[Any]:
+    def box_select(self, key: str, evt: gr.EventData) -> Panel:
         data = evt._data if isinstance(evt._data, dict) else {}
         return self.select(key, data.get("id"))
 
-    def select(self, key: str, box_id: Any) -> list[Any]:
+    def select(self, key: str, box_id: Any) -> Panel:
         s = self.session(key)
         s.selected = box_id if isinstance(box_id, str) and s.state.box(box_id) else None
         return self.panel(s)
 
-    def history(self, key: str, evt: gr.EventData) -> list[Any]:
+    def history(self, key: str, evt: gr.EventData) -> Panel:
         data = evt._data if isinstance(evt._data, dict) else {}
         return self.undo_redo(key, redo=data.get("action") == "redo")
 
-    def undo_redo(self, key: str, redo: bool) -> list[Any]:
+    def undo_redo(self, key: str, redo: bool) -> Panel:
         s = self.session(key)
         if not (s.redo() if redo else s.undo()):
             gr.Info("Nothing to redo." if redo else "Nothing to undo.")
         return self.panel(s, "all")
 
-    def editor(self, key: str, box_id: str | None, kind: str, prompt: str, weight: Any, color: str) -> list[Any]:
+    def editor(self, key: str, box_id: str | None, kind: str, prompt: str, weight: Any, color: str,
+               placement: str) -> Panel:
         s = self.session(key)
         try:
-            commit_editor(s, box_id, kind, prompt, number(weight, "weight", 0, 100), color)
+            commit_editor(s, box_id, kind, prompt, number(weight, "weight", 0, 100), color, placement)
         except ValueError as e:
-            raise gr.Error(f"Box not changed: {e}") from None
-        out = self.panel(s, "list")
+            raise user_error(f"Box not changed: {e}") from None
         # show the fields that belong to the (possibly new) kind, without touching their values
-        out[5:9] = [gr.update(visible=kind == "text"), gr.skip(), gr.update(visible=kind == "color"),
-                    gr.update(visible=kind == "image")]
-        return out
+        return self.panel(s, "list")._replace(**kind_fields(kind))
 
-    def reference_image(self, key: str, box_id: str | None, img: np.ndarray | None) -> list[Any]:
+    def reference_image(self, key: str, box_id: str | None, img: np.ndarray | None) -> Panel:
         s = self.session(key)
         with s.lock:
             box = s.state.box(box_id) if box_id else None
@@ -235,23 +328,25 @@ class Handlers:
                 try:
                     s.commit(s.state.with_box(replace(box, image=None if img is None else img[..., :3])))
                 except ValueError as e:
-                    raise gr.Error(f"Reference image not used: {e}") from None
+                    raise user_error(f"Reference image not used: {e}") from None
         return self.panel(s, "list")
 
-    def delete(self, key: str) -> list[Any]:
+    def delete(self, key: str) -> Panel:
         s = self.session(key)
         if s.selected:
             apply_box_edit(s, {"op": "delete", "id": s.selected})
         return self.panel(s)
 
-    def global_prompt(self, key: str, text: str) -> list[Any]:
+    def global_prompt(self, key: str, text: str) -> Panel:
         s = self.session(key)
         with s.lock:
-            s.commit(replace(s.state, global_prompt=(text or "").strip()))
+            try:
+                s.commit(replace(s.state, global_prompt=(text or "").strip()))
+            except ValueError as e:
+                raise user_error(f"Prompt not changed: {e}") from None
         return self.panel(s, "list")
 
-    def canvas(self, key: str, choice: str, w: Any, h: Any) -> list[Any]:
-        """[viewer, canvas width, canvas height, export width, export height]."""
+    def canvas(self, key: str, choice: str, w: Any, h: Any) -> CanvasOut:
         s = self.session(key)
         side = self.ctx.limits.max_canvas_side
         if choice == "custom":
@@ -261,55 +356,58 @@ class Handlers:
             width = height = int(number(choice, "canvas", 16, side, whole=True))
         s.set_canvas(width, height)
         custom = choice == "custom"
-        return [viewer_value(s), gr.update(visible=custom, value=width), gr.update(visible=custom, value=height),
-                width, height]
+        return CanvasOut(viewer_value(s), gr.update(visible=custom, value=width),
+                         gr.update(visible=custom, value=height), width, height)
 
     # --- generation ------------------------------------------------------------------------------
-    def generate(self, *args: Any) -> Iterator[list[Any]]:
+    def generate(self, *args: Any) -> Iterator[RunOut]:
         yield from self._run(*args, guided=False)
 
-    def guided(self, *args: Any) -> Iterator[list[Any]]:
+    def guided(self, *args: Any) -> Iterator[RunOut]:
         yield from self._run(*args, guided=True)
 
     def _run(self, key: str, seed: Any, steps: Any, scale: Any, local: Any, box_id: str | None, kind: str,
-             prompt: str, weight: Any, color: str, global_: str, guided: bool) -> Iterator[list[Any]]:
-        """Yields [viewer, status, report] per step (with previews) and at the end."""
+             prompt: str, weight: Any, color: str, placement: str, global_: str, guided: bool) -> Iterator[RunOut]:
+        """Yields the viewer, status and report per step (with previews) and at the end."""
         s = self.session(key)
         seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
         steps_i = int(number(steps, "steps", 1, 1000, whole=True))
         strength, weight = number(scale, "guidance strength", 0, 20), number(weight, "weight", 0, 100)
         try:  # the editor's fields may not have been applied yet (no blur before the click)
-            commit_editor(s, box_id, kind, prompt, weight, color)
+            commit_editor(s, box_id, kind, prompt, weight, color, placement)
             with s.lock:
                 s.commit(replace(s.state, global_prompt=(global_ or "").strip()))
             loading = guided and not self.ctx.scorer_loaded
-            yield [viewer_value(s, (0, steps_i)),
-                   "Loading the guidance scorer (first time only)…" if loading else "Generating…", gr.skip()]
+            yield RunOut(viewer_value(s, (0, steps_i)),
+                         "Loading the guidance scorer (first time only)…" if loading else "Generating…", gr.skip())
             for event in generate(self.ctx, s, seed=seed_i, steps=steps_i, guided=guided, scale=strength,
                                   local=bool(local)):
                 if isinstance(event, Finished):
-                    yield [viewer_value(s), f"Done: {event.view.picture.label}.", report_markdown(event.report)]
+                    yield RunOut(viewer_value(s), f"Done: {event.view.picture.label}.", report_markdown(event.report))
                 else:
-                    yield [viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}", gr.skip()]
+                    yield RunOut(viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}",
+                                 gr.skip())
         except (Busy, ValueError) as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(str(e)) from None
         except Cancelled:
-            yield [viewer_value(s), "Cancelled; the previous image is back.", gr.skip()]
+            yield RunOut(viewer_value(s), "Cancelled; the previous image is back.", gr.skip())
         except Exception as e:  # e.g. a scorer that cannot load: tell the user, keep serving
             log.exception("generation failed")
-            raise gr.Error(f"Generation failed: {e}") from None
+            raise user_error(f"Generation failed: {e}") from None
 
     def open_photo(self, key: str, path: str | None, refine: Any) -> Iterator[list[Any]]:
         """Open an uploaded photo as the session's picture: yields [viewer, status]."""
         s = self.session(key)
         if not path:
-            raise gr.Error("No image received.")
+            raise user_error("No image received.")
         steps = int(number(refine, "refine steps", 0, MAX_REFINE, whole=True))
+        name = Path(path).name
         try:
             image = read_photo(path)
-        except ValueError as e:
-            raise gr.Error(f"Could not open the photo: {e}") from None
-        name = Path(path).name
+        except ValueError as e:  # the message names the upload's path on the server: show the name only
+            raise user_error(f"Could not open the photo: {str(e).replace(str(path), name)}") from None
+        finally:
+            discard_upload(path)
         try:
             yield [gr.skip(), f"Encoding {name}…"]
             for event in open_photo(self.ctx, s, image, name, refine=steps):
@@ -318,21 +416,18 @@ class Handlers:
                 else:
                     yield [viewer_value(s, (event.step, event.total)), f"Refining {event.step}/{event.total}"]
         except Busy as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(str(e)) from None
         except Cancelled:
             yield [viewer_value(s), "Cancelled; the previous image is back."]
         except Exception as e:
             log.exception("opening a photo failed")
-            raise gr.Error(f"Opening the photo failed: {e}") from None
+            raise user_error(f"Opening the photo failed: {e}") from None
 
     def cancel(self, key: str) -> list[Any]:
         """Stop this session's run at its next step and wait until the previous image is back: [viewer, status]."""
         s = self.session(key)
-        if not s.busy.locked():
+        if not s.runner.cancel():
             return [gr.skip(), "Nothing to cancel."]
-        s.cancel.set()
-        if s.busy.acquire(timeout=120):
-            s.busy.release()
         return [viewer_value(s), "Cancelled; the previous image is back."]
 
     # --- files -----------------------------------------------------------------------------------
@@ -341,16 +436,18 @@ class Handlers:
         s = self.session(key)
         view = s.view
         if view is None:
-            raise gr.Error("Generate an image first.")
+            raise user_error("Generate an image first.")
         if view.preview:
-            raise gr.Error("Wait for the generation to finish (or cancel it), then export.")
+            raise user_error("Wait for the generation to finish (or cancel it), then export.")
         side = self.ctx.limits.max_canvas_side
         width = int(number(w, "export width", 1, side, whole=True))
         height = int(number(h, "export height", 1, side, whole=True))
         try:
             self.ctx.check_export(width, height)
         except ValueError as e:
-            raise gr.Error(str(e)) from None
+            raise user_error(str(e)) from None
+        if self.ctx.exports.free <= 0:  # the route would answer 429: say so here, where the user sees it
+            raise user_error("Too many exports are running; try again in a moment.")
         name = "image.png" if fmt == "PNG" else "deepzoom.zip"
         href = f"export/{s.key}/{view.gen}/{name}?width={width}&height={height}"
         return [href, f"Rendering [{name} ({width}×{height})]({href}) tile by tile; the download starts "
@@ -361,15 +458,15 @@ class Handlers:
         href = f"session/{s.key}/infd-session.zip"
         return [href, f"[infd-session.zip]({href}): the image, boxes and prompts; load it with *Load session*."]
 
-    def open(self, key: str, data: bytes | None) -> list[Any]:
-        """Load a session file: [*panel, canvas preset, width, height, seed, status]."""
+    def open(self, key: str, data: bytes | None) -> LoadOut:
+        """Load a session file."""
         s = self.session(key)
         if not data:
-            raise gr.Error("No file received.")
+            raise user_error("No file received.")
         try:
-            loaded = load_session_file(data, self.ctx.pipe, self.ctx.limits.max_canvas_side)
+            loaded = self.ctx.load_session_file(data)
         except ValueError as e:
-            raise gr.Error(f"Could not load the session file: {e}") from None
+            raise user_error(f"Could not load the session file: {e}") from None
         with s.lock:
             s.selected = None
             s.set_canvas(*loaded.canvas)
@@ -378,5 +475,5 @@ class Handlers:
             gr.Warning(warning)
         w, h = loaded.canvas
         preset = str(w) if w == h and str(w) in dict(CANVAS_PRESETS).values() else "custom"
-        return [*self.panel(s, "all"), preset, w, h, loaded.seed if loaded.seed is not None else gr.skip(),
-                "Session loaded."]
+        return LoadOut(*self.panel(s, "all"), canvas=preset, canvas_w=w, canvas_h=h,
+                       seed=loaded.seed if loaded.seed is not None else gr.skip(), status="Session loaded.")

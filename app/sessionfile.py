@@ -2,8 +2,11 @@
 
 ``session.json``::
 
-    {"format": "infd-session", "version": 1, "model": "<model name>", "seed": 3,
-     "canvas": [4096, 4096], "global_prompt": "...", "boxes": [BoxSpec.to_json(), ...]}
+    {"format": "infd-session", "version": 2, "model": "<model name>", "seed": 3,
+     "canvas": [4096, 4096], "global_prompt": "...", "boxes": [Region.to_json(), ...]}
+
+Version 1 files (boxes with ``x0, y0, x1, y1`` keys) still load. ``latent.safetensors`` is a
+latent file as :mod:`infd_core.checkpoint` defines it (the CLI's ``render --latent`` reads it).
 
 Loading validates everything (sizes before decompressing, shapes, ranges) and raises
 ValueError with a message meant for the user; nothing in the file is executed or unpickled.
@@ -13,24 +16,27 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from PIL import Image
-from safetensors import SafetensorError
-from safetensors.torch import load as load_tensors
-from safetensors.torch import save as save_tensors
 
+from infd_core.checkpoint import latent_bytes, latent_from_bytes
+from infd_core.layout import Region, check_depth
 from infd_core.pipeline import Pipeline
 
 from .deepzoom import Pyramid
-from .sessions import MAX_BOXES, BoxSpec, Picture, State
+from .sessions import MAX_BOXES, Picture, State
 
 FORMAT = "infd-session"
-VERSION = 1
+VERSION = 2
+READS = (1, 2)
 MAX_FILE = 64 << 20     # bytes of the whole upload
-MAX_MEMBER = 32 << 20   # uncompressed bytes of any one member
+MAX_MEMBER = 32 << 20   # inflated bytes of a reference image or latent member
+MAX_JSON = 1 << 20      # inflated bytes of session.json (boxes hold prompts of at most 500 characters)
+CHUNK = 64 << 10        # members are inflated this many bytes at a time
 MAX_IMAGE_SIDE = 4096   # reference images
 
 
@@ -53,7 +59,7 @@ def dump(state: State, canvas: tuple[int, int], model: str) -> bytes:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("session.json", json.dumps(meta, indent=1))
         if pic is not None:
-            zf.writestr("latent.safetensors", save_tensors({"latent": pic.latent.contiguous()}))
+            zf.writestr("latent.safetensors", latent_bytes(pic.latent, {"model": model}))
         for b in state.boxes:
             if b.image is not None:
                 png = io.BytesIO()
@@ -71,7 +77,7 @@ def load(data: bytes, pipe: Pipeline, max_canvas_side: int) -> Loaded:
     except zipfile.BadZipFile:
         raise ValueError("not an infd session file (expected a .zip made by 'Save session')") from None
     with zf:
-        meta = _json(_read(zf, "session.json"))
+        meta = _json(_read(zf, "session.json", MAX_JSON))
         warnings = []
         if meta.get("model") != pipe.cfg.name:
             warnings.append(f"saved with model {meta.get('model')!r}, loaded into {pipe.cfg.name!r}")
@@ -98,17 +104,27 @@ def load(data: bytes, pipe: Pipeline, max_canvas_side: int) -> Loaded:
     return Loaded(State(picture, specs, prompt), (canvas[0], canvas[1]), seed, warnings)
 
 
-def _read(zf: zipfile.ZipFile, name: str) -> bytes:
+def _read(zf: zipfile.ZipFile, name: str, limit: int = MAX_MEMBER) -> bytes:
+    """Member ``name``, inflated at most ``limit`` bytes: read through ``zf.open()`` in chunks of
+    :data:`CHUNK`, so a member whose header lies about its size costs at most one chunk over the
+    limit, never its claimed or real size."""
     try:
         info = zf.getinfo(name)
     except KeyError:
         raise ValueError(f"session file has no {name}") from None
-    if info.file_size > MAX_MEMBER:
-        raise ValueError(f"{name} in the session file is too large")
+    too_large = ValueError(f"{name} in the session file is too large (over {limit:,} bytes)")
+    if info.file_size > limit:
+        raise too_large
+    out = bytearray()
     try:
-        return zf.read(info)
-    except (zipfile.BadZipFile, OSError, EOFError) as e:
+        with zf.open(info) as member:
+            while chunk := member.read(CHUNK):
+                out += chunk
+                if len(out) > limit:
+                    raise too_large
+    except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
         raise ValueError(f"{name} in the session file is damaged: {e}") from None
+    return bytes(out)
 
 
 def _json(raw: bytes) -> dict[str, Any]:
@@ -116,21 +132,21 @@ def _json(raw: bytes) -> dict[str, Any]:
         meta = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"session.json is not valid JSON: {e}") from None
+    except RecursionError:
+        raise ValueError("session.json is nested too deeply") from None
+    try:
+        check_depth(meta)
+    except ValueError as e:
+        raise ValueError(f"session.json: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"session.json is not an infd session (expected \"format\": \"{FORMAT}\")")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"unsupported session file version {meta.get('version')!r} (this app reads {VERSION})")
+    if meta.get("version") not in READS:
+        raise ValueError(f"unsupported session file version {meta.get('version')!r} (this app reads {READS})")
     return meta
 
 
 def _latent(raw: bytes, pipe: Pipeline):
-    try:
-        tensors = load_tensors(raw)
-    except (SafetensorError, ValueError) as e:
-        raise ValueError(f"latent.safetensors is damaged: {e}") from None
-    z = tensors.get("latent")
-    if z is None:
-        raise ValueError("latent.safetensors has no 'latent' tensor")
+    z = latent_from_bytes(raw, "latent.safetensors")
     try:
         pipe.autoencoder.check_latent(z)
     except (TypeError, ValueError) as e:
@@ -140,7 +156,9 @@ def _latent(raw: bytes, pipe: Pipeline):
     return z
 
 
-def _box(zf: zipfile.ZipFile, data: Any) -> BoxSpec:
+def _box(zf: zipfile.ZipFile, data: Any) -> Region:
+    if not isinstance(data, dict):
+        raise ValueError("a box must be a JSON object")
     image = None
     if isinstance(data, dict) and data.get("has_image"):
         raw = _read(zf, f"boxes/{data.get('id')}.png")
@@ -151,4 +169,6 @@ def _box(zf: zipfile.ZipFile, data: Any) -> BoxSpec:
                 image = np.asarray(im.convert("RGB"))
         except (OSError, Image.DecompressionBombError) as e:
             raise ValueError(f"reference image of box {data.get('id')} is damaged: {e}") from None
-    return BoxSpec.from_json(data, image)
+    if not data.get("id"):
+        raise ValueError("every box needs an id")
+    return Region.from_json(data, image)

@@ -8,101 +8,44 @@ that appears in tile URLs, so tiles of a view never change and can be cached for
 
 Memory: a session's latents are small (48 KB each); its decoded fields are not (8-32 MB), so the
 :class:`SessionStore` first drops fields of the least recently used pictures (they are decoded
-again on demand), then whole sessions by idle age, count and bytes.
+again on demand), then spills the least recently seen sessions to disk (:mod:`app.spill`) and
+restores them on their next request.
 """
 from __future__ import annotations
 
-import math
+import logging
 import re
 import secrets
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 from torch import Tensor
 
+from infd_core.layout import MAX_PROMPT, MAX_REGIONS, Region
 from infd_core.pipeline import Field, Pipeline
 
 from .deepzoom import Pyramid
+from . import spill
+from .runner import Runner
+from .spill import SpillDir
 
-KINDS = ("text", "image", "color", "keep")
-MAX_BOXES = 16
-MAX_PROMPT = 500
-MAX_WEIGHT = 100.0
-BOX_ID = re.compile(r"^[A-Za-z0-9_-]{1,24}$")
+log = logging.getLogger(__name__)
+
+MAX_BOXES = MAX_REGIONS
 KEY = re.compile(r"^[A-Za-z0-9_-]{32}$")
 HISTORY = 100   # undo steps kept per session
 KEEP_VIEWS = 12  # recent views whose tiles stay servable: more than one run's previews (generate.PREVIEWS),
 #                 so the image on screen while a new one loads never disappears
+RATE_WINDOW = 60.0  # seconds over which new sessions per client address are counted
+RATE_TABLE = 4096  # client addresses remembered before the quiet ones are forgotten
 
 
 class SessionNotFound(KeyError):
     """Unknown, malformed or expired session key."""
-
-
-@dataclass(frozen=True, eq=False)
-class BoxSpec:
-    """One box drawn on the canvas: a rectangle in image fractions with its condition (see infd_core.guidance)."""
-
-    id: str
-    x0: float
-    y0: float
-    x1: float
-    y1: float
-    kind: str = "text"
-    prompt: str = ""
-    weight: float = 1.0
-    color: tuple[float, float, float] | None = None
-    image: np.ndarray | None = None  # reference patch for kind "image", [h, w, 3] uint8
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.id, str) or not BOX_ID.match(self.id):
-            raise ValueError(f"box id must be 1-24 letters, digits, '_' or '-', got {self.id!r}")
-        coords = (self.x0, self.y0, self.x1, self.y1)
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in coords):
-            raise ValueError(f"box coordinates must be finite numbers, got {coords}")
-        if not (0 <= self.x0 < self.x1 <= 1 and 0 <= self.y0 < self.y1 <= 1):
-            raise ValueError(f"box must lie in [0, 1] with x0 < x1 and y0 < y1, got {coords}")
-        if self.kind not in KINDS:
-            raise ValueError(f"box kind must be one of {KINDS}, got {self.kind!r}")
-        if not isinstance(self.prompt, str) or len(self.prompt) > MAX_PROMPT:
-            raise ValueError(f"prompt must be a string of at most {MAX_PROMPT} characters")
-        w = self.weight
-        if isinstance(w, bool) or not isinstance(w, (int, float)) or not (math.isfinite(w) and 0 <= w <= MAX_WEIGHT):
-            raise ValueError(f"weight must be a number in [0, {MAX_WEIGHT}], got {w!r}")
-        if self.color is not None and not (len(self.color) == 3 and all(0 <= c <= 1 for c in self.color)):
-            raise ValueError(f"color must be three numbers in [0, 1], got {self.color!r}")
-        if self.image is not None and not (isinstance(self.image, np.ndarray) and self.image.ndim == 3
-                                           and self.image.shape[2] == 3 and self.image.dtype == np.uint8):
-            raise ValueError("reference image must be an [h, w, 3] uint8 array")
-
-    def same_as(self, other: BoxSpec) -> bool:
-        """Value equality (the reference image compared by identity: it is never mutated)."""
-        fields = ("id", "x0", "y0", "x1", "y1", "kind", "prompt", "weight", "color")
-        return all(getattr(self, f) == getattr(other, f) for f in fields) and self.image is other.image
-
-    def to_json(self) -> dict[str, Any]:
-        """The JSON form (viewer, session files); the reference image is only flagged."""
-        return {"id": self.id, "x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1, "kind": self.kind,
-                "prompt": self.prompt, "weight": self.weight,
-                "color": list(self.color) if self.color is not None else None, "has_image": self.image is not None}
-
-    @classmethod
-    def from_json(cls, data: Any, image: np.ndarray | None = None) -> BoxSpec:
-        """Inverse of :meth:`to_json`; raises ValueError on anything malformed."""
-        if not isinstance(data, dict):
-            raise ValueError("a box must be a JSON object")
-        try:
-            color = data.get("color")
-            return cls(id=data["id"], x0=data["x0"], y0=data["y0"], x1=data["x1"], y1=data["y1"],
-                       kind=data.get("kind", "text"), prompt=data.get("prompt", ""), weight=data.get("weight", 1.0),
-                       color=tuple(color) if isinstance(color, list) else color, image=image)
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"malformed box: {e}") from e
 
 
 class Picture:
@@ -144,8 +87,12 @@ class State:
     """What undo/redo restores."""
 
     picture: Picture | None = None
-    boxes: tuple[BoxSpec, ...] = ()
+    boxes: tuple[Region, ...] = ()  # each with an id (the viewer's handle)
     global_prompt: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.global_prompt, str) or len(self.global_prompt) > MAX_PROMPT:
+            raise ValueError(f"the global prompt must be a string of at most {MAX_PROMPT} characters")
 
     def same_as(self, other: State) -> bool:
         if self.picture is not other.picture or self.global_prompt != other.global_prompt:
@@ -153,10 +100,10 @@ class State:
         return len(self.boxes) == len(other.boxes) and all(
             a.same_as(b) for a, b in zip(self.boxes, other.boxes, strict=True))
 
-    def box(self, box_id: str) -> BoxSpec | None:
+    def box(self, box_id: str) -> Region | None:
         return next((b for b in self.boxes if b.id == box_id), None)
 
-    def with_box(self, box: BoxSpec) -> State:
+    def with_box(self, box: Region) -> State:
         """Replace the box with the same id, or append it (at most :data:`MAX_BOXES`)."""
         if self.box(box.id) is not None:
             return replace(self, boxes=tuple(box if b.id == box.id else b for b in self.boxes))
@@ -180,7 +127,7 @@ class View:
 
 @dataclass
 class Session:
-    """One user's canvas. Mutate only under ``lock``; ``busy`` is held while the model samples for it."""
+    """One user's canvas. Mutate only under ``lock``; ``runner`` runs the model for it, one run at a time."""
 
     key: str
     canvas: tuple[int, int] = (2048, 2048)
@@ -192,8 +139,7 @@ class Session:
     client_rev: int = 0  # last box edit received from the browser, echoed back (see viewer.js)
     last_seen: float = field(default_factory=time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)
-    busy: threading.Lock = field(default_factory=threading.Lock)
-    cancel: threading.Event = field(default_factory=threading.Event)
+    runner: Runner = field(default_factory=Runner)
 
     # --- undoable state ---------------------------------------------------------------------
     @property
@@ -284,40 +230,96 @@ class Session:
         return sum(p.nbytes for p in self.pictures()) + sum(images.values())
 
 
+class TooManySessions(RuntimeError):
+    """A client address asked for more new sessions in a minute than the store allows."""
+
+
 class SessionStore:
-    """All sessions, by key; thread-safe; bounded by count, idle age and bytes (fields first)."""
+    """All sessions, by key; thread-safe; nothing lost silently when its limits bite.
+
+    In memory there are at most ``max_sessions`` sessions and ``max_bytes`` of pictures: decoded
+    fields of the least recently used pictures are dropped first (decoded again on demand), then
+    the least recently seen sessions are spilled to disk (:mod:`app.spill`) and :meth:`get`
+    restores them, boxes and undo history included, on their next request. Sessions (in memory
+    or on disk) idle for ``ttl`` expire; beyond ``max_spilled`` on disk the least recently seen
+    are deleted with a log line. :meth:`create` admits ``per_minute`` new sessions per client
+    address. Sessions that are running the model, and ``keep``, are never spilled.
+
+    A handler that still holds a session object after it was spilled would change an orphan; the
+    least recently seen go first, so that takes ``max_sessions`` other sessions being used within
+    one request of that handler.
+    """
 
     def __init__(self, max_sessions: int = 64, ttl: float = 2 * 3600, max_bytes: int = 1 << 30,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, *, max_spilled: int = 4096, per_minute: int = 30):
         self.max_sessions, self.ttl, self.max_bytes = max_sessions, ttl, max_bytes
+        self.max_spilled, self.per_minute = max_spilled, per_minute
         self._clock = clock
         self._sessions: dict[str, Session] = {}
+        self._spilled: dict[str, float] = {}  # key -> last_seen of the sessions on disk
+        self._disk = SpillDir()
+        self._created: dict[str, deque[float]] = {}  # client address -> its creations in the last minute
         self._lock = threading.Lock()
 
-    def create(self, canvas: tuple[int, int] = (2048, 2048)) -> Session:
+    def create(self, canvas: tuple[int, int] = (2048, 2048), client: str | None = None) -> Session:
+        """A new session; TooManySessions if ``client`` (an address) has created too many this minute."""
+        if client is not None:
+            self._admit(client)
         session = Session(secrets.token_urlsafe(24), canvas=canvas, last_seen=self._clock())
         with self._lock:
             self._sessions[session.key] = session
         self.enforce(keep=session.key)
         return session
 
+    def _admit(self, client: str) -> None:
+        now = self._clock()
+        with self._lock:
+            if len(self._created) > RATE_TABLE:  # forget addresses quiet for a minute
+                self._created = {c: t for c, t in self._created.items() if t and now - t[-1] < RATE_WINDOW}
+            times = self._created.setdefault(client, deque())
+            while times and now - times[0] >= RATE_WINDOW:
+                times.popleft()
+            if len(times) >= self.per_minute:
+                raise TooManySessions("too many new sessions from your address; wait a minute and reload the page")
+            times.append(now)
+
     def get(self, key: Any) -> Session:
-        """The live session with this key (marked as used); SessionNotFound otherwise."""
+        """The session with this key (marked as used; restored from disk if it was spilled);
+        SessionNotFound otherwise."""
         if not isinstance(key, str) or not KEY.match(key):
             raise SessionNotFound("malformed session key")
         with self._lock:
             session = self._sessions.get(key)
+            restored = session is None and key in self._spilled
+            if restored:
+                session = self._restore(key)
         if session is None:
             raise SessionNotFound("unknown or expired session")
         session.last_seen = self._clock()
+        if restored:
+            self.enforce(keep=key)
         return session
 
     def delete(self, key: Any) -> None:
         with self._lock:
             self._sessions.pop(key, None)
+            if self._spilled.pop(key, None) is not None:
+                self._disk.delete(key)
+
+    def close(self) -> None:
+        """Forget every session and remove the spill directory."""
+        with self._lock:
+            self._sessions.clear()
+            self._spilled.clear()
+            self._disk.close()
 
     def __len__(self) -> int:
+        """Sessions in memory (see :attr:`spilled` for those on disk)."""
         return len(self._sessions)
+
+    @property
+    def spilled(self) -> int:
+        return len(self._spilled)
 
     def field(self, session: Session, view: View, pipe: Pipeline) -> Field:
         """The view's decoded field (decoding it if needed, then re-checking the byte budget)."""
@@ -327,17 +329,28 @@ class SessionStore:
         return fld
 
     def enforce(self, keep: str | None = None) -> None:
-        """Evict idle sessions, then the oldest beyond ``max_sessions``, then fields/sessions beyond ``max_bytes``.
-
-        Sessions that are sampling, and ``keep``, are never evicted.
-        """
+        """Expire idle sessions, spill the least recently seen beyond ``max_sessions``, then drop
+        fields and spill sessions beyond ``max_bytes``, then trim the disk to ``max_spilled``."""
         now = self._clock()
         with self._lock:
+            for key, seen in list(self._spilled.items()):
+                if now - seen > self.ttl:
+                    del self._spilled[key]
+                    self._disk.delete(key)
             by_age = sorted(self._sessions.values(), key=lambda s: s.last_seen)
-            evictable = [s for s in by_age if s.key != keep and not s.busy.locked()]
+            evictable = [s for s in by_age if s.key != keep and not s.runner.running]
             for s in evictable:
-                if now - s.last_seen > self.ttl or len(self._sessions) > self.max_sessions:
+                if now - s.last_seen > self.ttl:
                     del self._sessions[s.key]
+            evictable = [s for s in evictable if s.key in self._sessions]
+            excess = len(self._sessions) - self.max_sessions
+        spilled = {s.key for s in evictable[:max(0, excess)] if self._spill(s)}
+        evictable = [s for s in evictable if s.key not in spilled]
+        self._enforce_bytes(evictable)
+        self._trim_disk()
+
+    def _enforce_bytes(self, evictable: list[Session]) -> None:
+        with self._lock:
             live = list(self._sessions.values())
         sizes = {s.key: s.nbytes for s in live}
         total = sum(sizes.values())
@@ -349,9 +362,55 @@ class SessionStore:
                 return
             total -= p.field_bytes
             p.drop_field()
+        for s in evictable:
+            if total <= self.max_bytes:
+                break
+            if self._spill(s):
+                total -= sizes.get(s.key, 0)
+
+    def _spill(self, session: Session) -> bool:
+        """Move ``session`` to disk unless it is running or gone; False if it stays in memory."""
+        with session.lock:
+            if session.runner.running:
+                return False
+            try:
+                data = spill.encode(session)
+            except Exception:  # never expected; keeping the session in memory is the safe side
+                log.exception("could not spill session %s…", session.key[:6])
+                return False
+            with self._lock:
+                if self._sessions.get(session.key) is not session:
+                    return False
+                try:
+                    self._disk.write(session.key, data)
+                except OSError as e:
+                    log.warning("could not spill a session to disk (%s); it stays in memory", e)
+                    return False
+                del self._sessions[session.key]
+                self._spilled[session.key] = session.last_seen
+        return True
+
+    def _restore(self, key: str) -> Session | None:
+        """The spilled session ``key`` back in memory (call with ``_lock`` held)."""
+        del self._spilled[key]
+        data = self._disk.read(key)
+        self._disk.delete(key)
+        if data is None:
+            return None
+        try:
+            session = spill.decode(key, data, self._clock())
+        except Exception:  # never expected (the file is ours, mode 0600)
+            log.exception("could not restore spilled session %s…", key[:6])
+            return None
+        self._sessions[key] = session
+        return session
+
+    def _trim_disk(self) -> None:
         with self._lock:
-            for s in evictable:
-                if total <= self.max_bytes:
-                    break
-                if self._sessions.pop(s.key, None) is not None:
-                    total -= sizes.get(s.key, 0)
+            excess = len(self._spilled) - self.max_spilled
+            if excess <= 0:
+                return
+            for key in sorted(self._spilled, key=self._spilled.__getitem__)[:excess]:
+                del self._spilled[key]
+                self._disk.delete(key)
+        log.warning("session store full: deleted the %d least recently seen sessions on disk", excess)

@@ -1,7 +1,7 @@
 """The Gradio UI: layout of the canvas and the side panel, and which event runs which handler.
 
 The canvas is a ``gr.HTML`` whose static template hosts the OpenSeadragon viewer of
-``static/viewer.js`` (FACTS §7); the handlers (what the events do) are in :mod:`app.handlers`.
+``static/viewer.js``; the handlers (what the events do) are in :mod:`app.handlers`.
 Each session's state lives on the server (:mod:`app.sessions`); the page holds only its key.
 """
 from __future__ import annotations
@@ -11,12 +11,13 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
+from infd_core.layout import KINDS, MAX_PROMPT, PLACEMENTS
+
 from .context import AppContext
-from .generate import GUIDANCE_MISSING
-from .handlers import CANVAS_PRESETS, DEFAULT_CANVAS, DEFAULT_COLOR, MAX_REFINE, Handlers
-from .sessions import KINDS
+from .handlers import CANVAS_PRESETS, DEFAULT_CANVAS, DEFAULT_COLOR, MAX_REFINE, CanvasOut, Handlers, LoadOut, Panel, RunOut
 
 STATIC = Path(__file__).resolve().parent / "static"
+UPLOAD_TTL = 3600  # seconds an upload may stay in Gradio's cache (photos are deleted as soon as read)
 
 VIEWER_HTML = """
 <div class="infd-viewer infd-empty">
@@ -32,7 +33,7 @@ VIEWER_HTML = """
   <div class="infd-hint">Press <b>Generate</b> (or G) to create an image.</div>
 </div>
 """
-# The custom event names must appear quoted in js_on_load for Gradio to expose them (FACTS §7).
+# The custom event names must appear quoted in js_on_load for Gradio 6 to expose them as events.
 VIEWER_JS = "InfdViewer.mount(element, props, trigger, watch, ['box_edit', 'box_select', 'history']);"
 DOWNLOAD_JS = """(url) => {
   if (!url) return;
@@ -65,8 +66,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
     """The app's Blocks; ``ctx`` holds the model and the sessions."""
     on = Handlers(ctx)
     describe = ctx.pipe.describe()
-    guided_ok = not GUIDANCE_MISSING
-    with gr.Blocks(title="infd — neural field canvas") as demo:
+    # uploads (photos, session files, reference images) are deleted from Gradio's cache after an hour
+    with gr.Blocks(title="infd — neural field canvas", delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as demo:
         key = gr.State(None, delete_callback=ctx.store.delete)
         editing = gr.State(None)  # id of the box shown in the editor
         note = f" ({ctx.model_note})" if ctx.model_note else ""
@@ -85,7 +86,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                     scale = gr.Number(0.2, label="Guidance", minimum=0, maximum=20, step=0.1, min_width=70,
                                       elem_id="infd-scale")
                 local = gr.Checkbox(True, label="Boxes steer only near themselves", elem_id="infd-local",
-                                    info="Off: a box may restyle the whole picture (plain DPS).")
+                                    info="On: the rest of the current picture is kept. Off: a box may restyle "
+                                         "the whole picture (plain DPS).")
                 with gr.Row():
                     canvas = gr.Dropdown(CANVAS_PRESETS, value=str(DEFAULT_CANVAS), label="Canvas", min_width=90,
                                          elem_id="infd-canvas")
@@ -94,15 +96,12 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                     dice = gr.Button("Random", size="sm", min_width=60, elem_id="infd-dice")
                 with gr.Row():
                     gen_btn = gr.Button("Generate", variant="primary", min_width=80, elem_id="infd-generate")
-                    guided_btn = gr.Button("Guided", variant="primary", min_width=80, elem_id="infd-guided",
-                                           interactive=guided_ok)
+                    guided_btn = gr.Button("Guided", variant="primary", min_width=80, elem_id="infd-guided")
                     cancel_btn = gr.Button("Cancel", variant="stop", min_width=60, elem_id="infd-cancel")
-                if not guided_ok:
-                    gr.Markdown(f"⚠ {GUIDANCE_MISSING}. Boxes can still be drawn and saved.")
                 with gr.Tabs():
                     with gr.Tab("Boxes"):
                         global_prompt = gr.Textbox(label="Global prompt (whole canvas)", lines=1,
-                                                   elem_id="infd-global")
+                                                   max_length=MAX_PROMPT, elem_id="infd-global")
                         box_list = gr.Radio([], label="Boxes: shift-drag on the canvas to draw one",
                                             elem_id="infd-boxes")
                         with gr.Group(visible=False) as editor:
@@ -111,9 +110,13 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                                                    elem_id="infd-kind")
                                 weight = gr.Number(1.0, label="Weight", minimum=0, maximum=100, step=0.1,
                                                    min_width=70, elem_id="infd-weight")
-                            prompt = gr.Textbox(label="Prompt (Enter to apply)", lines=1, elem_id="infd-prompt")
+                            prompt = gr.Textbox(label="Prompt (Enter to apply)", lines=1, max_length=MAX_PROMPT,
+                                                elem_id="infd-prompt")
                             color = gr.ColorPicker(DEFAULT_COLOR, label="Colour", visible=False)
                             image = gr.Image(label="Reference image", type="numpy", visible=False, height=160)
+                            placement = gr.Radio(list(PLACEMENTS), value="hard", label="Placement", visible=False,
+                                                 info="hard: kept as placed; soft: the sampler may rework it",
+                                                 elem_id="infd-placement")
                             delete_btn = gr.Button("Delete box", size="sm", variant="secondary", elem_id="infd-delete")
                         report = gr.Markdown("", elem_id="infd-report")
                     with gr.Tab("Export", elem_id="infd-export-tab"):
@@ -131,7 +134,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                         url = gr.Textbox(visible="hidden", elem_id="infd-url")
                     with gr.Tab("Photo", elem_id="infd-photo-tab"):
                         gr.Markdown("Open a photo to zoom into it or export it at any size; guided generation "
-                                    "then starts from it (*keep* boxes pull towards it). It is squashed to the "
+                                    "then starts from it (*keep* boxes keep what they cover). It is squashed to the "
                                     "model's 256² square input, like in training. Refining fits the latent to "
                                     "the photo (about 0.7 s a step on 2 CPU cores): sharper, but slower to open.")
                         with gr.Row():
@@ -143,7 +146,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                         gr.Markdown(SHORTCUTS)
 
         # --- wiring (UI-only endpoints, api_visibility="private": the model is scriptable via infd_core) -----
-        panel = [viewer, box_list, editing, editor, kind, prompt, weight, color, image, global_prompt]  # Handlers.panel
+        panel = list(Panel(viewer=viewer, box_list=box_list, editing=editing, editor=editor, kind=kind, prompt=prompt,
+                           weight=weight, color=color, image=image, placement=placement, global_prompt=global_prompt))
         light = dict(show_progress="hidden", concurrency_limit=None, api_visibility="private")
         ordered = dict(show_progress="hidden", api_visibility="private")  # one at a time, in arrival order
         model = dict(show_progress="minimal", show_progress_on=status, concurrency_id="model", concurrency_limit=1,
@@ -153,27 +157,30 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         viewer.box_select(on.box_select, key, panel, **light)
         viewer.history(on.history, key, panel, **ordered)
         box_list.input(on.select, [key, box_list], panel, **light)
-        editor_inputs = [key, editing, kind, prompt, weight, color]
+        editor_inputs = [key, editing, kind, prompt, weight, color, placement]
         kind.input(on.editor, editor_inputs, panel, **light)
         prompt.submit(on.editor, editor_inputs, panel, **light)
         prompt.blur(on.editor, editor_inputs, panel, **light)
         weight.submit(on.editor, editor_inputs, panel, **light)
         weight.blur(on.editor, editor_inputs, panel, **light)
         color.input(on.editor, editor_inputs, panel, **light)
+        placement.input(on.editor, editor_inputs, panel, **light)
         image.input(on.reference_image, [key, editing, image], panel, **light)
         delete_btn.click(on.delete, key, panel, **light)
         global_prompt.submit(on.global_prompt, [key, global_prompt], panel, **light)
         global_prompt.blur(on.global_prompt, [key, global_prompt], panel, **light)
         dice.click(lambda: int(np.random.randint(0, 2**31 - 1)), None, seed, **light)
         canvas_inputs = [key, canvas, canvas_w, canvas_h]
-        canvas_outputs = [viewer, canvas_w, canvas_h, export_w, export_h]
+        canvas_outputs = list(CanvasOut(viewer=viewer, canvas_w=canvas_w, canvas_h=canvas_h, export_w=export_w,
+                                        export_h=export_h))
         canvas.input(on.canvas, canvas_inputs, canvas_outputs, **light)
         canvas_w.submit(on.canvas, canvas_inputs, canvas_outputs, **light)
         canvas_h.submit(on.canvas, canvas_inputs, canvas_outputs, **light)
 
-        run_inputs = [key, seed, steps, scale, local, editing, kind, prompt, weight, color, global_prompt]
-        gen_evt = gen_btn.click(on.generate, run_inputs, [viewer, status, report], **model)
-        guided_evt = guided_btn.click(on.guided, run_inputs, [viewer, status, report], **model)
+        run_inputs = [key, seed, steps, scale, local, editing, kind, prompt, weight, color, placement, global_prompt]
+        run_outputs = list(RunOut(viewer=viewer, status=status, report=report))
+        gen_evt = gen_btn.click(on.generate, run_inputs, run_outputs, **model)
+        guided_evt = guided_btn.click(on.guided, run_inputs, run_outputs, **model)
         photo_evt = photo_btn.upload(on.open_photo, [key, photo_btn, refine], [viewer, status], **model)
         # cancels= drops a run still waiting for the model; a running one stops via the session's flag
         cancel_btn.click(on.cancel, key, [viewer, status], cancels=[gen_evt, guided_evt, photo_evt], **light)
@@ -181,5 +188,6 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         export_btn.click(on.export, [key, export_w, export_h, export_fmt], [url, link], **light).success(
             None, url, None, js=DOWNLOAD_JS)
         save_btn.click(on.save, key, [url, link], **light).success(None, url, None, js=DOWNLOAD_JS)
-        load_btn.upload(on.open, [key, load_btn], [*panel, canvas, canvas_w, canvas_h, seed, status], **light)
+        load_btn.upload(on.open, [key, load_btn], list(LoadOut(*panel, canvas=canvas, canvas_w=canvas_w,
+                                                               canvas_h=canvas_h, seed=seed, status=status)), **light)
     return demo

@@ -1,8 +1,7 @@
 """The app's server side without a browser: tile route, caching, session isolation, bad input, files.
 
-Uses the default model when it is installed, else the cpu preset with random weights
-(:func:`app.server.load_pipeline`); pictures are random latents, so no sampling is needed
-except in the generation test.
+Uses the cpu preset with fixed-seed random weights (mechanics, not the shipped model's quality);
+pictures are random latents, so no sampling is needed except in the generation tests.
 """
 from __future__ import annotations
 
@@ -26,10 +25,13 @@ from app.context import Limits
 from app.deepzoom import Pyramid
 from app.generate import Cancelled, Finished, Progress, generate, open_photo
 from app.handlers import Handlers, apply_box_edit, number, report_markdown
-from app.server import create_app, load_pipeline
-from app.sessions import KEEP_VIEWS, BoxSpec, Picture, Session, SessionStore, State
+from app.server import create_app
+from app.sessions import KEEP_VIEWS, Picture, Session, SessionStore, State
 from app.tiles import ByteLRU, TileWorkers
-from infd_core import guidance
+from infd_core import configs, guidance
+from infd_core.geometry import Box
+from infd_core.layout import Region
+from infd_core.pipeline import Pipeline
 from infd_core.images import read_photo
 
 EXPORT_LIMIT = 640 * 480
@@ -37,7 +39,7 @@ EXPORT_LIMIT = 640 * 480
 
 @pytest.fixture(scope="module")
 def server():
-    pipe, _ = load_pipeline()
+    pipe = Pipeline.from_config(configs.cpu(), seed=0)  # the mechanics, not the shipped model's quality
     app = create_app(pipe, limits=Limits(max_export_pixels=EXPORT_LIMIT, concurrent_exports=1))
     with TestClient(app) as client:
         yield client, app.state.ctx
@@ -199,8 +201,8 @@ def test_session_file_round_trip(server):
     client, ctx = server
     s = new_session(ctx, seed=7, canvas=(3000, 1500))
     ref = np.full((20, 30, 3), 200, np.uint8)
-    s.commit(s.state.with_box(BoxSpec("b1", 0.1, 0.2, 0.5, 0.6, prompt="a red apple", weight=2.0)))
-    s.commit(s.state.with_box(BoxSpec("b2", 0.5, 0.5, 0.9, 0.9, kind="image", image=ref)))
+    s.commit(s.state.with_box(Region(Box(0.1, 0.2, 0.5, 0.6), prompt="a red apple", weight=2.0, id="b1")))
+    s.commit(s.state.with_box(Region(Box(0.5, 0.5, 0.9, 0.9), kind="image", image=ref, placement="soft", id="b2")))
     s.commit(State(s.state.picture, s.state.boxes, "a still life"))
     r = client.get(f"/session/{s.key}/infd-session.zip")
     assert r.status_code == 200
@@ -235,8 +237,8 @@ GOOD = {"format": "infd-session", "version": 1, "model": "x", "seed": 1, "canvas
     (_zip({**GOOD, "canvas": [0, 10]}), "canvas must be"),
     (_zip({**GOOD, "canvas": [10 ** 9, 10]}), "canvas must be"),
     (_zip({**GOOD, "seed": "zero"}), "seed must be"),
-    (_zip({**GOOD, "boxes": [{"id": "a", "x0": 0.5, "y0": 0, "x1": 0.2, "y1": 1}]}), "box must lie in"),
-    (_zip({**GOOD, "boxes": [{"id": "../x", "x0": 0, "y0": 0, "x1": 1, "y1": 1}]}), "box id"),
+    (_zip({**GOOD, "boxes": [{"id": "a", "x0": 0.5, "y0": 0, "x1": 0.2, "y1": 1}]}), "positive area"),
+    (_zip({**GOOD, "boxes": [{"id": "../x", "x0": 0, "y0": 0, "x1": 1, "y1": 1}]}), "region id"),
     (_zip({**GOOD, "boxes": [{"id": "a", "x0": 0, "y0": 0, "x1": 1, "y1": 1, "kind": "magic"}]}), "kind"),
     (_zip({**GOOD, "boxes": [{"id": "a", "x0": 0, "y0": 0, "x1": 1, "y1": 1, "has_image": True}]}), "no boxes/a.png"),
     (_zip({**GOOD, "boxes": ["box"]}), "JSON object"),
@@ -255,11 +257,11 @@ def test_box_edits_undo_and_redo():
     s = Session("k" * 32)
     apply_box_edit(s, {"op": "add", "rev": 1, "box": {"id": "b1", "x0": 0.1, "y0": 0.1, "x1": 0.4, "y1": 0.3}})
     apply_box_edit(s, {"op": "update", "rev": 2, "box": {"id": "b1", "x0": 0.2, "y0": 0.1, "x1": 0.5, "y1": 0.3}})
-    assert s.client_rev == 2 and s.selected == "b1" and s.state.box("b1").x0 == 0.2
+    assert s.client_rev == 2 and s.selected == "b1" and s.state.box("b1").box.x0 == 0.2
     apply_box_edit(s, {"op": "delete", "rev": 3, "id": "b1"})
     assert s.state.boxes == () and s.selected is None
-    assert s.undo() and s.state.box("b1").x0 == 0.2
-    assert s.undo() and s.state.box("b1").x0 == 0.1
+    assert s.undo() and s.state.box("b1").box.x0 == 0.2
+    assert s.undo() and s.state.box("b1").box.x0 == 0.1
     assert s.redo() and s.redo() and not s.redo() and s.state.boxes == ()
     for bad in ({"op": "add", "box": {"id": "b2", "x0": 0.5, "y0": 0, "x1": 0.1, "y1": 1}},
                 {"op": "add", "box": {"id": "b2", "x0": "a", "y0": 0, "x1": 0.1, "y1": 1}},
@@ -287,8 +289,11 @@ def test_store_evicts_idle_and_oldest_sessions_but_not_busy_ones():
     store.create()
     with pytest.raises(KeyError):
         store.get(a.key)
-    with b.busy:  # b is the oldest, but generating
+    b.runner._active.acquire()  # b is the oldest, but generating
+    try:
         keys = [store.create().key for _ in range(3)]
+    finally:
+        b.runner._active.release()
     assert len(store) == 3 and store.get(b.key) is b
     assert [k in store._sessions for k in keys] == [False, True, True]
 
@@ -339,12 +344,14 @@ def test_byte_lru_is_bounded_by_bytes():
 def cancel_after_first_event(s: Session, run) -> None:
     """Cancel a model run once it has started; it raises Cancelled and lets go of the session."""
     next(run)
-    s.cancel.set()
+    assert s.runner.running
+    threading.Thread(target=s.runner.cancel).start()
     with pytest.raises(Cancelled):
         list(run)
     deadline = time.monotonic() + 10
-    while s.busy.locked() and time.monotonic() < deadline:
+    while s.runner.running and time.monotonic() < deadline:
         time.sleep(0.01)
+    assert not s.runner.running
 
 
 def test_generate_previews_commits_and_cancels(server):
@@ -367,7 +374,7 @@ def test_guided_generation_is_local_unless_asked_otherwise(server):
     or plain DPS over the whole latent; the report under the canvas says which."""
     _, ctx = server
     s = ctx.store.create(canvas=(512, 512))
-    s.commit(State(None, boxes=(BoxSpec("red", 0.0, 0.0, 0.25, 0.25, kind="color", color=(1.0, 0.0, 0.0)),)))
+    s.commit(State(None, boxes=(Region(Box(0.0, 0.0, 0.25, 0.25), kind="color", color=(1.0, 0.0, 0.0), id="red"),)))
     reports = {}
     for local in (True, False):
         events = list(generate(ctx, s, seed=5, steps=2, guided=True, scale=0.5, local=local))
