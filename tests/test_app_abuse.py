@@ -28,7 +28,6 @@ import numpy as np
 import pytest
 import requests
 import torch
-import uvicorn
 
 from app import sessionfile
 from app.context import Limits
@@ -40,6 +39,8 @@ from app.tiles import Overloaded, TileWorkers
 from infd_core.geometry import Box
 from infd_core.layout import Region
 
+from .live import serve
+
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = Limits(concurrent_exports=1, max_export_pixels=4096 * 4096)
 
@@ -49,19 +50,8 @@ def live():
     """The app on a free localhost port, served by uvicorn on a thread: (base URL, port, context)."""
     pipe, _ = load_pipeline()
     app = create_app(pipe, limits=LIMITS)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", port, app.state.ctx
-    server.should_exit = True
-    thread.join(10)
+    with serve(app) as (base, port):
+        yield base, port, app.state.ctx
 
 
 def new_session(ctx, seed: int = 0, canvas: tuple[int, int] = (1024, 1024), client: str | None = None):

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import statistics
 import threading
 import time
@@ -25,13 +24,14 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 import torch
-import uvicorn
 from PIL import Image
 from skimage import data
 
 from app.generate import generate
 from app.server import create_app, load_pipeline
 from app.sessions import Picture, State
+
+from .live import serve
 
 pytestmark = pytest.mark.slow
 
@@ -49,19 +49,8 @@ def live():
     """The app on a free localhost port, served by uvicorn on a thread."""
     pipe, note = load_pipeline()
     app = create_app(pipe, model_note=note)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}", app.state.ctx
-    server.should_exit = True
-    thread.join(10)
+    with serve(app) as (base, port):
+        yield base, app.state.ctx
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,11 @@ stage early (the card records what was run).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shutil
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 

@@ -449,7 +449,7 @@ def markdown(report: dict[str, Any]) -> str:
         out.append(f"| {methods[m]} | {v:.2f} | {min(sc['per_image_db'][m].values()):.2f} |")
     if "grid" in report and report["grid"]["sizes"]:
         g = report["grid"]
-        out += ["", f"### φ-grid visibility (mean step across φ-cell edges / within cells; 1 = no visible grid)", "",
+        out += ["", "### φ-grid visibility (mean step across φ-cell edges / within cells; 1 = no visible grid)", "",
                 "| image | " + " | ".join(f"{s}²" for s in g["sizes"]) + " |", "|---|" + "---:|" * len(g["sizes"])]
         for m, v in g["mean"].items():
             label = "ground truth (photo resized)" if m == "gt" else methods[m]
