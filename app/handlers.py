@@ -212,29 +212,9 @@ def report_markdown(report: dict[str, Any] | None) -> str:
     lines = [f"**Guidance**: scorer `{report['scorer']}`, strength {report['scale']}, {reach}{held}", "",
              "| # | kind | what | result | changed (/255) |", "|---|---|---|---|---:|"]
     for i, r in enumerate(report["regions"]):
-        lines.append(f"| {i} | {r['kind']} | {_what(r)} | {_result(r)} | {r.get('changed', '')} |")
+        what, result = KINDS[r["kind"]].summarize(r)
+        lines.append(f"| {i} | {r['kind']} | {what} | {result} | {r.get('changed', '')} |")
     return "\n".join(lines)
-
-
-def _what(r: dict[str, Any]) -> str:
-    if r["kind"] == "text":
-        return f"{r['prompt']} → {'' if r['known'] else '⚠ '}{r['understood_as']}"
-    if r["kind"] == "color":
-        return rgb_to_hex(r["color"])
-    return {"image": "reference image", "keep": "keep"}.get(r["kind"], "")
-
-
-def _result(r: dict[str, Any]) -> str:
-    """Scores with their gains (the judge: augmented views the guidance never saw)."""
-    if r["kind"] == "text":
-        before = r.get("before")
-        gain = (lambda k: f" ({r[k] - before[k]:+.2f})") if before else (lambda k: "")
-        return f"score {r['score']:.2f}{gain('score')}, judge {r['judge']:.2f}{gain('judge')}"
-    if r["kind"] == "color":
-        return f"mean {rgb_to_hex(r['mean_color'])}"
-    if r["kind"] == "image":
-        return r.get("note") or f"placed ({r['placed']}, {r['cells']} cells)"
-    return ""
 
 
 class Handlers:

@@ -277,6 +277,14 @@ class Kind:
         """A short description for box lists."""
         return self.name
 
+    def summarize(self, item: dict[str, Any]) -> tuple[str, str]:
+        """(what was asked, what came out) for one condition of a guidance report."""
+        return self.name, ""
+
+
+def hex_color(rgb: tuple[float, ...] | list[float]) -> str:
+    return "#" + "".join(f"{round(c * 255):02x}" for c in rgb)
+
 
 class TextKind(Kind):
     name = "text"
@@ -292,6 +300,14 @@ class TextKind(Kind):
 
     def label(self, r: Region) -> str:
         return r.prompt or "(no prompt yet)"
+
+    def summarize(self, item: dict[str, Any]) -> tuple[str, str]:
+        """The scorer's score and the judge's (augmented views the guidance never saw), with their
+        gains over the picture the run started from."""
+        before = item.get("before")
+        gain = (lambda k: f" ({item[k] - before[k]:+.2f})") if before else (lambda k: "")
+        what = f"{item['prompt']} → {'' if item['known'] else '⚠ '}{item['understood_as']}"
+        return what, f"score {item['score']:.2f}{gain('score')}, judge {item['judge']:.2f}{gain('judge')}"
 
     def prepare(self, r: Region, ctx: RunContext) -> Condition:
         scorer, target = ctx.scorer, ctx.scorer.encode_prompt(r.prompt)
@@ -318,7 +334,10 @@ class ColorKind(Kind):
             raise ValueError("a color region needs a colour")
 
     def label(self, r: Region) -> str:
-        return "#" + "".join(f"{round(c * 255):02x}" for c in r.color) if r.color else "(no colour)"
+        return hex_color(r.color) if r.color else "(no colour)"
+
+    def summarize(self, item: dict[str, Any]) -> tuple[str, str]:
+        return hex_color(item["color"]), f"mean {hex_color(item['mean_color'])}"
 
     def prepare(self, r: Region, ctx: RunContext) -> Condition:
         target = torch.tensor(r.color, device=ctx.pipe.device) * 2 - 1
@@ -340,6 +359,9 @@ class KeepKind(Kind):
     def label(self, r: Region) -> str:
         return "keep what is there"
 
+    def summarize(self, item: dict[str, Any]) -> tuple[str, str]:
+        return "keep", "held"
+
     def prepare(self, r: Region, ctx: RunContext) -> Condition:
         n = ctx.init_latent.shape[-1]
         return Condition(r, hold=Hold(ctx.init_latent, box_cells([r.box], n)))
@@ -356,6 +378,9 @@ class ImageKind(Kind):
 
     def label(self, r: Region) -> str:
         return "reference image" + (", soft" if r.placement == "soft" else "") if r.image is not None else "(no image)"
+
+    def summarize(self, item: dict[str, Any]) -> tuple[str, str]:
+        return "reference image", item.get("note") or f"placed ({item['placed']}, {item['cells']} cells)"
 
     def prepare(self, r: Region, ctx: RunContext) -> Condition:
         pipe = ctx.pipe

@@ -430,3 +430,14 @@ def test_uploaded_photos_are_checked(server, tmp_path):
     assert s.state.picture is None
     updates = list(on.open_photo(s.key, str(big), 0))
     assert updates[-1][1] == "Opened big.png." and s.state.picture.label == "big.png"
+
+
+def test_report_says_what_each_kind_asked_and_got():
+    text = {"kind": "text", "prompt": "a cat", "known": False, "understood_as": "tabby 100%", "score": -1.0,
+            "judge": -2.0, "before": {"score": -3.0, "judge": -2.5}, "changed": 12.5}
+    md = report_markdown({"scorer": "offline", "scale": 0.2, "margin": 0.125, "held": True, "regions": [
+        text, {"kind": "color", "color": [1, 0, 0], "mean_color": [0.5, 0, 0]}, {"kind": "keep", "changed": 0.4},
+        {"kind": "image", "placed": "hard", "cells": 32.0}]})
+    assert "the rest of the picture held" in md and "a cat → ⚠ tabby 100%" in md
+    assert "score -1.00 (+2.00), judge -2.00 (+0.50)" in md and "| 12.5 |" in md
+    assert "#ff0000 | mean #800000" in md and "placed (hard, 32.0 cells)" in md
