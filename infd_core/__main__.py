@@ -11,7 +11,7 @@ Examples::
 
 A layout file is a JSON list of regions, or {"global_prompt": ..., "regions": [...]}; a region is
 {"box": [x0, y0, x1, y1] (fractions of the image), "prompt": "a cat", "kind": "text"|"color"|"keep",
-"weight": 1.0, "color": [r, g, b]}.
+"weight": 1.0, "color": [r, g, b]} (see infd_core.layout; keep regions hold what --init shows there).
 """
 from __future__ import annotations
 
