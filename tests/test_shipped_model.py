@@ -82,3 +82,14 @@ def test_image_region_is_placed_at_scale(default_pipe, before) -> None:
     assert report["regions"][0]["placed"] == "hard"
     old, new = render(default_pipe, before), render(default_pipe, z)
     assert change(new, old, ~inside(box, MARGIN)) <= 3.0
+
+
+def test_the_seam_of_a_keep_box_is_no_stronger_than_the_pictures_own_edges(default_pipe, before) -> None:
+    """Keep the left half, regenerate the right: the mean step across the border (x = 0.5) is
+    within the picture's own column-to-column steps (below their 95th percentile)."""
+    z, _ = guided_sample(default_pipe, Layout((Region(Box(0.0, 0.0, 0.5, 1.0), "keep"),)), seed=7, steps=STEPS,
+                         init_latent=before)
+    new = render(default_pipe, z)
+    steps = np.abs(np.diff(new, axis=1)).mean(axis=(0, 2))  # [SIDE - 1]: between columns c and c + 1
+    seam = steps[SIDE // 2 - 2:SIDE // 2 + 1].mean()
+    assert seam <= np.percentile(steps, 95), (seam, np.percentile(steps, 95))
