@@ -75,7 +75,10 @@ def _write_image(pipe: Pipeline, z: torch.Tensor, args: argparse.Namespace) -> N
                 n_tiles = bar.total = n
             bar.update(1)
 
-        img = pipe.render(field, h, w, region, tile=args.tile, progress=progress, mode=args.render_mode)
+        if args.render_mode == "authors-patchwise":
+            img = pipe.render_authors_patchwise(field, h, w, region, progress=progress)
+        else:
+            img = pipe.render(field, h, w, region, tile=args.tile, progress=progress)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(img).save(args.out)
     print(f"wrote {args.out} ({img.shape[1]}x{img.shape[0]})")

@@ -29,7 +29,7 @@ from .diffusion import Guidance, Known, Step, build_unet, sample, unet_eps
 from .geometry import Box, PixelRange, box_grid, check_level
 from .images import to_tensor
 from .renderers import fixed_norm_statistics, norm_statistics
-from .tiling import (DEFAULT_TILE, RENDER_MODES, iter_tiles, render_authors_patchwise, render_pixels,
+from .tiling import (DEFAULT_TILE, iter_tiles, render_authors_patchwise, render_pixels,
                      render_region)
 
 DEFAULT_MODEL_NAME = "infd-cpu-photos"
@@ -185,21 +185,19 @@ class Pipeline:
         return Field(phi, stats)
 
     def render(self, field: Field, height: int, width: int, region: PixelRange | None = None, *,
-               tile: int = DEFAULT_TILE, progress: Callable[[int, int], None] | None = None,
-               mode: str = "fixed-statistics") -> np.ndarray:
-        """Region (default: all) of the image at ``height x width`` -> ``[h, w, 3]`` uint8, tile by tile.
-
-        ``mode``: "fixed-statistics" (exact tiles) or "authors-patchwise" (the authors' 256² patches
-        with 8-px padding, ``tile`` unused); see :mod:`infd_core.tiling`.
-        """
-        if mode == "authors-patchwise":
-            return render_authors_patchwise(self.autoencoder.renderer, field.phi, height, width, region,
-                                            progress=progress, autocast_dtype=self.autocast_dtype,
-                                            channels_last=self.channels_last)
-        if mode != "fixed-statistics":
-            raise ValueError(f"render mode must be one of {RENDER_MODES}, got {mode!r}")
+               tile: int = DEFAULT_TILE, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Region (default: all) of the image at ``height x width`` -> ``[h, w, 3]`` uint8, tile by
+        tile, with the field's fixed norm statistics: tiles are exact pieces of the whole."""
         return render_region(self.autoencoder.renderer, field.phi, height, width, region, tile=tile,
                              progress=progress, **self._render_kw(field))
+
+    def render_authors_patchwise(self, field: Field, height: int, width: int, region: PixelRange | None = None,
+                                 *, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """As :meth:`render`, the way the authors' evaluation renders: 256² patches with 8-px padding,
+        each with its own norm statistics (reproduces their published samples; not exact tiles)."""
+        return render_authors_patchwise(self.autoencoder.renderer, field.phi, height, width, region,
+                                        progress=progress, autocast_dtype=self.autocast_dtype,
+                                        channels_last=self.channels_last)
 
     def iter_tiles(self, field: Field, height: int, width: int, region: PixelRange | None = None, *,
                    tile: int = DEFAULT_TILE):

@@ -443,14 +443,12 @@ def test_renders_match_the_authors(golden):
 def test_authors_patchwise_mode_of_the_pipeline(golden):
     _, pipe, sd, tensors, _ = golden
     field = pipe.field(fx.test_latent(sd, pipe.cfg.autoencoder.latent_size))
-    img = pipe.render(field, 512, 512, mode="authors-patchwise")
+    img = pipe.render_authors_patchwise(field, 512, 512)
     ref = tensors["patchwise_512.crop"][0]  # rows/cols 240..272 of their 512² patchwise render
     expect = ((ref.clamp(-1, 1) + 1) * 127.5).round().permute(1, 2, 0).numpy()
     assert abs(img[240:272, 240:272].astype(float) - expect).max() <= 1
-    region = pipe.render(field, 512, 512, PixelRange(200, 300, 100, 400), mode="authors-patchwise")
+    region = pipe.render_authors_patchwise(field, 512, 512, PixelRange(200, 300, 100, 400))
     assert (region == img[200:300, 100:400]).all()
-    with pytest.raises(ValueError, match="render mode"):
-        pipe.render(field, 64, 64, mode="whole")
 
 
 def test_unet_forward_matches_the_authors(golden):
