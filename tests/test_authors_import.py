@@ -533,3 +533,27 @@ def test_what_diffusers_cannot_express_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="no place for.*label_emb"):
         import_authors(tmp_path / "extra.pth", tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_an_imported_model_generates_guides_and_serves_tiles_in_the_app(tmp_path):
+    """The app end to end with an imported non-paper-size model: sample, guided edit, tiles."""
+    from fastapi.testclient import TestClient
+
+    from app.generate import Finished, generate
+    from app.server import create_app
+    from app.sessions import State
+    from infd_core.geometry import Box
+    from infd_core.layout import Region
+
+    path, _, _ = authors_pth(tmp_path, sorted(fx.SPECS)[0])
+    import_authors(path, tmp_path / "model")
+    app = create_app(Pipeline.load(tmp_path / "model"))
+    ctx = app.state.ctx
+    s = ctx.store.create(canvas=(512, 512))
+    assert isinstance(list(generate(ctx, s, seed=0, steps=2))[-1], Finished)
+    s.commit(State(s.state.picture, (Region(Box(0.5, 0.5, 1, 1), "color", color=(1, 0, 0), id="a"),)))
+    done = list(generate(ctx, s, seed=1, steps=2, guided=True, scale=0.5))[-1]
+    assert done.report["held"] and s.state.picture.label.startswith("guided")
+    with TestClient(app) as client:
+        r = client.get(f"/tiles/{s.key}/{s.view.gen}/9/0_0.png")
+    assert r.status_code == 200 and r.content[:8] == b"\x89PNG\r\n\x1a\n"
