@@ -78,9 +78,7 @@ def held_cells(pipe: Pipeline, conditions: list[Condition], init_latent: Tensor 
     changing = [c.region.box for c in conditions if c.region.spec.changes_picture]
     if init_latent is not None and margin is not None and changing:
         known.append(Known(init_latent, 1 - region_mask(changing, n, margin)))
-    for c in conditions:
-        if c.hold is not None:
-            known.append(Known(c.hold.latent, c.hold.mask, c.hold.until))
+    known += [c.hold for c in conditions if c.hold is not None]
     return [k for k in known if float(k.mask.max()) > 0]
 
 

@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .diffusion import Known
 from .geometry import Box, box_to_pixels
 from .images import to_tensor
 from .inversion import refine_latent
@@ -226,16 +227,6 @@ def check_depth(data: Any, limit: int = MAX_DEPTH) -> None:
 # --- conditions: what a region does during one sampling run --------------------------------------
 
 @dataclass
-class Hold:
-    """Latent cells held during sampling: ``latent [1, C, n, n]`` where ``mask [n, n]`` (1: held;
-    fractions blend) for the first ``until`` fraction of the steps (1.0: to the end)."""
-
-    latent: Tensor
-    mask: Tensor
-    until: float = 1.0
-
-
-@dataclass
 class Condition:
     """A region prepared for one run. ``loss(crop)``: lower is better, on the box rendered at
     :data:`SCORE_SIZE`² with displayed colours (clamped to [-1, 1]); None when the region acts only
@@ -243,7 +234,7 @@ class Condition:
 
     region: Region
     loss: Callable[[Tensor], Tensor] | None = None
-    hold: Hold | None = None
+    hold: Known | None = None  # latent cells held: x0 is a latent [1, C, n, n], mask [n, n]
     describe: Callable[[Tensor], dict[str, Any]] = field(default=lambda crop: {})
 
 
@@ -364,7 +355,7 @@ class KeepKind(Kind):
 
     def prepare(self, r: Region, ctx: RunContext) -> Condition:
         n = ctx.init_latent.shape[-1]
-        return Condition(r, hold=Hold(ctx.init_latent, box_cells([r.box], n)))
+        return Condition(r, hold=Known(ctx.init_latent, box_cells([r.box], n)))
 
 
 class ImageKind(Kind):
@@ -389,7 +380,7 @@ class ImageKind(Kind):
         reference = _resize(r.image, SCORE_SIZE, pipe.device)
         if cells >= MIN_PLACED_CELLS:
             latent = place_image(pipe, r.image, r.box, ctx.init_latent, self.refine)
-            hold = Hold(latent, box_cells([r.box], n), 1.0 if r.placement == "hard" else SOFT_UNTIL)
+            hold = Known(latent, box_cells([r.box], n), 1.0 if r.placement == "hard" else SOFT_UNTIL)
             return Condition(r, hold=hold, describe=lambda crop: {"placed": r.placement,
                                                                    "cells": round(cells, 1)})
 
@@ -486,5 +477,5 @@ def place_image(pipe: Any, image: np.ndarray, box: Box, init_latent: Tensor | No
 
 
 __all__ = ["KINDS", "MAX_PROMPT", "MAX_REGIONS", "MAX_WEIGHT", "MIN_PLACED_CELLS", "PLACEMENTS", "SCORE_SIZE",
-           "Condition", "Hold", "Kind", "Layout", "Region", "RunContext", "box_cells", "check_depth", "cutouts",
+           "Condition", "Kind", "Layout", "Region", "RunContext", "box_cells", "check_depth", "cutouts",
            "judge_views", "place_image", "region_mask"]

@@ -90,11 +90,11 @@ def test_placed_image_is_held_and_soft_placement_is_released(tiny_pipe, init, mo
     z, report = guided_sample(tiny_pipe, Layout((Region(box, "image", image=ref),)), seed=1, steps=STEPS,
                               init_latent=init)
     inner = hard.hold.mask == 1
-    assert torch.equal(z[..., inner], hard.hold.latent[..., inner]) and report["regions"][0]["placed"] == "hard"
+    assert torch.equal(z[..., inner], hard.hold.x0[..., inner]) and report["regions"][0]["placed"] == "hard"
     assert torch.equal(z[..., 0, 0], init[..., 0, 0])  # beyond the margin: the current picture
     soft, _ = guided_sample(tiny_pipe, Layout((Region(box, "image", image=ref, placement="soft"),)), seed=1,
                             steps=STEPS, init_latent=init)
-    assert not torch.equal(soft[..., inner], hard.hold.latent[..., inner])
+    assert not torch.equal(soft[..., inner], hard.hold.x0[..., inner])
     tiny = prepare(tiny_pipe, Layout((Region(Box(0, 0, 0.03, 0.03), "image", image=ref),)), init_latent=init)[0]
     assert tiny.hold is None and tiny.loss is not None  # too small to place: steered by DPS
     assert "steered by DPS" in tiny.describe(torch.zeros(1, 3, 224, 224))["note"]
