@@ -37,6 +37,7 @@ CANVAS_PRESETS = [("1024²", "1024"), ("2048²", "2048"), ("4096²", "4096"), ("
 DEFAULT_CANVAS = 2048
 DEFAULT_COLOR = "#d04030"
 MAX_REFINE = 500
+NO_REPORT = "The guidance report appears here after a *Guided* run."
 EXPIRED = "Your session has expired (idle too long or the server restarted). Reload the page to start a new one."
 
 
@@ -66,6 +67,11 @@ class RunOut(NamedTuple):
     viewer: Any
     status: Any
     report: Any
+    tabs: Any  # the side panel's tabs: the report's tab is selected after a guided run
+
+
+# undo and redo refresh the panel and say what they did
+HistoryOut = NamedTuple("HistoryOut", [*Panel.__annotations__.items(), ("status", Any)])
 
 
 class CanvasOut(NamedTuple):
@@ -280,15 +286,38 @@ class Handlers:
         s.selected = box_id if isinstance(box_id, str) and s.state.box(box_id) else None
         return self.panel(s)
 
-    def history(self, key: str, evt: gr.EventData) -> Panel:
+    def history(self, key: str, evt: gr.EventData) -> HistoryOut:
         data = evt._data if isinstance(evt._data, dict) else {}
         return self.undo_redo(key, redo=data.get("action") == "redo")
 
-    def undo_redo(self, key: str, redo: bool) -> Panel:
+    def undo_redo(self, key: str, redo: bool) -> HistoryOut:
         s = self.session(key)
-        if not (s.redo() if redo else s.undo()):
-            gr.Info("Nothing to redo." if redo else "Nothing to undo.")
-        return self.panel(s, "all")
+        with s.lock:
+            before = s.state.picture
+            moved = s.redo() if redo else s.undo()
+            after = s.state.picture
+        word = "Redone" if redo else "Undone"
+        if not moved:
+            status = "Nothing to redo." if redo else "Nothing to undo."
+            gr.Info(status)
+        elif after is before:
+            status = f"{word}: a box or prompt edit."
+        elif after is None:
+            status = f"{word}: the canvas is empty."
+        else:
+            status = f"{word}: the picture is {after.label}."
+        return HistoryOut(*self.panel(s, "all"), status=status)
+
+    def view_shown(self, key: str, evt: gr.EventData) -> Any:
+        """The viewer has a finished image fully on screen: the status a run left for that moment, if any."""
+        data = evt._data if isinstance(evt._data, dict) else {}
+        s = self.session(key)
+        with s.lock:
+            waiting = s.shown_status
+            if waiting is None or waiting[0] != data.get("gen"):
+                return gr.skip()
+            s.shown_status = None
+        return waiting[1]
 
     def editor(self, key: str, box_id: str | None, kind: str, prompt: str, weight: Any, color: str,
                placement: str) -> Panel:
@@ -348,7 +377,10 @@ class Handlers:
 
     def _run(self, key: str, seed: Any, steps: Any, scale: Any, local: Any, box_id: str | None, kind: str,
              prompt: str, weight: Any, color: str, placement: str, global_: str, guided: bool) -> Iterator[RunOut]:
-        """Yields the viewer, status and report per step (with previews) and at the end."""
+        """Yields the viewer, status and report per step (with previews) and at the end.
+
+        The final status says "Done" only once the viewer shows the image (:meth:`view_shown`).
+        """
         s = self.session(key)
         seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
         steps_i = int(number(steps, "steps", 1, 1000, whole=True))
@@ -359,20 +391,27 @@ class Handlers:
                 s.commit(replace(s.state, global_prompt=(global_ or "").strip()))
             loading = guided and not self.ctx.scorer_loaded
             yield RunOut(viewer_value(s, (0, steps_i)),
-                         "Loading the guidance scorer (first time only)…" if loading else "Generating…", gr.skip())
+                         "Loading the guidance scorer (first time only)…" if loading else "Generating…",
+                         gr.skip(), gr.skip())
             for event in generate(self.ctx, s, seed=seed_i, steps=steps_i, guided=guided, scale=strength,
                                   local=bool(local)):
                 if isinstance(event, Finished):
-                    yield RunOut(viewer_value(s), f"Done: {event.view.picture.label}.", report_markdown(event.report))
+                    label = event.view.picture.label
+                    s.shown_status = (event.view.gen, f"Done: {label}.")
+                    yield RunOut(viewer_value(s), f"Generated {label}; loading the view…",
+                                 report_markdown(event.report) or NO_REPORT,
+                                 gr.Tabs(selected="report") if event.report else gr.skip())
                 else:
                     yield RunOut(viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}",
-                                 gr.skip())
+                                 gr.skip(), gr.skip())
         except (Busy, ValueError) as e:
+            yield RunOut(viewer_value(s), f"Not generated: {e}", gr.skip(), gr.skip())
             raise user_error(str(e)) from None
         except Cancelled:
-            yield RunOut(viewer_value(s), "Cancelled; the previous image is back.", gr.skip())
+            yield RunOut(viewer_value(s), "Cancelled; the previous image is back.", gr.skip(), gr.skip())
         except Exception as e:  # e.g. a scorer that cannot load: tell the user, keep serving
             log.exception("generation failed")
+            yield RunOut(viewer_value(s), f"Generation failed: {e}", gr.skip(), gr.skip())
             raise user_error(f"Generation failed: {e}") from None
 
     def open_photo(self, key: str, path: str | None, refine: Any) -> Iterator[list[Any]]:
@@ -392,7 +431,8 @@ class Handlers:
             yield [gr.skip(), f"Encoding {name}…"]
             for event in open_photo(self.ctx, s, image, name, refine=steps):
                 if isinstance(event, Finished):
-                    yield [viewer_value(s), f"Opened {event.view.picture.label}."]
+                    s.shown_status = (event.view.gen, f"Opened {event.view.picture.label}.")
+                    yield [viewer_value(s), f"Encoded {event.view.picture.label}; loading the view…"]
                 else:
                     yield [viewer_value(s, (event.step, event.total)), f"Refining {event.step}/{event.total}"]
         except Busy as e:

@@ -137,6 +137,7 @@ class Session:
     gen: int = 0
     selected: str | None = None
     client_rev: int = 0  # last box edit received from the browser, echoed back (see viewer.js)
+    shown_status: tuple[int, str] | None = None  # (gen, status): said once the viewer shows view gen
     last_seen: float = field(default_factory=time.monotonic)
     lock: threading.RLock = field(default_factory=threading.RLock)
     runner: Runner = field(default_factory=Runner)

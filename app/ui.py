@@ -14,7 +14,8 @@ import numpy as np
 from infd_core.layout import KINDS, MAX_PROMPT, PLACEMENTS
 
 from .context import AppContext
-from .handlers import CANVAS_PRESETS, DEFAULT_CANVAS, DEFAULT_COLOR, MAX_REFINE, CanvasOut, Handlers, LoadOut, Panel, RunOut
+from .handlers import (CANVAS_PRESETS, DEFAULT_CANVAS, DEFAULT_COLOR, MAX_REFINE, NO_REPORT, CanvasOut, Handlers,
+                       HistoryOut, LoadOut, Panel, RunOut)
 
 STATIC = Path(__file__).resolve().parent / "static"
 UPLOAD_TTL = 3600  # seconds an upload may stay in Gradio's cache (photos are deleted as soon as read)
@@ -30,11 +31,11 @@ VIEWER_HTML = """
     <button type="button" data-action="home" title="Fit the whole image (0)">Fit</button>
   </div>
   <div class="infd-progress"><div class="infd-bar"></div><span class="infd-progress-text"></span></div>
-  <div class="infd-hint">Press <b>Generate</b> (or G) to create an image.</div>
+  <div class="infd-hint"><span>Press <b>Generate</b> (or G) to create an image.</span></div>
 </div>
 """
 # The custom event names must appear quoted in js_on_load for Gradio 6 to expose them as events.
-VIEWER_JS = "InfdViewer.mount(element, props, trigger, watch, ['box_edit', 'box_select', 'history']);"
+VIEWER_JS = "InfdViewer.mount(element, props, trigger, watch, ['box_edit', 'box_select', 'history', 'view_shown']);"
 DOWNLOAD_JS = """(url) => {
   if (!url) return;
   const a = document.createElement('a');
@@ -78,29 +79,31 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 viewer = gr.HTML(None, html_template=VIEWER_HTML, js_on_load=VIEWER_JS, head=viewer_head(),
                                  elem_id="infd-viewer", apply_default_css=False)
                 status = gr.Markdown("", elem_id="infd-status")
-            with gr.Column(scale=1, min_width=360, elem_id="infd-side"):
+            with gr.Column(scale=1, min_width=400, elem_id="infd-side"):
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, min_width=80, elem_id="infd-seed")
+                    dice = gr.Button("Random", size="sm", min_width=60, elem_id="infd-dice")
                     steps = gr.Number(50, label="Steps", precision=0, minimum=1, maximum=1000, min_width=70,
                                       elem_id="infd-steps")
                     scale = gr.Number(0.2, label="Guidance", minimum=0, maximum=20, step=0.1, min_width=70,
                                       elem_id="infd-scale")
-                local = gr.Checkbox(True, label="Boxes steer only near themselves", elem_id="infd-local",
-                                    info="On: the rest of the current picture is kept. Off: a box may restyle "
-                                         "the whole picture (plain DPS).")
-                with gr.Row():
-                    canvas = gr.Dropdown(CANVAS_PRESETS, value=str(DEFAULT_CANVAS), label="Canvas", min_width=90,
+                with gr.Row():  # custom width and height appear beside the canvas; the checkbox then wraps below
+                    canvas = gr.Dropdown(CANVAS_PRESETS, value=str(DEFAULT_CANVAS), label="Canvas", min_width=110,
                                          elem_id="infd-canvas")
-                    canvas_w = gr.Number(DEFAULT_CANVAS, label="Width", precision=0, visible=False, min_width=70)
-                    canvas_h = gr.Number(DEFAULT_CANVAS, label="Height", precision=0, visible=False, min_width=70)
-                    dice = gr.Button("Random", size="sm", min_width=60, elem_id="infd-dice")
+                    canvas_w = gr.Number(DEFAULT_CANVAS, label="Width", precision=0, visible=False, min_width=100,
+                                         elem_id="infd-canvas-w")
+                    canvas_h = gr.Number(DEFAULT_CANVAS, label="Height", precision=0, visible=False, min_width=100,
+                                         elem_id="infd-canvas-h")
+                    local = gr.Checkbox(True, label="Boxes steer only near themselves", elem_id="infd-local",
+                                        info="Off: a box may restyle the whole picture (plain DPS).", min_width=200,
+                                        scale=2)
                 with gr.Row():
                     gen_btn = gr.Button("Generate", variant="primary", min_width=80, elem_id="infd-generate")
                     guided_btn = gr.Button("Guided", variant="primary", min_width=80, elem_id="infd-guided")
                     cancel_btn = gr.Button("Cancel", variant="stop", min_width=60, elem_id="infd-cancel")
-                with gr.Tabs():
-                    with gr.Tab("Boxes"):
-                        global_prompt = gr.Textbox(label="Global prompt (whole canvas)", lines=1,
+                with gr.Tabs(elem_id="infd-tabs") as tabs:
+                    with gr.Tab("Boxes", id="boxes"):
+                        global_prompt = gr.Textbox(show_label=False, placeholder="Global prompt (whole canvas)", lines=1,
                                                    max_length=MAX_PROMPT, elem_id="infd-global")
                         box_list = gr.Radio([], label="Boxes: shift-drag on the canvas to draw one",
                                             elem_id="infd-boxes")
@@ -118,7 +121,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                                                  info="hard: kept as placed; soft: the sampler may rework it",
                                                  elem_id="infd-placement")
                             delete_btn = gr.Button("Delete box", size="sm", variant="secondary", elem_id="infd-delete")
-                        report = gr.Markdown("", elem_id="infd-report")
+                    with gr.Tab("Report", id="report", elem_id="infd-report-tab"):  # selected after a guided run
+                        report = gr.Markdown(NO_REPORT, elem_id="infd-report")
                     with gr.Tab("Export", elem_id="infd-export-tab"):
                         with gr.Row():
                             export_w = gr.Number(DEFAULT_CANVAS, label="Width", precision=0, elem_id="infd-export-w")
@@ -155,7 +159,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         demo.load(on.load, None, [key, *panel], **light)
         viewer.box_edit(on.box_edit, key, panel, **ordered)
         viewer.box_select(on.box_select, key, panel, **light)
-        viewer.history(on.history, key, panel, **ordered)
+        viewer.history(on.history, key, list(HistoryOut(*panel, status=status)), **ordered)
+        viewer.view_shown(on.view_shown, key, status, **light)
         box_list.input(on.select, [key, box_list], panel, **light)
         editor_inputs = [key, editing, kind, prompt, weight, color, placement]
         kind.input(on.editor, editor_inputs, panel, **light)
@@ -174,11 +179,12 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         canvas_outputs = list(CanvasOut(viewer=viewer, canvas_w=canvas_w, canvas_h=canvas_h, export_w=export_w,
                                         export_h=export_h))
         canvas.input(on.canvas, canvas_inputs, canvas_outputs, **light)
-        canvas_w.submit(on.canvas, canvas_inputs, canvas_outputs, **light)
-        canvas_h.submit(on.canvas, canvas_inputs, canvas_outputs, **light)
+        for field in (canvas_w, canvas_h):
+            field.submit(on.canvas, canvas_inputs, canvas_outputs, **light)
+            field.blur(on.canvas, canvas_inputs, canvas_outputs, **light)
 
         run_inputs = [key, seed, steps, scale, local, editing, kind, prompt, weight, color, placement, global_prompt]
-        run_outputs = list(RunOut(viewer=viewer, status=status, report=report))
+        run_outputs = list(RunOut(viewer=viewer, status=status, report=report, tabs=tabs))
         gen_evt = gen_btn.click(on.generate, run_inputs, run_outputs, **model)
         guided_evt = guided_btn.click(on.guided, run_inputs, run_outputs, **model)
         photo_evt = photo_btn.upload(on.open_photo, [key, photo_btn, refine], [viewer, status], **model)

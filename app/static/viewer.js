@@ -7,7 +7,8 @@
  * (eventNames is unused here: it only makes Gradio see the custom event names).
  * Python -> browser: props.value = {session, image, boxes, selected, rev, progress} (viewer_value
  * in handlers.py); watch('value') redraws. Browser -> Python: trigger('box_edit', {op, rev, box|id}),
- * trigger('box_select', {id}), trigger('history', {action}). The server holds the state; this
+ * trigger('box_select', {id}), trigger('history', {action}), and trigger('view_shown', {gen}) once a
+ * finished (not preview) image is on screen with every tile of the view loaded. The server holds the state; this
  * file keeps a local copy of the boxes so that dragging is instant.
  *
  * Boxes are stored as fractions of the image (x0, y0, x1, y1 in [0, 1], y down). OpenSeadragon
@@ -24,9 +25,12 @@
 
   function clamp(v, lo, hi) { return Math.min(hi, Math.max(lo, v)); }
 
+  // Keys are the canvas's wherever the focus is, except in a field that takes text.
+  const NOT_TEXT = new Set(['button', 'checkbox', 'radio', 'range', 'color', 'file', 'submit', 'reset']);
   function isTyping(target) {
     const tag = target && target.tagName;
-    return tag === 'INPUT' || tag === 'TEXTAREA' || tag === 'SELECT' || (target && target.isContentEditable);
+    if (tag === 'INPUT') return !NOT_TEXT.has((target.type || '').toLowerCase());
+    return tag === 'TEXTAREA' || tag === 'SELECT' || !!(target && target.isContentEditable);
   }
 
   function mount(element, props, trigger, watch) {
@@ -147,6 +151,7 @@
             renderBoxes();                    // the aspect may have changed
           };
           if (first) { viewer.viewport.goHome(true); reveal(); } else item.whenFullyLoaded(reveal);
+          if (!img.preview) item.whenFullyLoaded(() => { if (st.shownKey === key) trigger('view_shown', { gen: img.gen }); });
         },
       });
     }
@@ -342,6 +347,7 @@
         send({ op: 'delete', id });
       } else if (k === 'b') actions.draw();
       else if (k === '1') zoomOneToOne();
+      else if (k === '0') actions.home();
       else if (k === 'escape') { st.drag = null; setDrawMode(false); select(null); }
       else if (k === 'g') clickButton(e.shiftKey ? 'infd-guided' : 'infd-generate');
       else handled = false;
