@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from training.data import (
     field_crop,
     load_image,
 )
+from training import photoset
 from training.photoset import build_photoset
 
 LEVEL = 2.0 / 255.0  # one 8-bit step in [-1, 1] units
@@ -286,3 +288,94 @@ def test_photoset_without_debian(tmp_path: Path) -> None:
     assert (tmp_path / "manifest.json").read_text() == manifest  # idempotent
     build_photoset(tmp_path, holdout=2, debian=False)
     assert len(list((tmp_path / "holdout").iterdir())) == 2 and len(list((tmp_path / "train").iterdir())) == 8
+
+
+def _rcc(files: dict[str, bytes]) -> bytes:
+    """A version-3 Qt resource bundle holding ``files`` (flat, uncompressed) under one directory."""
+    import struct
+
+    names = [b"dir"] + [n.encode() for n in files]
+    name_blob, name_offsets = b"", []
+    for n in names:
+        name_offsets.append(len(name_blob))
+        text = n.decode().encode("utf-16-be")
+        name_blob += struct.pack(">HI", len(n), 0) + text
+    data_blob, data_offsets = b"", []
+    for payload in files.values():
+        data_offsets.append(len(data_blob))
+        data_blob += struct.pack(">I", len(payload)) + payload
+    nodes = struct.pack(">IHII", 0, 2, 1, 1) + bytes(8)  # root: one child (node 1)
+    nodes += struct.pack(">IHII", name_offsets[0], 2, len(files), 2) + bytes(8)  # "dir": nodes 2..
+    for k in range(len(files)):
+        nodes += struct.pack(">IHHHI", name_offsets[k + 1], 0, 0, 0, data_offsets[k]) + bytes(8)
+    header = 24
+    tree, data, names_at = header, header + len(nodes), header + len(nodes) + len(data_blob)
+    return struct.pack(">4sIIIII", b"qres", 3, tree, data, names_at, 0) + nodes + data_blob + name_blob
+
+
+def test_rcc_entries_and_jpeg_streams() -> None:
+    import io
+
+    def jpeg(size: tuple[int, int], seed: int) -> bytes:
+        buf = io.BytesIO()
+        noise = np.random.default_rng(seed).integers(0, 256, (*size[::-1], 3), dtype=np.uint8)
+        exif = Image.Exif()
+        exif[0x010E] = "a description"
+        Image.fromarray(noise).save(buf, "JPEG", quality=90, exif=exif, restart_marker_blocks=4)
+        return buf.getvalue()
+
+    small, large = jpeg((40, 30), 0), jpeg((96, 64), 1)
+    bundle = _rcc({"a.jpg": small, "b.txt": b"hello"})
+    assert photoset.rcc_entries(bundle) == {"dir/a.jpg": small, "dir/b.txt": b"hello"}
+    with pytest.raises(ValueError, match="not a Qt resource"):
+        photoset.rcc_entries(b"xxxx" + bundle[4:])
+    # an Eet-like container: streams among other bytes, one cut short, a stray SOI in between
+    blob = b"EET\0" + small + b"\xff\xd8\xff\x00junk" + large + b"tail" + large[: len(large) // 2]
+    assert photoset.jpeg_streams(blob) == [small, large]
+
+
+def _debs_or_skip(packages: tuple[str, ...]) -> None:
+    for pkg in packages:
+        try:
+            photoset.fetch_deb(pkg, photoset.default_cache())
+        except (RuntimeError, OSError, subprocess.CalledProcessError) as e:
+            pytest.skip(f"Debian package {pkg} not obtainable here (apt-get download): {e}")
+
+
+# the v2 packages but enlightenment-data (400 MB): 62 MB of .debs, cached under ~/.cache/infd/debs
+SMALL_V2 = ("palapeli-data", "tagua-data", "gnome-control-center-data", "tuxtype-data", "gcompris-qt-data")
+
+
+def test_photoset_v2_packages(tmp_path: Path) -> None:
+    _debs_or_skip(("mate-backgrounds", "plasma-workspace-wallpapers") + SMALL_V2)
+    entries = build_photoset(tmp_path, cache=photoset.default_cache(), photo_set="all", packages=SMALL_V2)
+    by_source: dict[str, int] = {}
+    for e in entries:
+        by_source[e["source"].split()[1]] = by_source.get(e["source"].split()[1], 0) + 1
+    assert {k: by_source[k] for k in SMALL_V2} == {"palapeli-data": 5, "tagua-data": 4,
+                                                   "gnome-control-center-data": 15, "tuxtype-data": 17,
+                                                   "gcompris-qt-data": 114}
+    assert all(e["licence"] and e["copyright"] and min(e["width"], e["height"]) >= 300 for e in entries)
+    gc = [e for e in entries if e["source"].startswith("Debian gcompris")]
+    assert sum(min(e["width"], e["height"]) >= 1024 for e in gc) == 39 and all(e["mode"] == "RGB" for e in gc)
+    for e in gc:  # byte-for-byte copies of the streams in the bundles, and whole images
+        assert (tmp_path / e["file"]).read_bytes()[:4] == b"RIFF"
+        with Image.open(tmp_path / e["file"]) as im:
+            im.load()
+    held = sorted(e["id"] for e in entries if e["split"] == "holdout")
+    assert held == sorted(i for i in photoset.DETAILED_HOLDOUT if i.split("-")[0] in ("gcompris", "tuxtype", "palapeli"))
+    assert {p.name for p in (tmp_path / "holdout").iterdir()} == {Path(e["file"]).name for e in entries
+                                                                   if e["split"] == "holdout"}
+    nature = photoset.set_photos("nature", photoset.default_cache(), packages=SMALL_V2)
+    assert all(p.domain == "nature" for p in nature) and len(nature) == 106
+
+
+@pytest.mark.slow
+def test_photoset_nature_full(tmp_path: Path) -> None:
+    """The whole v2 nature set: downloads 488 MB of .debs once (enlightenment-data alone is 400 MB)."""
+    _debs_or_skip(("mate-backgrounds", "plasma-workspace-wallpapers") + tuple(photoset.V2_SOURCES))
+    entries = build_photoset(tmp_path, cache=photoset.default_cache(), photo_set="nature")
+    assert len(entries) == 131 and all(e["domain"] == "nature" for e in entries)
+    assert sorted(e["id"] for e in entries if e["split"] == "holdout") == sorted(photoset.DETAILED_HOLDOUT)
+    enl = [e for e in entries if e["source"].startswith("Debian enlightenment")]
+    assert len(enl) == 14 and all(min(e["width"], e["height"]) >= 2059 for e in enl)
