@@ -14,6 +14,7 @@ from PIL import Image
 from skimage import data as skdata
 from torch.utils.data import DataLoader
 
+from training import photoset
 from training.data import (
     MAX_PIXELS,
     BadImageWarning,
@@ -26,7 +27,6 @@ from training.data import (
     field_crop,
     load_image,
 )
-from training import photoset
 from training.photoset import build_photoset
 
 LEVEL = 2.0 / 255.0  # one 8-bit step in [-1, 1] units

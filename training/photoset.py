@@ -74,8 +74,20 @@ from pathlib import Path
 
 from PIL import Image
 
-__all__ = ["Photo", "SETS", "DETAILED_HOLDOUT", "skimage_photos", "sklearn_photos", "debian_photos", "v2_photos",
-           "rcc_entries", "jpeg_streams", "set_photos", "build_photoset", "main"]
+__all__ = [
+    "DETAILED_HOLDOUT",
+    "SETS",
+    "Photo",
+    "build_photoset",
+    "debian_photos",
+    "jpeg_streams",
+    "main",
+    "rcc_entries",
+    "set_photos",
+    "skimage_photos",
+    "sklearn_photos",
+    "v2_photos",
+]
 
 # file in skimage/data -> (credit, licence), as the skimage.data docstrings state them
 _PD, _CC0 = "public domain", "CC0 (\"No copyright restrictions. CC0 by the photographer\")"
