@@ -148,3 +148,33 @@ def test_grid_visibility_sees_blocks_and_not_smooth_images() -> None:
         grid_visibility(smooth, 1)
     with pytest.raises(ValueError, match="grid sizes must be multiples of 512"):
         Settings(grid_sizes=(768,))
+
+
+def test_realesrgan_rows_and_comparison_strip(pipe: Pipeline, photos: Path) -> None:
+    from training import realesrgan
+    from training.evaluate import ESRGAN, comparison_strip, esrgan_of, evaluate, markdown
+
+    torch.manual_seed(0)  # a tiny random RRDBNet stands in for realesrgan-x4plus: the rows, not its quality
+    net = realesrgan.RRDBNet(blocks=1, nf=8, gc=4).eval()
+    calls = []
+
+    def upscaler(img: np.ndarray) -> np.ndarray:
+        calls.append(img.shape)
+        return realesrgan.upscale(net, img)
+
+    settings = Settings(scales=(64, 512), consistency_size=64, grid_sizes=(512,), thumbnails=(64,))
+    report = evaluate(pipe, ImageFolder(photos), settings, upscaler=upscaler)
+    assert calls == [(256, 256, 3)] * 4  # per photo: the 256² input and the model's 256² render
+    mean = report["reconstruction"]["mean"]
+    assert set(mean[ESRGAN]) == set(mean[esrgan_of("model")]) == {"512"}  # zooms of the input only
+    assert report["methods"][ESRGAN] == "Real-ESRGAN ×4 of the 256² input"
+    assert report["methods"][esrgan_of("model")] == "Real-ESRGAN ×4 of the 256² render of cpu (CLIF renderer)"
+    text = markdown(report)
+    assert "| 512² | Real-ESRGAN ×4 of the 256² input |" in text and "| 64² | Real-ESRGAN" not in text
+    assert "Real-ESRGAN ×4 output at 1024², LANCZOS-resized below." in text
+    without = evaluate(pipe, ImageFolder(photos), Settings(scales=(64,), consistency_size=64, grid_sizes=(512,),
+                                                           thumbnails=(64,)))
+    assert ESRGAN not in without["methods"] and "no Real-ESRGAN rows" in markdown(without)
+    strip = comparison_strip(ImageFolder(photos)[0], pipe, upscaler, size=512, crop=96, gap=4)
+    assert strip.shape == (96, 4 * 96 + 3 * 4, 3) and strip.dtype == np.uint8
+    assert (strip[:, 96:100] == 255).all()  # white gaps between the panels

