@@ -404,9 +404,10 @@ class Handlers:
                 else:
                     yield RunOut(viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}",
                                  gr.skip(), gr.skip())
-        except (Busy, ValueError) as e:
+        except (Busy, ValueError) as e:  # said on the status line and in a toast (an error would mark the status)
+            log.info("user error: %s", e)
+            gr.Warning(str(e))
             yield RunOut(viewer_value(s), f"Not generated: {e}", gr.skip(), gr.skip())
-            raise user_error(str(e)) from None
         except Cancelled:
             yield RunOut(viewer_value(s), "Cancelled; the previous image is back.", gr.skip(), gr.skip())
         except Exception as e:  # e.g. a scorer that cannot load: tell the user, keep serving

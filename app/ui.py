@@ -67,6 +67,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
     """The app's Blocks; ``ctx`` holds the model and the sessions."""
     on = Handlers(ctx)
     describe = ctx.pipe.describe()
+    diffusion = ctx.pipe.cfg.diffusion
+    model_steps = diffusion.steps if diffusion is not None else 50  # the model's own sampler (imported: 200)
     # uploads (photos, session files, reference images) are deleted from Gradio's cache after an hour
     with gr.Blocks(title="infd — neural field canvas", delete_cache=(UPLOAD_TTL, UPLOAD_TTL)) as demo:
         key = gr.State(None, delete_callback=ctx.store.delete)
@@ -83,20 +85,21 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, min_width=80, elem_id="infd-seed")
                     dice = gr.Button("Random", size="sm", min_width=60, elem_id="infd-dice")
-                    steps = gr.Number(50, label="Steps", precision=0, minimum=1, maximum=1000, min_width=70,
+                    steps = gr.Number(model_steps, label="Steps", precision=0, minimum=1, maximum=1000, min_width=70,
                                       elem_id="infd-steps")
                     scale = gr.Number(0.2, label="Guidance", minimum=0, maximum=20, step=0.1, min_width=70,
                                       elem_id="infd-scale")
-                with gr.Row():  # custom width and height appear beside the canvas; the checkbox then wraps below
+                with gr.Row():
                     canvas = gr.Dropdown(CANVAS_PRESETS, value=str(DEFAULT_CANVAS), label="Canvas", min_width=110,
                                          elem_id="infd-canvas")
-                    canvas_w = gr.Number(DEFAULT_CANVAS, label="Width", precision=0, visible=False, min_width=100,
-                                         elem_id="infd-canvas-w")
-                    canvas_h = gr.Number(DEFAULT_CANVAS, label="Height", precision=0, visible=False, min_width=100,
-                                         elem_id="infd-canvas-h")
                     local = gr.Checkbox(True, label="Boxes steer only near themselves", elem_id="infd-local",
                                         info="Off: a box may restyle the whole picture (plain DPS).", min_width=200,
                                         scale=2)
+                with gr.Row():  # shown for a custom canvas
+                    canvas_w = gr.Number(DEFAULT_CANVAS, label="Canvas width", precision=0, visible=False,
+                                         elem_id="infd-canvas-w")
+                    canvas_h = gr.Number(DEFAULT_CANVAS, label="Canvas height", precision=0, visible=False,
+                                         elem_id="infd-canvas-h")
                 with gr.Row():
                     gen_btn = gr.Button("Generate", variant="primary", min_width=80, elem_id="infd-generate")
                     guided_btn = gr.Button("Guided", variant="primary", min_width=80, elem_id="infd-guided")

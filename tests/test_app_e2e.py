@@ -127,6 +127,29 @@ def new_tiles(page, old: int) -> tuple[int, list[bool]]:
     return new, [before[k] != after[k] for k in sorted(set(before) & set(after))]
 
 
+def settled(page) -> bool:
+    return page.evaluate("""() => {
+        const w = infd.viewer.world, s = infd.state;
+        return s.pendingKey === null && s.shownKey !== null && w.getItemCount() === 1
+            && w.getItemAt(0).getFullyLoaded();
+    }""")
+
+
+MAIN_ACTIONS = ["#infd-generate", "#infd-guided", "#infd-cancel"]
+
+
+def assert_fits(page, selectors: list[str]) -> None:
+    """The side panel needs no inner scrolling and each of ``selectors`` lies within the window."""
+    page.wait_for_timeout(300)  # one layout after a resize
+    height = page.viewport_size["height"]
+    side = page.evaluate("(() => { const s = document.querySelector('#infd-side');"
+                         " return [s.scrollHeight, s.clientHeight]; })()")
+    assert side[0] <= side[1] + 1, f"the side panel scrolls: {side}"
+    for sel in selectors:
+        b = page.locator(sel).bounding_box()
+        assert b is not None and 0 <= b["y"] and b["y"] + b["height"] <= height, (sel, b, height)
+
+
 def shown_gen(page) -> int:
     return int(page.evaluate("infd.state.shownKey").split("/")[1])
 
@@ -144,19 +167,28 @@ def test_canvas_end_to_end(live, browser_page):
     page.fill("#infd-steps input", STEPS)
     page.click("#infd-generate")
     wait_status(page, "Done")
-    wait_settled(page)
+    assert settled(page), "Done before the image was on screen"
     first = shown_gen(page)
     levels_fit = {level for level, _, _ in tiles_of(page, first)}
+    assert page.inner_text(".infd-hint") == "Press Generate (or G) to create an image."
     shot(page, "02-generated")
 
-    # zoom to 1:1 with the keyboard: tiles of the top level load
+    # guided without a box fails, and the status says so
+    page.click("#infd-guided")
+    wait_status(page, "Not generated: draw a box")
+
+    # zoom to 1:1 and back with the keyboard, the focus on a button (not on the canvas)
+    home = "Math.abs(infd.viewer.viewport.getZoom() / infd.viewer.viewport.getHomeZoom() - 1) < 1e-6"
+    assert page.evaluate(f"document.activeElement !== infd.viewer.canvas && {home}")
     page.keyboard.press("1")
     page.wait_for_timeout(1500)  # zoom animation
     wait_settled(page)
     levels_zoomed = {level for level, _, _ in tiles_of(page, first)}
     assert max(levels_zoomed) == 11 > max(levels_fit), (levels_fit, levels_zoomed)
     shot(page, "03-zoomed-1to1")
+    assert page.evaluate(f"document.activeElement !== infd.viewer.canvas && !({home})")
     page.keyboard.press("0")
+    page.wait_for_function(home)
     page.wait_for_timeout(1500)
     wait_settled(page)
 
@@ -178,6 +210,12 @@ def test_canvas_end_to_end(live, browser_page):
     assert b.prompt == "a red apple" and b.kind == "text" and 0.3 < b.box.x0 < b.box.x1 < 1 and 0.25 < b.box.y0 < b.box.y1 < 1
     shot(page, "04-box")
 
+    # at 1280×800 the main actions and the box editor need no scrolling
+    page.set_viewport_size({"width": 1280, "height": 800})
+    assert_fits(page, [*MAIN_ACTIONS, "#infd-boxes", "#infd-prompt", "#infd-delete"])
+    shot(page, "04-box-1280x800")
+    page.set_viewport_size({"width": 1360, "height": 860})
+
     # a long run can be cancelled: the previous picture comes back
     page.fill("#infd-steps input", "500")
     page.click("#infd-generate")
@@ -190,9 +228,11 @@ def test_canvas_end_to_end(live, browser_page):
     # guided generation replaces the tiles
     page.click("#infd-guided")
     wait_status(page, "Done: guided", timeout=240_000)
+    assert settled(page), "Done before the image was on screen"
     guided, differs = new_tiles(page, first)
     assert guided > first and differs and any(differs)
-    assert session.state.picture.label.startswith("guided") and "Guidance" in page.inner_text("#infd-report")
+    assert session.state.picture.label.startswith("guided")
+    assert page.locator("#infd-report").is_visible() and "Guidance" in page.inner_text("#infd-report")
     shot(page, "05-guided")
 
     # undo and redo the generation with the keyboard (focus on the page, not in a text field)
@@ -200,11 +240,14 @@ def test_canvas_end_to_end(live, browser_page):
     page.keyboard.press("Control+z")
     page.wait_for_function("n => infd.state.value.image.gen > n", arg=guided)
     assert not session.state.picture.label.startswith("guided")
+    wait_status(page, f"Undone: the picture is seed 0, {STEPS} steps.")
     page.keyboard.press("Control+Shift+z")
     page.wait_for_function("n => infd.state.value.image.gen > n + 1", arg=guided)
     assert session.state.picture.label.startswith("guided")
+    wait_status(page, "Redone: the picture is guided")
 
-    # export a PNG at a chosen size
+    # export a PNG at a chosen size, at 1280×800: the export and its link need no scrolling
+    page.set_viewport_size({"width": 1280, "height": 800})
     page.get_by_role("tab", name="Export").click()
     page.fill("#infd-export-w input", "640")
     page.fill("#infd-export-h input", "480")
@@ -213,7 +256,9 @@ def test_canvas_end_to_end(live, browser_page):
     path = download.value.path()
     with Image.open(path) as img:
         assert img.size == (640, 480) and img.format == "PNG"
+    assert_fits(page, [*MAIN_ACTIONS, "#infd-export", "#infd-save", "#infd-link"])
     shot(page, "06-exported")
+    page.set_viewport_size({"width": 1360, "height": 860})
 
     # save the session, then load it back (one more undo step: the same picture and box)
     with page.expect_download(timeout=60_000) as download:
@@ -237,6 +282,18 @@ def test_canvas_end_to_end(live, browser_page):
     assert opened > loaded and differs and all(differs)
     assert session.state.picture.label == "coffee.jpg, refined 2 steps"
     shot(page, "07-photo")
+
+    # a custom canvas size: the fields show six digits, and a size applies when the field loses focus
+    page.click("#infd-canvas input")
+    page.get_by_role("option", name="custom").click()
+    width = page.locator("#infd-canvas-w input")
+    width.fill("100000")
+    fits = "e => e.scrollWidth <= e.clientWidth"
+    assert width.evaluate(fits) and page.locator("#infd-canvas input").evaluate(fits)
+    width.fill("3000")
+    page.keyboard.press("Tab")
+    page.wait_for_function("infd.state.value.image.width === 3000")
+    assert session.canvas == (3000, 2048)
     assert page.outside == [], f"the page tried to reach the internet: {page.outside}"
 
 

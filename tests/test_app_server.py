@@ -429,7 +429,12 @@ def test_uploaded_photos_are_checked(server, tmp_path):
             list(on.open_photo(s.key, path, refine))
     assert s.state.picture is None
     updates = list(on.open_photo(s.key, str(big), 0))
-    assert updates[-1][1] == "Opened big.png." and s.state.picture.label == "big.png"
+    assert updates[-1][1] == "Encoded big.png; loading the view…" and s.state.picture.label == "big.png"
+    # "Opened" once the viewer reports that view on screen, and only for that view
+    gen = s.view.gen
+    assert on.view_shown(s.key, gr.EventData(None, {"gen": gen - 1})) != "Opened big.png."
+    assert s.shown_status == (gen, "Opened big.png.")
+    assert on.view_shown(s.key, gr.EventData(None, {"gen": gen})) == "Opened big.png." and s.shown_status is None
 
 
 def test_report_says_what_each_kind_asked_and_got():
