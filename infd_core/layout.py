@@ -297,7 +297,7 @@ class TextKind(Kind):
         gains over the picture the run started from."""
         before = item.get("before")
         gain = (lambda k: f" ({item[k] - before[k]:+.2f})") if before else (lambda k: "")
-        what = f"{item['prompt']} → {'' if item['known'] else '⚠ '}{item['understood_as']}"
+        what = f"{'' if item['known'] else '⚠ '}{item['understood_as']}"  # it quotes the prompt
         return what, f"score {item['score']:.2f}{gain('score')}, judge {item['judge']:.2f}{gain('judge')}"
 
     def prepare(self, r: Region, ctx: RunContext) -> Condition:

@@ -443,6 +443,6 @@ def test_report_says_what_each_kind_asked_and_got():
     md = report_markdown({"scorer": "offline", "scale": 0.2, "margin": 0.125, "held": True, "regions": [
         text, {"kind": "color", "color": [1, 0, 0], "mean_color": [0.5, 0, 0]}, {"kind": "keep", "changed": 0.4},
         {"kind": "image", "placed": "hard", "cells": 32.0}]})
-    assert "the rest of the picture held" in md and "a cat → ⚠ tabby 100%" in md
+    assert "the rest of the picture held" in md and "| ⚠ tabby 100% |" in md
     assert "score -1.00 (+2.00), judge -2.00 (+0.50)" in md and "| 12.5 |" in md
     assert "#ff0000 | mean #800000" in md and "placed (hard, 32.0 cells)" in md
