@@ -33,11 +33,13 @@ from app import sessionfile
 from app.context import Limits
 from app.exports import ExportSlots, ExportStopped
 from app.handlers import Handlers
-from app.server import create_app, load_pipeline
+from app.server import create_app
 from app.sessions import Picture, SessionNotFound, SessionStore, State, TooManySessions
 from app.tiles import Overloaded, TileWorkers
+from infd_core import configs
 from infd_core.geometry import Box
 from infd_core.layout import Region
+from infd_core.pipeline import Pipeline
 
 from .live import serve
 
@@ -48,7 +50,7 @@ LIMITS = Limits(concurrent_exports=1, max_export_pixels=4096 * 4096)
 @pytest.fixture(scope="module")
 def live():
     """The app on a free localhost port, served by uvicorn on a thread: (base URL, port, context)."""
-    pipe, _ = load_pipeline()
+    pipe = Pipeline.from_config(configs.cpu(), seed=0)  # mechanics, not the shipped model's quality
     app = create_app(pipe, limits=LIMITS)
     with serve(app) as (base, port):
         yield base, port, app.state.ctx
