@@ -1,4 +1,6 @@
-"""The app end to end: a real server and headless Debian Chromium (driven by playwright; no browser download), fully offline.
+"""The app end to end: a real server and headless Debian Chromium (driven by playwright; no
+browser download), fully offline, with the shipped model (the walk-through makes the README's
+screenshots).
 
 One browser session walks through what a user does: generate, zoom, draw a box with a prompt,
 guided generation, undo, export. Screenshots go to ``artifacts/`` (gitignored); the tile
