@@ -70,7 +70,8 @@ def parse_args(argv: list[str] | None, environ: Mapping[str, str]) -> argparse.N
     p.add_argument("--model", help="model folder (default: $INFD_MODEL or assets/models/infd-cpu-photos)")
     p.add_argument("--device", default="auto", help="auto (cuda, then mps, then cpu; the default), cpu, cuda, cuda:1, mps")
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
-                   help="auto = bf16 where the hardware supports it (default)")
+                   help="auto (default): each part (decoder, renderer, UNet) in the precision measured faster "
+                        "here, once per machine and model (cached in ~/.cache/infd/precision.json)")
     p.add_argument("--host", default=host,
                    help="address to listen on, 0.0.0.0 for all interfaces (default: $GRADIO_SERVER_NAME or 127.0.0.1)")
     p.add_argument("--port", type=int, default=port, help="default: $GRADIO_SERVER_PORT or 7860")

@@ -84,11 +84,12 @@ def main() -> None:
     note = "" if measured == len(grid) else f" (extrapolated from {measured} of {len(grid)} tiles)"
     print(f"2048² render, fixed statistics: {whole:.1f} s{note}")
     patches = iter(iter_authors_patches(pipe.autoencoder.renderer, field.phi, 2048, 2048, part,
-                                        autocast_dtype=pipe.autocast_dtype, channels_last=pipe.channels_last))
+                                        autocast_dtype=pipe.precision.dtype("renderer"),
+                                        channels_last=pipe.precision.renderer == "bf16"))
     patchwise = timed(lambda: [None for _ in patches], dev) * len(grid) / measured
     print(f"2048² render, authors-patchwise: {patchwise:.1f} s{note}")
 
-    eps = unet_eps(pipe.unet, pipe.cfg.diffusion, pipe.autocast_dtype)
+    eps = unet_eps(pipe.unet, pipe.cfg.diffusion, pipe.precision.dtype("unet"))
     x, t = torch.randn(1, *pipe.latent_shape).to(dev), torch.tensor([500], device=dev)
     timed(lambda: eps(x, t), dev)  # warm-up
     step = timed(lambda: [eps(x, t) for _ in range(unet_steps)], dev) / unet_steps

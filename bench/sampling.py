@@ -17,7 +17,7 @@ def main() -> None:
     header(args, "sampling")
     pipe = pipeline(args)
     print(f"UNet {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.1f}M params")
-    eps = unet_eps(pipe.unet, pipe.cfg.diffusion, pipe.autocast_dtype)
+    eps = unet_eps(pipe.unet, pipe.cfg.diffusion, pipe.precision.dtype("unet"))
     x, t = torch.randn(1, *pipe.latent_shape), torch.tensor([500])
     print(f"UNet step: median {median_time(lambda: eps(x, t), args.reps) * 1e3:.0f} ms over {args.reps}")
     runs = 3 if args.config == "cpu" else 1

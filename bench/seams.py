@@ -53,8 +53,8 @@ def our_tiles(pipe: Pipeline, renderer: nn.Module, phi: Tensor, n: int, tile: in
     with torch.no_grad():
         for rng in tile_ranges(PixelRange(0, n, 0, n), tile):
             out[..., rng.r0:rng.r1, rng.c0:rng.c1] = render_pixels(
-                renderer, phi, n, n, rng, norm_stats=stats, autocast_dtype=pipe.autocast_dtype,
-                channels_last=pipe.channels_last)
+                renderer, phi, n, n, rng, norm_stats=stats, autocast_dtype=pipe.precision.dtype("renderer"),
+                channels_last=pipe.precision.renderer == "bf16")
     return out
 
 
@@ -74,9 +74,9 @@ def main() -> None:
     tile = args.tile or (256 if args.config == "cpu" else 128)
     pipe = pipeline(args, diffusion=False)
     phi = pipe.field(latent()).phi
-    amp = pipe._autocast
+    amp = lambda: pipe._autocast("renderer")  # noqa: E731
     base = pipe.cfg.autoencoder.renderer
-    fmt = torch.channels_last if pipe.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if pipe.precision.renderer == "bf16" else torch.contiguous_format
     torch.manual_seed(0)
     plain, group = (build_renderer(dataclasses.replace(base, norm=norm), phi.shape[1]).eval().to(memory_format=fmt)
                     for norm in ("none", "group"))

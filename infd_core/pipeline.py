@@ -28,6 +28,8 @@ from .configs import ModelConfig
 from .diffusion import Guidance, Known, Step, build_unet, sample, unet_eps
 from .geometry import Box, PixelRange, box_grid, check_level
 from .images import to_tensor
+from .precision import Precision
+from .precision import auto as measured_precision
 from .renderers import fixed_norm_statistics, norm_statistics
 from .tiling import (DEFAULT_TILE, iter_tiles, render_authors_patchwise, render_pixels,
                      render_region)
@@ -86,22 +88,34 @@ class Pipeline:
     """A neural-field autoencoder and (optionally) its latent diffusion model on one device.
 
     ``precision``: "fp32" (exact, the default), "bf16" (autocast + channels_last: 3-6x faster
-    on CPUs with AMX/AVX512-bf16, ~1 % error), or "auto" (bf16 where supported). Query
-    coordinates always stay float32.
+    on CPUs with AMX/AVX512-bf16, ~1 % error), "auto" (each of decoder, renderer and UNet in the
+    precision measured faster on this machine, where bf16 is supported:
+    :mod:`infd_core.precision`), or a :class:`~infd_core.precision.Precision`. Query coordinates
+    always stay float32.
     """
 
     def __init__(self, cfg: ModelConfig, autoencoder: Autoencoder, unet: torch.nn.Module | None = None, *,
-                 device: str | torch.device = "cpu", precision: str = "fp32"):
+                 device: str | torch.device = "cpu", precision: str | Precision = "fp32"):
         self.cfg = cfg
         self.device = resolve_device(device)
+        self.autoencoder = autoencoder.to(self.device).eval().requires_grad_(False)
+        self.unet = unet.to(self.device).eval().requires_grad_(False) if unet is not None else None
+        self.precision = self._choose(precision)
+        for part, module in (("decoder", self.autoencoder.decoder), ("renderer", self.autoencoder.renderer),
+                             ("unet", self.unet)):
+            if module is not None and self.precision.dtype(part) is not None:
+                module.to(memory_format=torch.channels_last)
+
+    def _choose(self, precision: str | Precision) -> Precision:
+        if isinstance(precision, Precision):
+            return precision
         if precision not in ("fp32", "bf16", "auto"):
             raise ValueError(f"precision must be fp32, bf16 or auto, got {precision!r}")
-        use_bf16 = precision == "bf16" or (precision == "auto" and bf16_supported(self.device))
-        self.autocast_dtype = torch.bfloat16 if use_bf16 else None
-        self.channels_last = use_bf16
-        fmt = torch.channels_last if use_bf16 else torch.contiguous_format
-        self.autoencoder = autoencoder.to(self.device, memory_format=fmt).eval().requires_grad_(False)
-        self.unet = unet.to(self.device, memory_format=fmt).eval().requires_grad_(False) if unet is not None else None
+        if precision != "auto":
+            return Precision.uniform(precision)
+        if not bf16_supported(self.device):
+            return Precision.uniform("fp32")
+        return measured_precision(self.cfg.to_json(), self.autoencoder, self.unet, self.latent_shape, self.device)
 
     # --- construction ---------------------------------------------------------------------
     @classmethod
@@ -163,7 +177,7 @@ class Pipeline:
         shown = None if callback is None else (
             lambda st: callback(Step(st.index, st.total, st.timestep, d.denormalize(st.x), d.denormalize(st.x0))))
         steps = d.steps if steps is None else steps
-        x = sample(unet_eps(self.unet, d, self.autocast_dtype), d, (batch, *self.latent_shape), steps=steps,
+        x = sample(unet_eps(self.unet, d, self.precision.dtype("unet")), d, (batch, *self.latent_shape), steps=steps,
                    sampler=sampler, eta=d.eta if eta is None else eta, generator=gen, device=self.device,
                    guidance=hook, known=known, resample=resample, callback=shown, should_stop=should_stop)
         return d.denormalize(x)
@@ -177,10 +191,10 @@ class Pipeline:
     def field(self, z: Tensor, *, grad: bool = False) -> Field:
         """Decode ``z [B, 3, 64, 64]`` once into a :class:`Field`; differentiable if ``grad``."""
         self.autoencoder.check_latent(z)
-        with torch.set_grad_enabled(grad), self._autocast():
+        with torch.set_grad_enabled(grad), self._autocast("decoder"):
             phi = self.autoencoder.decode(z.to(self.device).float())
-        phi = phi.float() if self.autocast_dtype is None else phi
-        with self._autocast():  # a bf16 phi needs autocast, and the statistics should match bf16 renders
+        phi = phi.float() if self.precision.dtype("renderer") is None else phi
+        with self._autocast("renderer"):  # a bf16 phi needs autocast, and the statistics should match bf16 renders
             stats = norm_statistics(self.autoencoder.renderer, phi.detach())
         return Field(phi, stats)
 
@@ -196,8 +210,7 @@ class Pipeline:
         """As :meth:`render`, the way the authors' evaluation renders: 256² patches with 8-px padding,
         each with its own norm statistics (reproduces their published samples; not exact tiles)."""
         return render_authors_patchwise(self.autoencoder.renderer, field.phi, height, width, region,
-                                        progress=progress, autocast_dtype=self.autocast_dtype,
-                                        channels_last=self.channels_last)
+                                        progress=progress, **self._renderer_kw())
 
     def iter_tiles(self, field: Field, height: int, width: int, region: PixelRange | None = None, *,
                    tile: int = DEFAULT_TILE):
@@ -220,23 +233,26 @@ class Pipeline:
         b = field.phi.shape[0]
         coord = coord.to(self.device)[None].expand(b, -1, -1, -1)
         cell = cell.to(self.device)[None].expand(b, -1, -1, -1)
-        with self._autocast(), fixed_norm_statistics(field.norm_stats):
+        with self._autocast("renderer"), fixed_norm_statistics(field.norm_stats):
             out = renderer(field.phi, coord, cell)
         return out[..., pad:pad + size, pad:pad + size].float()
 
-    def _render_kw(self, field: Field) -> dict:
-        return dict(norm_stats=field.norm_stats, autocast_dtype=self.autocast_dtype, channels_last=self.channels_last)
+    def _renderer_kw(self) -> dict:
+        dtype = self.precision.dtype("renderer")
+        return dict(autocast_dtype=dtype, channels_last=dtype is not None)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+    def _render_kw(self, field: Field) -> dict:
+        return dict(norm_stats=field.norm_stats, **self._renderer_kw())
+
+    def _autocast(self, part: str) -> contextlib.AbstractContextManager:
+        dtype = self.precision.dtype(part)
+        return contextlib.nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def describe(self) -> dict:
         n = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
         ae = self.autoencoder
         return {"name": self.cfg.name, "device": str(self.device),
-                "precision": "bf16" if self.autocast_dtype else "fp32",
+                "precision": str(self.precision),
                 "params": {"encoder": n(ae.encoder), "decoder": n(ae.decoder), "renderer": n(ae.renderer),
                            "unet": n(self.unet)},
                 "renderer": dataclasses.asdict(self.cfg.autoencoder.renderer),
