@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from infd_core import configs  # noqa: E402
 from infd_core.pipeline import Pipeline  # noqa: E402
+from infd_core.precision import median_seconds as median_time  # noqa: E402,F401  (the scripts' timer)
 
 
 def parse(description: str, extra: Callable[[argparse.ArgumentParser], None] | None = None) -> argparse.Namespace:
@@ -62,19 +62,6 @@ def pipeline(args: argparse.Namespace, diffusion: bool = True) -> Pipeline:
 
 def latent(seed: int = 0) -> torch.Tensor:
     return torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed))
-
-
-def median_time(fn: Callable[[], object], reps: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` in seconds, after ``warmup`` untimed calls."""
-    with torch.no_grad():
-        for _ in range(warmup):
-            fn()
-        times = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def once(fn: Callable[[], object]) -> float:

@@ -56,10 +56,11 @@ class Precision:
         return choices.pop() if len(choices) == 1 else ", ".join(f"{p} {getattr(self, p)}" for p in PARTS)
 
 
-def median_seconds(fn: Callable[[], Any], reps: int = 3) -> float:
-    """Median wall time of ``fn()`` after one untimed call."""
+def median_seconds(fn: Callable[[], Any], reps: int = 3, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` in seconds, without gradients, after ``warmup`` untimed calls."""
     with torch.no_grad():
-        fn()
+        for _ in range(warmup):
+            fn()
         times = []
         for _ in range(reps):
             t = time.perf_counter()
