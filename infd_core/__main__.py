@@ -96,7 +96,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
 
 def cmd_layout(args: argparse.Namespace) -> None:
     from .guidance import guided_sample
-    from .layout import Layout
+    from .layout import KINDS, Layout
     from .scorers import load_scorer
 
     try:
@@ -114,7 +114,8 @@ def cmd_layout(args: argparse.Namespace) -> None:
         z, report = guided_sample(pipe, layout, seed=args.seed, steps=steps, scale=args.scale, scorer=scorer,
                                   init_latent=init, callback=lambda s: bar.update(1))
     for r in report["regions"]:
-        print(f"  {r['kind']:5s} {r['box']}: {r.get('understood_as', '')} loss {r['loss']:.3f}")
+        what, result = KINDS[r["kind"]].summarize(r)
+        print(f"  {r['kind']:5s} {r['box']}: {what}: {result}")
     out = Path(args.out)
     save_latent(out.with_suffix(".latent.safetensors"), z, {"model": pipe.cfg.name, "seed": args.seed})
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))

@@ -247,3 +247,22 @@ def test_layout_json_round_trip_and_old_box_keys() -> None:
     old = Region.from_json({"id": "a", "x0": 0.1, "y0": 0.2, "x1": 0.3, "y1": 0.4, "kind": "text", "prompt": "p",
                             "weight": 1.0, "color": None, "has_image": False})
     assert old.box == Box(0.1, 0.2, 0.3, 0.4) and old.id == "a"
+
+
+def test_cli_layout_edits_a_latent_file(tmp_path, capsys) -> None:
+    """``sample`` then ``layout --init``: a colour box and a keep box edit the sampled picture."""
+    from infd_core.__main__ import main
+    from infd_core.checkpoint import load_latent
+
+    first = tmp_path / "s.png"
+    assert main(["sample", "--preset", "cpu", "--steps", "2", "--size", "64", "--out", str(first), "--quiet"]) == 0
+    boxes = tmp_path / "boxes.json"
+    boxes.write_text('[{"box": [0, 0, 0.5, 0.5], "kind": "color", "color": [1, 0, 0]}, '
+                     '{"box": [0.5, 0.5, 1, 1], "kind": "keep"}]')
+    out = tmp_path / "l.png"
+    assert main(["layout", "--preset", "cpu", "--layout", str(boxes), "--init", str(tmp_path / "s.latent.safetensors"),
+                 "--steps", "2", "--size", "64", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "color" in printed and "keep" in printed and "held" in printed
+    before, after = load_latent(tmp_path / "s.latent.safetensors"), load_latent(tmp_path / "l.latent.safetensors")
+    assert torch.equal(after[..., 32:, 32:], before[..., 32:, 32:])  # the keep box's cells
