@@ -377,19 +377,23 @@ class ImageKind(Kind):
         pipe = ctx.pipe
         n = pipe.latent_shape[-1]
         cells = min((r.box.x1 - r.box.x0) * n, (r.box.y1 - r.box.y0) * n)
-        reference = _resize(r.image, SCORE_SIZE, pipe.device)
         if cells >= MIN_PLACED_CELLS:
             latent = place_image(pipe, r.image, r.box, ctx.init_latent, self.refine)
             hold = Known(latent, box_cells([r.box], n), 1.0 if r.placement == "hard" else SOFT_UNTIL)
             return Condition(r, hold=hold, describe=lambda crop: {"placed": r.placement,
                                                                    "cells": round(cells, 1)})
+        # too small to place: match the reference's colours and layout at 32x32 (and its embedding)
+        reference = _resize(r.image, SCORE_SIZE, pipe.device)
+        layout_32 = F.adaptive_avg_pool2d(reference, 32)
+        embedding = None
+        if ctx.scorer is not None:
+            with torch.no_grad():
+                embedding = F.normalize(ctx.scorer.embed_images(reference), dim=-1)
 
-        def loss(crop: Tensor) -> Tensor:  # too small to place: match colours and layout at 32x32
-            small = lambda t: F.adaptive_avg_pool2d(t, 32)  # noqa: E731
-            out = F.mse_loss(small(crop), small(reference)) * 10
-            if ctx.scorer is not None:
-                a, b = (F.normalize(ctx.scorer.embed_images(t), dim=-1) for t in (crop, reference))
-                out = out + (1 - (a * b).sum())
+        def loss(crop: Tensor) -> Tensor:
+            out = F.mse_loss(F.adaptive_avg_pool2d(crop, 32), layout_32) * 10
+            if embedding is not None:
+                out = out + (1 - (F.normalize(ctx.scorer.embed_images(crop), dim=-1) * embedding).sum())
             return out
 
         return Condition(r, loss, describe=lambda crop: {
