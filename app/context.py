@@ -11,7 +11,8 @@ from .deepzoom import render_tile
 from .exports import ExportSlots
 from .sessionfile import Loaded
 from .sessionfile import load as load_session
-from .sessions import Session, SessionStore, View
+from .sessions import Session, View
+from .store import SessionStore
 from .tiles import ByteLRU, TileWorkers
 
 LOAD_WAIT = 10.0  # seconds a session file waits for a free loading slot

@@ -37,8 +37,8 @@ class ExportSlots:
         with self._lock:
             return self.count - self._used
 
-    def acquire(self, blocking: bool = False) -> bool:
-        """Take a slot if one is free (never blocks; ``blocking`` exists for semaphore-like callers)."""
+    def acquire(self) -> bool:
+        """Take a slot if one is free (never blocks)."""
         with self._lock:
             if self._used >= self.count:
                 return False

@@ -29,7 +29,8 @@ from infd_core.layout import KINDS, Region
 
 from .context import AppContext
 from .generate import Busy, Cancelled, Finished, generate, open_photo
-from .sessions import Session, SessionNotFound, TooManySessions
+from .sessions import Session, SessionNotFound
+from .store import TooManySessions
 
 log = logging.getLogger(__name__)
 

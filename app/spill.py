@@ -34,7 +34,7 @@ import numpy as np
 from infd_core.checkpoint import latent_bytes, latent_from_bytes
 from infd_core.layout import Region
 
-from . import sessions as _s  # attributes used at call time: sessions.py imports this module
+from . import sessions as _s
 from .deepzoom import Pyramid
 
 FORMAT = "infd-spilled-session"

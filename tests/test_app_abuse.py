@@ -34,7 +34,8 @@ from app.context import Limits
 from app.exports import ExportSlots, ExportStopped
 from app.handlers import Handlers
 from app.server import create_app
-from app.sessions import Picture, SessionNotFound, SessionStore, State, TooManySessions
+from app.sessions import Picture, SessionNotFound, State
+from app.store import SessionStore, TooManySessions
 from app.tiles import Overloaded, TileWorkers
 from infd_core import configs
 from infd_core.geometry import Box

@@ -26,7 +26,8 @@ from app.deepzoom import Pyramid
 from app.generate import Cancelled, Finished, Progress, generate, open_photo
 from app.handlers import Handlers, apply_box_edit, number, report_markdown
 from app.server import create_app
-from app.sessions import KEEP_VIEWS, Picture, Session, SessionStore, State
+from app.sessions import KEEP_VIEWS, Picture, Session, State
+from app.store import SessionStore
 from app.tiles import ByteLRU, TileWorkers
 from infd_core import configs, guidance
 from infd_core.geometry import Box
@@ -187,7 +188,7 @@ def test_bad_exports(server, query, status):
 def test_too_many_exports_at_once(server):
     client, ctx = server
     s = new_session(ctx)
-    assert ctx.exports.acquire(blocking=False)  # the only slot (concurrent_exports=1)
+    assert ctx.exports.acquire()  # the only slot (concurrent_exports=1)
     try:
         assert client.get(f"/export/{s.key}/{s.view.gen}/image.png?width=8&height=8").status_code == 429
     finally:
