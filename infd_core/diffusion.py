@@ -152,7 +152,7 @@ class Known:
         return self.until >= 1 or step + 1 <= self.until * total
 
 
-def blend_known(x: Tensor, known: Known, alpha_bar: Tensor | None, noise: Tensor) -> Tensor:
+def blend_known(x: Tensor, known: Known, alpha_bar: Tensor | None, noise: Tensor | None) -> Tensor:
     """``x`` with the known cells replaced by ``known.x0`` noised to ``alpha_bar`` (None: clean)."""
     target = known.x0 if alpha_bar is None else alpha_bar.sqrt() * known.x0 + (1 - alpha_bar).sqrt() * noise
     m = known.mask.to(x.dtype)
@@ -201,13 +201,15 @@ def predict_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
 def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *, steps: int = 50, sampler: str = "ddim",
            eta: float = 1.0, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
            x_T: Tensor | None = None, guidance: Guidance | None = None, known: Sequence[Known] = (),
-           resample: int = 0, callback: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
+           resample: int = 0, callback: Callable[[Step], None] | None = None,
+           should_stop: Callable[[], bool] | None = None) -> Tensor:
     """Run the reverse process from noise; returns normalised latents ``shape`` (float32).
 
     Deterministic for a given ``generator`` state (initial noise and DDIM/DDPM noise are
     drawn from it on the CPU). ``eta`` is DDIM's (1.0 = the authors' setting; 0 = deterministic).
     ``known``: cells held to given clean values (:class:`Known`, applied in order: a later one
-    wins where masks overlap); their noise comes from the same generator, after the step's own.
+    wins where masks overlap); their noise (one draw per step, shared) comes from the same
+    generator, after the step's own.
     ``resample``: with ``known``, extra passes per step that re-noise the blended sample to the
     step's level and denoise it again, so the generated cells harmonise with the held ones
     (RePaint's jumps of length 1; each costs one more UNet call per step).
@@ -233,9 +235,10 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
     def hold(x: Tensor, i: int) -> Tensor:
         """Blend the held cells into x_{t-1} after step i (clean after the last step)."""
         a_prev = alphas[int(sched.timesteps[i + 1])] if i + 1 < n else None
+        noise = torch.randn(shape, generator=generator).to(device) if a_prev is not None else None
         for k in known:
             if k.active(i, n):
-                x = blend_known(x, k, a_prev, torch.randn(shape, generator=generator).to(device))
+                x = blend_known(x, k, a_prev, noise)
         return x
 
     def denoise(x: Tensor, i: int, t: Tensor) -> tuple[Tensor, Tensor]:

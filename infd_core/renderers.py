@@ -58,8 +58,9 @@ def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor, ties: str = "floor
     """The per-pixel renderer input ``[B, C + 4, H, W]``: nearest phi vector, rel. coord, rel. cell.
 
     The nearest phi cell is found in float32 from ``coord`` (query points outside the image
-    take the border cell; points on a cell edge by ``ties``, see :func:`~infd_core.geometry.nearest_cell`). Relative values are in units of phi cells: a 1024^2 query on a 256^2
-    phi gives rel. coord in {+-0.25, +-0.75} and rel. cell 0.5.
+    take the border cell; points on a cell edge by ``ties``, see
+    :func:`~infd_core.geometry.nearest_cell`). Relative values are in units of phi cells: a 1024^2
+    query on a 256^2 phi gives rel. coord in {+-0.25, +-0.75} and rel. cell 0.5.
     """
     b, c, h, w = phi.shape
     if coord.shape != cell.shape or coord.ndim != 4 or coord.shape[-1] != 2 or coord.shape[0] != b:

@@ -7,37 +7,37 @@ Prints a markdown report (for the model card) and writes it as JSON with ``--out
 
 1. **Reconstruction** (paper §5.2). Every photo is squashed to a square like in training:
    the encoder input is the whole photo squashed to the model's ``input_size`` (256² in every
-   preset; LANCZOS), the model renders the whole image at s×s for each scale s (default 256,
-   512, 1024: up to a 4× zoom of the input), and the ground truth is the photo resized to s×s (LANCZOS). Baselines: bicubic upsampling of the
-   256² input, and optionally another model (``--compare``, e.g. a LIIF-renderer autoencoder).
-   Thumbnail baselines ``bicubic-N`` (``--thumbnails``, default 64 and 128) upsample an N²
-   thumbnail instead: the 64² one holds as many numbers as the 3×64×64 latent, so it tells how
-   much the autoencoder gets out of its latent budget; larger ones show what a bigger budget
-   would buy, i.e. how hard beating the 256² input is. **Real-ESRGAN ×4** (the anchor to beat;
-   :mod:`training.realesrgan`, only when ``requirements-eval.txt`` is installed): ``esrgan`` is
-   realesrgan-x4plus on the 256² input, ``<model>+esrgan`` on the model's own 256² render; their
-   ×4 output is the 1024² row, LANCZOS-resized for the scales between 256 and 1024 (bf16 autocast
-   by default: about 6× faster than fp32 on CPUs with AMX, within 3/255 of it). ``--strips DIR``
-   writes a 2048² comparison strip per photo (:func:`comparison_strip`). ``--refine N`` adds each model with its
-   latent refined by N gradient steps against the 256² input (:mod:`infd_core.inversion`): what
-   the decoder and renderer can show when the encoder's one-pass guess is not the limit.
-   PSNR in dB on [0, 1]. LPIPS-VGG with the offline weights (:func:`training.losses.offline_lpips`):
-   on the whole image for s ≤ 512; for larger s, the mean over five fixed 256² crops at full
-   resolution (the centre and the four quadrant centres), so that LPIPS judges the fine detail a
-   zoom is about instead of a downsample that hides it.
-2. **Scale consistency.** Render at 2c, area-downsample (2×2 mean) to c, PSNR against the
-   render at c (default c = 1024), per photo and mean. **φ-grid visibility** (:func:`grid_visibility`)
-   at 1024² and 2048²: how much the renderer's nearest-cell fetch shows as blocks when zooming;
-   references: the resized photos (about 1) and bicubic upsampling of the 256² input (whose
-   slopes peak between input pixels, on the same grid).
-3. **Patch-FID "P/1K"** (paper §5.1): the Fréchet distance between features of random P×P crops
-   (the whole image for P = 1K) of ground-truth and generated images at 1024². Ground truth: the
-   ``--fid-data`` photos (default: ``--data``) resized to 1024². "reconstruction" (the baseline:
-   what the autoencoder alone reaches): the model's 1024² reconstructions of those photos,
-   cropped at the same positions. "samples": ``--samples`` latents drawn with seeds 0..N-1,
-   rendered at 1024². The default features are EfficientNet-Lite0's (installs offline; see
-   :mod:`training.features`), labelled "pFID-EffNetLite0 (not Inception-FID)": these numbers
-   are not comparable with published FIDs. ``--inception-weights`` adds the Inception-v3 path.
+   preset; LANCZOS), the model renders the whole image at s×s for each scale s (default 256, 512,
+   1024: up to a 4× zoom of the input), and the ground truth is the photo resized to s×s (LANCZOS).
+   Baselines: bicubic upsampling of the 256² input, and optionally another model (``--compare``,
+   e.g. a LIIF-renderer autoencoder). Thumbnail baselines ``bicubic-N`` (``--thumbnails``, default
+   64 and 128) upsample an N² thumbnail instead: the 64² one holds as many numbers as the 3×64×64
+   latent, so it tells how much the autoencoder gets out of its latent budget; larger ones show what
+   a bigger budget would buy, i.e. how hard beating the 256² input is. **Real-ESRGAN ×4** (the
+   anchor to beat; :mod:`training.realesrgan`, only when ``requirements-eval.txt`` is installed):
+   ``esrgan`` is realesrgan-x4plus on the 256² input, ``<model>+esrgan`` on the model's own 256²
+   render; their ×4 output is the 1024² row, LANCZOS-resized for the scales between 256 and 1024
+   (bf16 autocast by default: about 6× faster than fp32 on CPUs with AMX, within 3/255 of it).
+   ``--strips DIR`` writes a 2048² comparison strip per photo (:func:`comparison_strip`). ``--refine
+   N`` adds each model with its latent refined by N gradient steps against the 256² input
+   (:mod:`infd_core.inversion`): what the decoder and renderer can show when the encoder's one-pass
+   guess is not the limit. PSNR in dB on [0, 1]. LPIPS-VGG with the offline weights
+   (:func:`training.losses.offline_lpips`): on the whole image for s ≤ 512; for larger s, the mean
+   over five fixed 256² crops at full resolution (the centre and the four quadrant centres), so that
+   LPIPS judges the fine detail a zoom is about instead of a downsample that hides it. 2. **Scale
+   consistency.** Render at 2c, area-downsample (2×2 mean) to c, PSNR against the render at c
+   (default c = 1024), per photo and mean. **φ-grid visibility** (:func:`grid_visibility`) at 1024²
+   and 2048²: how much the renderer's nearest-cell fetch shows as blocks when zooming; references:
+   the resized photos (about 1) and bicubic upsampling of the 256² input (whose slopes peak between
+   input pixels, on the same grid). 3. **Patch-FID "P/1K"** (paper §5.1): the Fréchet distance
+   between features of random P×P crops (the whole image for P = 1K) of ground-truth and generated
+   images at 1024². Ground truth: the ``--fid-data`` photos (default: ``--data``) resized to 1024².
+   "reconstruction" (the baseline: what the autoencoder alone reaches): the model's 1024²
+   reconstructions of those photos, cropped at the same positions. "samples": ``--samples`` latents
+   drawn with seeds 0..N-1, rendered at 1024². The default features are EfficientNet-Lite0's
+   (installs offline; see :mod:`training.features`), labelled "pFID-EffNetLite0 (not Inception-
+   FID)": these numbers are not comparable with published FIDs. ``--inception-weights`` adds the
+   Inception-v3 path.
 
 Small-N caveats: FID is biased upwards for few features, so only compare numbers computed with
 the same counts (reconstruction and sample sets both use ``--crops`` crops for P < 1K; for 1K/1K
