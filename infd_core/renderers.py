@@ -1,9 +1,17 @@
 """Renderers R: feature map phi + query grid -> RGB (coordinate conventions: :mod:`infd_core.geometry`).
 
-Both renderers see, for every query pixel, the same input: the nearest phi vector, the
-relative coordinate (query centre minus that phi cell's centre, in phi cells) and the
-relative cell (pixel size in phi cells). Shapes: ``phi [B, C, h, w]``, ``coord``/``cell``
-``[B, H, W, 2]`` (y, x), output ``[B, 3, H, W]`` (unbounded; ~[-1, 1]).
+Both renderers see, for every query pixel, the same input (``RendererConfig.features``):
+
+* ``"nearest"`` (the paper's): the nearest phi vector, the relative coordinate (query centre
+  minus that phi cell's centre, in phi cells) and the relative cell (pixel size in phi cells).
+  Both the vector and the relative coordinate jump where a query crosses a phi cell edge, so
+  a small renderer shows phi's cell grid once a cell spans many pixels (from ~8 px on).
+* ``"bilinear"`` (our CPU v2 family): phi interpolated bilinearly at the query centre and the
+  relative cell. The input is continuous in the query position, so no cell grid can appear;
+  detail between phi samples comes from the net's nonlinearity on interpolated features.
+
+Shapes: ``phi [B, C, h, w]``, ``coord``/``cell`` ``[B, H, W, 2]`` (y, x), output ``[B, 3, H, W]``
+(unbounded; ~[-1, 1]).
 
 * :class:`CLIF` (the paper's): a small conv net over the grid of those inputs.
 * :class:`LIIF` (the paper's ablation): the same inputs through a pointwise MLP.
@@ -34,6 +42,9 @@ from torch import Tensor, nn
 from .geometry import CELL_TIES, nearest_cell
 
 
+FEATURES = ("nearest", "bilinear")
+
+
 @dataclass
 class RendererConfig:
     kind: str = "clif"  # "clif" | "liif"
@@ -42,6 +53,7 @@ class RendererConfig:
     norm: str = "group"  # "group" (authors') | "none" (tile-exact)
     base: str = "none"  # "none" (authors') | "bilinear": predict a residual over bilinear phi[:3]
     cell_ties: str = "floor"  # "floor" (infd's) | "grid_sample" (authors'): see geometry.nearest_cell
+    features: str = "nearest"  # "nearest" (authors') | "bilinear": see the module docstring
 
     def __post_init__(self) -> None:
         if self.kind not in ("clif", "liif"):
@@ -52,6 +64,13 @@ class RendererConfig:
             raise ValueError(f"renderer base must be 'none' or 'bilinear', got {self.base!r}")
         if self.cell_ties not in CELL_TIES:
             raise ValueError(f"renderer cell_ties must be one of {CELL_TIES}, got {self.cell_ties!r}")
+        if self.features not in FEATURES:
+            raise ValueError(f"renderer features must be one of {FEATURES}, got {self.features!r}")
+
+    @property
+    def input_extra(self) -> int:
+        """Channels the renderer input adds to phi's: rel. coord + rel. cell, or rel. cell only."""
+        return 4 if self.features == "nearest" else 2
 
 
 def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor, ties: str = "floor") -> Tensor:
@@ -81,6 +100,27 @@ def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor, ties: str = "floor
     return torch.cat([feat, rel.permute(0, 3, 1, 2).to(feat.dtype)], dim=1)
 
 
+def interpolated_inputs(phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
+    """The per-pixel renderer input of ``features="bilinear"``: ``[B, C + 2, H, W]``, phi
+    interpolated bilinearly at the query centres (border-clamped) and the relative cell.
+
+    A pointwise function of each query's coordinate and cell, like :func:`renderer_inputs`, so
+    tiles stay exact. Interpolation runs in float32 (bf16 coordinates would be off by pixels at
+    2048 px; ``grid_sample`` wants one dtype) and the result is cast back to phi's dtype; a
+    channels_last phi (the bf16 path) gives a channels_last input.
+    """
+    b, c, h, w = phi.shape
+    if coord.shape != cell.shape or coord.ndim != 4 or coord.shape[-1] != 2 or coord.shape[0] != b:
+        raise ValueError(f"coord/cell must both be [B={b}, H, W, 2], got {tuple(coord.shape)} and {tuple(cell.shape)}")
+    grid = coord.float().flip(-1)  # grid_sample wants (x, y); same frame ([-1, 1], pixel corners)
+    feat = F.grid_sample(phi.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(phi.dtype)
+    rel_cell = (cell.float() * cell.new_tensor([h, w]).float()).permute(0, 3, 1, 2).to(feat.dtype)
+    out = torch.cat([feat, rel_cell], dim=1)
+    if phi.is_contiguous(memory_format=torch.channels_last):
+        out = out.contiguous(memory_format=torch.channels_last)
+    return out
+
+
 def bilinear_base(phi: Tensor, coord: Tensor) -> Tensor:
     """``phi[:, :3]`` interpolated bilinearly at the query centres: ``[B, 3, H, W]`` (border-clamped).
 
@@ -102,7 +142,11 @@ class _Base(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def _render(self, net: nn.Module, phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
-        out = net(renderer_inputs(phi, coord, cell, self.cfg.cell_ties))
+        if self.cfg.features == "nearest":
+            inputs = renderer_inputs(phi, coord, cell, self.cfg.cell_ties)
+        else:
+            inputs = interpolated_inputs(phi, coord, cell)
+        out = net(inputs)
         if self.cfg.base == "none":
             return out
         base = bilinear_base(phi, coord).to(out.dtype)
@@ -182,7 +226,7 @@ class CLIF(_Base):
     def __init__(self, cfg: RendererConfig, phi_channels: int):
         super().__init__()
         self.cfg = cfg
-        self.net = _ConvNet(phi_channels + 4, cfg.width, cfg.blocks, cfg.norm == "group")
+        self.net = _ConvNet(phi_channels + cfg.input_extra, cfg.width, cfg.blocks, cfg.norm == "group")
         self.receptive_radius = 2 + 2 * cfg.blocks  # one pixel per 3x3 conv
         self._zero_init_output(self.net.conv_out)
 
@@ -200,7 +244,7 @@ class LIIF(_Base):
     def __init__(self, cfg: RendererConfig, phi_channels: int):
         super().__init__()
         self.cfg = cfg
-        layers: list[nn.Module] = [nn.Conv2d(phi_channels + 4, cfg.width, 1), nn.SiLU()]
+        layers: list[nn.Module] = [nn.Conv2d(phi_channels + cfg.input_extra, cfg.width, 1), nn.SiLU()]
         for _ in range(cfg.blocks):
             layers += [nn.Conv2d(cfg.width, cfg.width, 1), nn.SiLU()]
         self.mlp = nn.Sequential(*layers, nn.Conv2d(cfg.width, 3, 1))

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -56,3 +57,47 @@ def test_export_pictures_and_card(tmp_path: Path) -> None:
     assert json.loads((work / "photos" / "manifest.json").read_text())
     assert Image.open(out / "samples.jpg").size == (4 * 256, 256)
     assert Image.open(out / "zoom.jpg").size == (4 * 512, 512)
+
+
+def test_v2_export_evaluation_and_card(tmp_path: Path) -> None:
+    """The v2 recipe's last steps: a cpu2 decoder run and a UNet run on the same frozen encoder
+    become one model folder; the card compares it with the milestone."""
+    work, out = tmp_path / "work", tmp_path / "model"
+    photos = work / "photos-nature"
+    photoset.main(["--out", str(photos), "--no-debian"])
+    milestone = Pipeline.from_config(configs.cpu(), seed=0)
+    milestone.cfg.meta = {"stage2_steps": 3, "stage2_seconds": 60}
+    milestone.save(work / "milestone")
+    milestone.save(tmp_path / "dm")  # the UNet run: the milestone's autoencoder, a fine-tuned UNet
+    decoder = Pipeline.from_config(configs.cpu2(), seed=1)
+    decoder.autoencoder.encoder.load_state_dict(milestone.autoencoder.encoder.state_dict())  # the frozen encoder
+    decoder.cfg.diffusion, decoder.cfg.meta = None, {"stage1_steps": 5, "stage1_seconds": 120}
+    decoder.save(tmp_path / "decoder")
+    stranger = Pipeline.from_config(configs.cpu2(), seed=2)  # trained on another encoder
+    stranger.cfg.diffusion = None
+    stranger.save(tmp_path / "stranger")
+    with pytest.raises(ValueError, match="different encoders"):
+        default_model.export_v2(tmp_path / "stranger", tmp_path / "dm", out)
+
+    default_model.export_v2(tmp_path / "decoder", tmp_path / "dm", out)
+    model = Pipeline.load(out)
+    assert model.cfg.autoencoder == configs.cpu2().autoencoder and model.cfg.diffusion == milestone.cfg.diffusion
+    assert model.cfg.meta["decoder"]["stage1_steps"] == 5 and model.cfg.meta["diffusion"]["stage2_steps"] == 3
+    assert (out / "autoencoder.safetensors").read_bytes() == (tmp_path / "decoder" / "autoencoder.safetensors").read_bytes()
+    assert all(v.dtype == torch.float16 for v in load_file(str(out / "unet.safetensors")).values())
+
+    holdout = str(photos / "holdout")
+    report = evaluate.main(["--model", str(out), "--compare", str(work / "milestone"), "--data", holdout, "--no-pfid",
+                            "--no-esrgan", "--scales", "256", "1024", "--consistency-size", "64", "--grid-sizes", "1024"])
+    pfid = ["--data", holdout, "--samples", "2", "--steps", "2", "--scales", "256", "--fid-size", "256",
+            "--patch-sizes", "128", "256", "--crops", "4", "--grid-sizes", "--no-esrgan"]
+    pfids = {"v2": evaluate.main(["--model", str(out), *pfid]),
+             "v1": evaluate.main(["--model", str(work / "milestone"), *pfid])}
+    default_model.model_card_v2(out, work, report, pfids)
+    card = (out / "README.md").read_text()
+    assert "{" not in card.split("## Licence")[0]
+    assert "PSNR at 256² +2 dB over v1" in card and "φ-grid visibility at 1024²" in card
+    assert "| 5 | 2 | 2 min |" in card and "| 3 | 8 | 1 min |" in card
+    for label, r in pfids.items():
+        assert f"| {label} | " + " | ".join(f"{v['samples']:.1f}" for v in r["pfid"]["by_features"][
+            next(iter(r["pfid"]["by_features"]))].values()) + " |" in card

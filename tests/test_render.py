@@ -12,7 +12,8 @@ from torch import Tensor, nn
 from infd_core import configs
 from infd_core.geometry import Box, PixelRange, level_grid
 from infd_core.pipeline import Pipeline
-from infd_core.renderers import RendererConfig, build_renderer, fixed_norm_statistics, norm_statistics, renderer_inputs
+from infd_core.renderers import (RendererConfig, build_renderer, fixed_norm_statistics, interpolated_inputs, norm_statistics,
+                                 renderer_inputs)
 from infd_core.tiling import render_pixels, tile_ranges
 
 PHI_CHANNELS = 32
@@ -137,6 +138,39 @@ def test_the_cpu_preset_renderer_is_tile_exact():
     nn.init.normal_(renderer.net.conv_out.weight, 0.0, 0.1)  # zero at init: make the net part count too
     phi = make_phi(1)
     assert max_diff(tiled(renderer, phi, 333, 333, 128), whole(renderer, phi, 333, 333)) <= 1e-5
+
+
+def test_the_cpu2_preset_renderer_is_tile_exact():
+    cfg = configs.cpu2().autoencoder.renderer
+    assert cfg.features == "bilinear"
+    torch.manual_seed(0)
+    renderer = build_renderer(cfg, PHI_CHANNELS).eval()
+    nn.init.normal_(renderer.net.conv_out.weight, 0.0, 0.1)
+    phi = make_phi(1)
+    for height, width, tile in [(333, 333, 128), (2048, 96, 256), (130, 515, 100)]:
+        assert max_diff(tiled(renderer, phi, height, width, tile), whole(renderer, phi, height, width)) <= 1e-5
+
+
+def test_interpolated_inputs_are_phi_at_its_own_level_and_continuous_between_cells():
+    """At phi's own size every query sits on a cell centre: the features are phi itself. Zoomed in
+    8x, the features change by at most one cell-to-cell difference over 8 pixels, with no jump at
+    the cell edges (the nearest-feature input jumps there by the whole difference)."""
+    phi = index_phi(32) * 1.0
+    coord, cell = level_grid(32, 32)
+    x = interpolated_inputs(phi, coord[None], cell[None])[0]
+    assert x.shape == (4, 32, 32) and torch.equal(x[:2], phi[0]) and torch.allclose(x[2:], torch.full((2, 32, 32), 2.0))  # rel. cell: 2 at phi's level, as renderer_inputs
+    coord, cell = level_grid(256, 256)
+    cols = interpolated_inputs(phi, coord[None], cell[None])[0, 1, 100]  # the column index along a row
+    steps = cols.diff()[8:-8]  # away from the border clamp
+    assert torch.allclose(steps, torch.full_like(steps, 1 / 8), atol=1e-5)
+    nearest = inputs(phi, 256, 256)[1, 100].diff()[8:-8]
+    assert nearest.max() == 1 and (nearest == 0).float().mean() > 0.8
+
+
+def test_renderer_features_are_validated():
+    with pytest.raises(ValueError, match="renderer features must be one of"):
+        RendererConfig(features="bicubic")
+    assert RendererConfig().features == "nearest" and configs.cpu().autoencoder.renderer.features == "nearest"
 
 
 @pytest.mark.parametrize("kind", ["clif", "liif"])

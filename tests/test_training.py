@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from skimage import data
 
 from infd_core.autoencoder import CoderConfig
 from infd_core.checkpoint import read_config
-from infd_core.configs import cpu
+from infd_core.configs import ModelConfig, cpu
 from infd_core.diffusion import unet_kwargs
 from infd_core.pipeline import Pipeline
 from training import autoencoder as stage1
@@ -238,3 +239,33 @@ def test_wall_time_sums_restarts(tmp_path: Path) -> None:
     assert wall_time(log) == 0.0
     log.write_text("step,time,l1\n25,10.0,0.5\n50,20.0,0.4\n50,5.0,0.4\n75,15.0,0.3\n")  # resumed after step 50
     assert wall_time(log) == 35.0
+
+
+@pytest.mark.slow
+def test_fast_recipe_packs_a_small_set_and_trains_both_stages_within_a_budget(photos: Path, tmp_path: Path) -> None:
+    from training import fast
+
+    packed = fast.pack(photos, tmp_path / "packed", size=256, per_image=3, max_mb=0.2)
+    files = sorted((tmp_path / "packed").glob("*.jpg"))
+    assert packed["files"] == len(files) >= 2 and packed["bytes"] <= 0.2e6 and packed["skipped_over_budget"] > 0
+    assert all(Image.open(f).size == (256, 256) for f in files)
+    again = fast.pack(photos, tmp_path / "again", size=256, per_image=3, max_mb=0.2)  # deterministic per seed
+    assert again == {**packed, "source": str(photos)} and all(
+        f.read_bytes() == (tmp_path / "again" / f.name).read_bytes() for f in files)
+
+    tiny = tiny_model()
+    milestone = Pipeline.from_config(ModelConfig.from_json(tiny), seed=0)
+    milestone.save(tmp_path / "milestone")
+    v2 = json.loads(json.dumps(tiny))
+    v2["autoencoder"]["decoder"]["ch"], v2["autoencoder"]["renderer"]["features"] = 12, "bilinear"
+    model = fast.train(tmp_path / "packed", tmp_path / "run", minutes=0.01, device="cpu",
+                       milestone=tmp_path / "milestone", calib=1,
+                       ae_set=[f"model={json.dumps(v2)}", "patch=32", "disc_ndf=8", "max_r=256"],
+                       dm_set=[f"unet={json.dumps(tiny['diffusion'])}", "batch=2", "repeats=1"])
+    pipe = Pipeline.load(model)
+    assert pipe.cfg.autoencoder.renderer.features == "bilinear" and pipe.cfg.autoencoder.decoder.ch == 12
+    assert pipe.cfg.meta["decoder"]["stage1_steps"] == 10 and pipe.cfg.meta["diffusion"]["stage2_steps"] == 10  # the floor
+    enc = {k: v for k, v in weights(model / "autoencoder.safetensors").items() if k.startswith("encoder.")}
+    assert all(v.equal(weights(tmp_path / "milestone" / "autoencoder.safetensors")[k]) for k, v in enc.items())
+    assert not (tmp_path / "run" / "calibration").exists()
+    assert pipe.render(pipe.field(pipe.sample(0, steps=2)), 64, 64).shape == (64, 64, 3)

@@ -1,6 +1,24 @@
-"""Retrain the embedded default model from scratch, in one command (resumable):
+"""Retrain the embedded default model, in one command (resumable):
 
-    python -m training.default_model [--work runs/default] [--out assets/models/infd-cpu-photos]
+    python -m training.default_model [--recipe v2|v1] [--work runs/default] [--out assets/models/infd-cpu-photos]
+
+``v2`` (the default; the shipped model) continues from a committed **milestone** model
+(``--milestone``, default: the shipped folder, copied to ``WORK/milestone`` before anything is
+overwritten) on the ``nature`` photo set (training.photoset: 123 training photos, 8 detailed ones
+held out):
+
+1. decoder + renderer of the ``cpu2`` family (a 5x larger decoder, 32 phi channels, bilinear phi
+   features: :func:`infd_core.configs.cpu2`) trained on the milestone's frozen encoder
+   (training/configs/ae_cpu2_decoder.json; starts from the milestone's decoder when it is already
+   ``cpu2``). The latents stay the milestone's, so its UNet stays valid;
+2. the milestone's UNet fine-tuned on the nature photos' latents (training/configs/dm_cpu2.json);
+3. export (:func:`export_v2`), evaluation against the milestone on the held-out photos (with the
+   Real-ESRGAN x4 rows and comparison strips), pictures and the model card.
+
+Each stage resumes from its checkpoint in ``WORK`` when re-run; ``--decoder-steps`` / ``--dm-steps``
+stop a stage early (the card records what was run).
+
+``v1`` builds the milestone from scratch on the ``v1`` photo set (30 training photos):
 
 1. assembles the offline photo set (training.photoset; 3 photos held out),
 2. trains the `cpu` autoencoder (training/configs/ae_cpu.json), then a fresh decoder and
@@ -29,7 +47,9 @@ import numpy as np
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
+from infd_core import configs
 from infd_core.checkpoint import read_config, write_config
+from infd_core.configs import ModelConfig
 from infd_core.geometry import PixelRange
 from infd_core.pipeline import Pipeline
 
@@ -63,12 +83,18 @@ def export(model: Path, out: Path, autoencoder: Path | None = None) -> None:
     save_file(unet, str(out / "unet.safetensors"))
 
 
+def contact_sheet(pipe: Pipeline, path: Path, seeds: range = range(16), steps: int = 50, side: int = 256,
+                  per_row: int = 4) -> None:
+    """Samples of ``seeds`` rendered at ``side``², ``per_row`` to a row, as one JPEG."""
+    tiles = [pipe.render(pipe.field(pipe.sample(s, steps=steps)), side, side) for s in seeds]
+    rows = [np.concatenate(tiles[i:i + per_row], axis=1) for i in range(0, len(tiles), per_row)]
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path, quality=90)
+
+
 def pictures(pipe: Pipeline, out: Path, seeds: range = range(8), zoom_seed: int = 0, steps: int = 50) -> None:
     """``samples.jpg`` (contact sheet, 256² each) and ``zoom.jpg`` (one sample at 512, 1K, 2K, 4K:
     the whole image at 512, then the centre 512² crop of each larger render)."""
-    tiles = [pipe.render(pipe.field(pipe.sample(s, steps=steps)), 256, 256) for s in seeds]
-    rows = [np.concatenate(tiles[i:i + 4], axis=1) for i in range(0, len(tiles), 4)]
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out / "samples.jpg", quality=90)
+    contact_sheet(pipe, out / "samples.jpg", seeds, steps)
     field = pipe.field(pipe.sample(zoom_seed, steps=steps))
     views = []
     for size in (512, 1024, 2048, 4096):
@@ -194,10 +220,190 @@ def model_card(out: Path, work: Path, report: dict, samples: int, crops: int) ->
     shutil.copyfile(work / "photos" / "MANIFEST.md", out / "MANIFEST.md")
 
 
+
+# --- v2: continue from a committed milestone -----------------------------------------------------
+
+def export_v2(decoder: Path, dm: Path, out: Path) -> None:
+    """A model folder from the v2 stages: the autoencoder of ``decoder`` (its decoder and renderer
+    trained on a frozen encoder) and the EMA UNet of ``dm`` (fp16 on disk), trained on latents of
+    the same encoder -- checked weight for weight, since a UNet is only valid on its encoder's latents."""
+    ae, unet = read_config(decoder), read_config(dm)
+    ae_w, dm_w = load_file(str(decoder / "autoencoder.safetensors")), load_file(str(dm / "autoencoder.safetensors"))
+    enc = [k for k in ae_w if k.startswith("encoder.")]
+    if not enc or any(k not in dm_w or not ae_w[k].equal(dm_w[k]) for k in enc):
+        raise ValueError(f"{decoder} and {dm} have different encoders: the UNet would not match the latents")
+    meta = {"decoder": {k: ae.meta.get(k) for k in ("encoder", "init", "stage1_steps", "stage1_seconds", "stage1_config")},
+            "diffusion": {k: unet.meta.get(k) for k in ("stage2_init", "stage2_steps", "stage2_seconds", "stage2_config")}}
+    out.mkdir(parents=True, exist_ok=True)
+    write_config(out, ModelConfig(name=ae.name, autoencoder=ae.autoencoder, diffusion=unet.diffusion, meta=meta))
+    shutil.copyfile(decoder / "autoencoder.safetensors", out / "autoencoder.safetensors")
+    save_file({k: v.half() for k, v in load_file(str(dm / "unet.safetensors")).items()}, str(out / "unet.safetensors"))
+
+
+CARD_V2 = """# infd-cpu-photos — the embedded default model (v2)
+
+A small image neural field diffusion model (INFD, Chen et al. 2024) trained **on this project's
+2-core CPU machine** from photos that install offline. It is a demo model: it runs interactively
+on a CPU and shows the whole pipeline (any-resolution rendering, deep zoom, guidance); it is not
+a high-quality generator.
+
+## Status
+{status}
+
+## Data
+{data}
+
+## Sizes (`cpu2` preset)
+| part | parameters |
+|---|---|
+{sizes}
+
+Latent {latent}; the decoder (base {dec_ch}, {dec_blocks} ResNet blocks per level) gives φ {phi}×256×256;
+CLIF renderer width {width} with {blocks} ResNet blocks and no normalisation, reading φ interpolated
+bilinearly at each pixel (no φ-cell grid when zoomed in; tiles are bit-exact pieces of a whole
+render), receptive radius {radius} px. Stored: autoencoder fp32, UNet fp16 ({bytes:.1f} MB in all).
+
+## Training (one command: `python -m training.default_model`)
+v2 continues from the v1 model (the milestone, git history of this folder; rebuilt from scratch
+by `python -m training.default_model --recipe v1`, ~2.6 CPU-hours): its encoder (frozen, so the
+latents do not change) and its UNet.
+
+| stage | steps | batch | wall time | settings |
+|---|---|---|---|---|
+| decoder + renderer of `cpu2` afresh on the milestone's frozen encoder (L1 + LPIPS-VGG + adaptive PatchGAN from step {dec_disc_start}; levels up to {dec_max_r}², {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}, bf16 autocast) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/ae_cpu2_decoder.json` |
+| the milestone's UNet fine-tuned on the nature latents (v-prediction, EMA {ema}, lr {dm_lr:g}, bf16 autocast) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu2.json` |
+
+Wall times were measured with each run on one thread beside other work on the 2 cores.
+
+## Evaluation on the {n_holdout} detailed held-out photos, against the milestone (v1)
+Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --compare runs/default/milestone --data runs/default/photos-nature/holdout --grid-sizes 2048 4096 --no-pfid --strips runs/default/strips`
+
+{evaluation}
+
+{pfid}
+
+## Real-ESRGAN ×4 comparison (2048², centre 512² of: photo, bicubic of the 256² input, Real-ESRGAN ×4 of it, this model)
+![strip](strip.jpg)
+
+## Samples (seeds 0–15, 256²)
+![samples](samples.jpg)
+
+## Zoom sequence (seed 0: the whole image at 512², then the centre 512² of renders at 1K, 2K, 4K)
+![zoom](zoom.jpg)
+
+## Licence of the training data
+See `MANIFEST.md` beside this card (licence and credit of every photo, as each package states them).
+"""
+
+
+def status_v2(report: dict) -> str:
+    """The card's status paragraph: the v2 targets, each met or not, with the numbers."""
+    mean = report["reconstruction"]["mean"]
+    checks = []
+    for s in ("256", "1024"):
+        gain = mean["model"][s]["psnr"] - mean["compare"][s]["psnr"]
+        checks.append((f"PSNR at {s}² +2 dB over v1", gain >= 2, f"{gain:+.2f} dB"))
+    m, b = mean["model"]["1024"]["lpips"], mean["bicubic-128"]["1024"]["lpips"]
+    checks.append(("1024² LPIPS at or below bicubic of a 128² thumbnail", m <= b, f"{m:.4f} vs {b:.4f}"))
+    grid = report["grid"]["mean"]
+    for s in map(str, report["grid"]["sizes"]):
+        g, gb = grid["model"][s], grid["bicubic"][s]
+        checks.append((f"φ-grid visibility at {s}² at or below bicubic's", g <= gb, f"{g:.2f} vs {gb:.2f}"))
+    worst = min(report["scale_consistency"]["per_image_db"]["model"].values())
+    checks.append(("scale consistency ≥ 35 dB on every photo", worst >= 35, f"min {worst:.2f} dB"))
+    line = "; ".join(f"{t}: {'met' if ok else 'not met'} ({v})" for t, ok, v in checks)
+    head = "Meets its v2 targets" if all(ok for _, ok, _ in checks) else "Not yet at all its v2 targets"
+    return f"{head}: {line}. Details below."
+
+
+def pfid_table(reports: dict[str, dict]) -> str:
+    """Sample pFID of several models (``{label: evaluate report}``), side by side."""
+    any_report = next(iter(reports.values()))
+    pf = any_report["pfid"]
+    feats = next(iter(pf["by_features"]))
+    out = [f"### {feats}: samples against the {pf['n_reference']} training photos (`{pf['reference']}`)", "",
+           f"{pf['n_samples']} samples per model (seeds 0–{pf['n_samples'] - 1}, {any_report['settings']['steps']} steps), "
+           f"{pf['crops']} random crops per set for P < 1K. Small-N FID is biased upwards: compare only within "
+           "this table.", "", "| model | " + " | ".join(pf["by_features"][feats]) + " |",
+           "|---|" + "---:|" * len(pf["by_features"][feats])]
+    for label, r in reports.items():
+        vals = r["pfid"]["by_features"][feats]
+        out.append(f"| {label} | " + " | ".join(f"{v['samples']:.1f}" for v in vals.values()) + " |")
+    return "\n".join(out)
+
+
+def model_card_v2(out: Path, work: Path, report: dict, pfids: dict[str, dict]) -> None:
+    cfg = read_config(out)
+    d = Pipeline.load(out).describe()
+    dec_cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu2_decoder.json", [])
+    dm_cfg = load_json_config(stage2.DMTrainConfig, CONFIGS / "dm_cpu2.json", [])
+    manifest = json.loads((work / "photos-nature" / "manifest.json").read_text())
+    files = manifest["files"] if isinstance(manifest, dict) else manifest
+    splits = {s: sum(1 for f in files if f.get("split") == s) for s in ("train", "holdout")}
+    data = (f"The `nature` set of `python -m training.photoset` ({splits['train']} training photos, "
+            f"{splits['holdout']} held out): landscapes, plants, animals, water and sky from scikit-image, "
+            "scikit-learn and Debian packages (wallpapers, GCompris, Enlightenment, tuxtype, LXQt, tagua, palapeli). "
+            "The held-out photos were chosen for fine detail: spruce needles, lichen, a cheetah, a gorilla, rice "
+            "terraces, a flower meadow, a honey bee, a hedgehog.")
+    minutes = lambda s: "not recorded" if s is None else f"{s / 60:.0f} min"  # noqa: E731
+    a = cfg.autoencoder
+    dec, dm = cfg.meta.get("decoder", {}), cfg.meta.get("diffusion", {})
+    latent = (f"{a.z_channels}×{a.latent_size}×{a.latent_size} (KL; the mean is the image's 4×4-average thumbnail "
+              "plus a learned residual)" if a.thumbnail_skip else f"{a.z_channels}×{a.latent_size}×{a.latent_size}")
+    text = CARD_V2.format(
+        status=status_v2(report), data=data, latent=latent,
+        sizes="\n".join(f"| {k} | {v / 1e6:.2f}M |" for k, v in d["params"].items()),
+        dec_ch=a.decoder.ch, dec_blocks=a.decoder.num_res_blocks + 1, phi=a.decoder.ch * a.decoder.ch_mult[0],
+        width=a.renderer.width, blocks=a.renderer.blocks, radius=d["receptive_radius"],
+        bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6,
+        dec_disc_start=dec_cfg.disc_start, dec_max_r=dec_cfg.max_r, dec_crops=dec_cfg.crops_per_image,
+        dec_lr=dec_cfg.lr, dec_lr_final=dec_cfg.lr_final, dec_steps=dec.get("stage1_steps"), dec_batch=dec_cfg.batch,
+        dec_time=minutes(dec.get("stage1_seconds")), ema=dm_cfg.ema, dm_lr=dm_cfg.lr,
+        dm_steps=dm.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=minutes(dm.get("stage2_seconds")),
+        n_holdout=len(report["images"]), evaluation=evaluate.markdown(report), pfid=pfid_table(pfids))
+    (out / "README.md").write_text(text)
+    shutil.copyfile(work / "photos-nature" / "MANIFEST.md", out / "MANIFEST.md")
+
+
+def main_v2(args: argparse.Namespace) -> None:
+    photos, milestone = args.work / "photos-nature", args.work / "milestone"
+    if not (photos / "manifest.json").exists():
+        photoset.main(["--out", str(photos), "--set", "nature"])
+    if not (milestone / "config.json").exists():  # before the export overwrites it (--out is often --milestone)
+        shutil.copytree(args.milestone, milestone)
+    train = [str(photos / "train")]
+    if not args.skip_training:
+        overrides = [f"init_encoder={milestone}"]
+        if read_config(milestone).autoencoder == configs.cpu2().autoencoder:  # continue the milestone's decoder
+            overrides += [f"init={milestone}", "lr=0.0002"]
+        dec = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu2_decoder.json", overrides)
+        stage1.train(dec, train, args.work / "decoder2", resume=True, steps=args.decoder_steps)
+        dm = load_json_config(stage2.DMTrainConfig, CONFIGS / "dm_cpu2.json", [f"init={milestone}"])
+        stage2.train(dm, milestone, train, args.work / "dm2", resume=True, steps=args.dm_steps)
+    export_v2(args.work / "decoder2" / "model", args.work / "dm2" / "model", args.out)
+    strips = args.work / "strips"
+    report = evaluate.main(["--model", str(args.out), "--compare", str(milestone), "--data", str(photos / "holdout"),
+                            "--grid-sizes", "2048", "4096", "--no-pfid", "--strips", str(strips),
+                            "--out", str(args.work / "evaluation-v2.json")])
+    pfids = {}
+    for label, model in (("v2 (this model)", args.out), ("v1 (the milestone)", milestone)):
+        pfids[label] = evaluate.main(["--model", str(model), "--data", str(photos / "holdout"), "--fid-data", *train,
+                                      "--samples", str(args.samples), "--crops", str(args.crops), "--scales", "256",
+                                      "--patch-sizes", "256", "1024", "--grid-sizes", "--no-esrgan",
+                                      "--steps", str(args.sample_steps)])
+    pipe = Pipeline.load(args.out)
+    pictures(pipe, args.out, seeds=range(16), steps=args.sample_steps)
+    strip = sorted(strips.glob("*.png"))[0]
+    Image.open(strip).convert("RGB").save(args.out / "strip.jpg", quality=90)
+    model_card_v2(args.out, args.work, report, pfids)
+    print(f"wrote {args.out}")
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--recipe", choices=["v2", "v1"], default="v2", help="v2: continue from --milestone; v1: from scratch")
     ap.add_argument("--work", type=Path, default=Path("runs/default"))
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    ap.add_argument("--milestone", type=Path, default=DEFAULT_OUT, help="v2: the committed model to continue from")
     ap.add_argument("--ae-steps", type=int)
     ap.add_argument("--decoder-steps", type=int)
     ap.add_argument("--finetune-steps", type=int)
@@ -209,6 +415,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sample-steps", type=int, default=50, help="sampler steps for the samples (evaluation, pictures)")
     ap.add_argument("--skip-training", action="store_true", help="only export, evaluate and write the card")
     args = ap.parse_args(argv)
+    if args.recipe == "v2":
+        return main_v2(args)
     photos = args.work / "photos"
     if not (photos / "manifest.json").exists():
         photoset.main(["--out", str(photos)])
