@@ -209,6 +209,13 @@ def window_starts(n: int, window: int, stride: int) -> list[int]:
     return starts if starts[-1] == n - window else starts + [n - window]
 
 
+def window_edges(n: int, window: int, stride: int) -> list[int]:
+    """Cells along an axis of ``n`` where a window of :func:`window_starts` starts or ends (inside
+    the axis only): where seams would show if the fusion were wrong."""
+    starts = window_starts(n, window, stride)
+    return sorted({e for s in starts for e in (s, s + window)} - {0, n})
+
+
 def window_weight(window: int) -> Tensor:
     """``[window, window]`` fusion weight of one window: a tent, highest at the centre and 1/window
     at the edge cells, so a cell's fused prediction changes smoothly where windows start or end
