@@ -54,6 +54,14 @@ def _cells(text: str | None) -> tuple[int, int] | None:
     return check_cells(h, w)
 
 
+def _size_arg(text: str) -> str:
+    """argparse's check of ``--size``: N or WIDTHxHEIGHT, whole numbers (ranges are checked later)."""
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be N or WIDTHxHEIGHT pixels, got {text!r}")
+    return text
+
+
 def _size(args: argparse.Namespace, cells: tuple[int, int] | None = None) -> tuple[int, int]:
     """The output ``(height, width)``: ``--size WIDTHxHEIGHT`` (x first, like image sizes), or
     ``--size N``: N pixels per 64 latent cells (N x N for a square latent; a 64x192-cell panorama at
@@ -226,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--quiet", action="store_true")
 
     def image_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--size", default="1024", help="N: N pixels per 64 latent cells (N x N for a square "
+        p.add_argument("--size", type=_size_arg, default="1024", help="N: N pixels per 64 latent cells (N x N for a square "
                        "latent), or WIDTHxHEIGHT pixels (e.g. 8192x2730 for 64x192 cells)")
         p.add_argument("--height", type=int)
         p.add_argument("--width", type=int)
