@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = ["Box", "PixelRange", "level_grid", "box_grid", "check_level", "nearest_cell", "CELL_TIES", "MAX_SIDE",
-           "CELL_STEP", "MAX_CELLS", "check_cells", "canvas_size", "cells_aspect_matches", "extend_cells",
+           "CELL_STEP", "MAX_CELLS", "check_cells", "canvas_size", "cells_for_canvas", "cells_aspect_matches", "extend_cells",
            "box_in_extended"]
 
 CELL_TIES = ("floor", "grid_sample")
@@ -215,6 +215,15 @@ def canvas_size(cells: tuple[int, int], side: int, base: int = 64) -> tuple[int,
     (the square canvas's density), rounded to the nearest pixel, at least 1."""
     h, w = cells
     return max(1, round(side * h / base)), max(1, round(side * w / base))
+
+
+def cells_for_canvas(height: int, width: int, base: int = 64, step: int = CELL_STEP) -> tuple[int, int]:
+    """The latent extent ``(h, w)`` for a new picture on a ``height x width`` canvas: ``base`` cells
+    on the shorter side, the longer one in proportion, rounded to ``step`` cells (at most
+    :data:`MAX_CELLS`): ``(64, 64)`` for a square, ``(64, 192)`` for 6144 x 2048."""
+    check_level(height, width)
+    long = min(MAX_CELLS, max(base, round(base * max(height, width) / min(height, width) / step) * step))
+    return (base, long) if width >= height else (long, base)
 
 
 def cells_aspect_matches(cells: tuple[int, int], height: int, width: int) -> bool:
