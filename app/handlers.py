@@ -35,7 +35,7 @@ from .store import TooManySessions
 log = logging.getLogger(__name__)
 
 CANVAS_PRESETS = [("1024²", "1024"), ("2048²", "2048"), ("4096²", "4096"), ("8192²", "8192"),
-                  ("panorama 2:1 (4096×2048)", "4096x2048"), ("panorama 3:1 (6144×2048)", "6144x2048"),
+                  ("2:1 panorama", "4096x2048"), ("3:1 panorama", "6144x2048"),
                   ("custom", "custom")]
 EXTEND_SIDES = [("← left", "left"), ("right →", "right"), ("↑ up", "up"), ("↓ down", "down")]
 EXTEND_CELLS = [16, 32, 64]  # latent cells an extension adds (64: one square's worth)
