@@ -474,6 +474,8 @@ def test_panorama_canvas_extend_undo_tiles_and_session_file(server):
     loaded = sessionfile.load(r.content, ctx.pipe, max_canvas_side=65536)
     assert loaded.canvas == (384, 128) and torch.equal(loaded.state.picture.latent, wide.latent)
     assert s.undo() and s.state.picture is pano and s.canvas == (256, 128) and s.state.box("k1").box.x0 == 0.5
+    cancel_after_first_event(s, extend_picture(ctx, s, side="down", amount=64, seed=3, steps=20))
+    assert s.state.picture is pano and s.view.picture is pano and s.canvas == (256, 128)  # previews undone
     with pytest.raises(ValueError, match="multiple of 8"):
         list(extend_picture(ctx, s, side="up", amount=5, seed=0, steps=1))
     with pytest.raises(ValueError, match="extend side"):
