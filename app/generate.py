@@ -17,8 +17,10 @@ from torch import Tensor
 
 from infd_core import guidance
 from infd_core.diffusion import Cancelled, Step
+from infd_core.geometry import box_in_extended, cells_for_canvas, extend_cells
 from infd_core.inversion import encode_photo
 from infd_core.layout import Layout
+from infd_core.outpaint import SIDES, extend
 
 from .context import AppContext
 from .gpu import on_gpu
@@ -67,6 +69,7 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
     state = session.state
     layout = build_layout(state) if guided else None  # validate before taking the session
     pipe = ctx.pipe
+    cells = cells_for_canvas(session.canvas[1], session.canvas[0], pipe.latent_shape[-1])  # a new picture's extent
 
     def work(progress: ProgressFn, should_stop: Callable[[], bool]) -> tuple[Picture, dict[str, Any] | None]:
         def on_step(step: Step) -> None:
@@ -78,12 +81,39 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
             z, report = guidance.guided_sample(pipe, layout, seed=seed, steps=steps, scale=scale,
                                                margin=guidance.MARGIN if local else None,
                                                scorer=ctx.scorer() if layout.needs_scorer else None,
-                                               init_latent=init, callback=on_step, should_stop=should_stop)
+                                               init_latent=init, cells=None if init is not None else cells,
+                                               callback=on_step, should_stop=should_stop)
         else:
-            z = pipe.sample(seed, steps=steps, callback=on_step, should_stop=should_stop)
+            z = pipe.sample(seed, steps=steps, cells=cells, callback=on_step, should_stop=should_stop)
         return Picture(z[:1], seed=seed, label=f"{'guided, ' if guided else ''}seed {seed}, {steps} steps"), report
 
     return _run(ctx, session, work)
+
+
+def extend_picture(ctx: AppContext, session: Session, *, side: str, amount: int, seed: int,
+                   steps: int) -> Iterator[Progress | Finished]:
+    """Outpaint: grow the current picture by ``amount`` cells on ``side`` (left, right, up, down),
+    its cells kept exactly (:func:`infd_core.outpaint.extend`), the boxes moved with them, and
+    commit it as an undo step; the canvas grows at the same pixel density. Events, errors and
+    cancelling as :func:`generate`."""
+    state = session.state
+    if state.picture is None:
+        raise ValueError("generate or open a picture before extending it")
+    if side not in SIDES:
+        raise ValueError(f"extend side must be one of {SIDES}, got {side!r}")
+    old = state.picture.cells
+    new, where = extend_cells(old, **{side: amount})
+    ctx.pipe.latent_cells(new)  # too large: refused before the run
+
+    def work(progress: ProgressFn, should_stop: Callable[[], bool]) -> tuple[Picture, None]:
+        z = extend(ctx.pipe, state.picture.latent, **{side: amount}, seed=seed, steps=steps,
+                   callback=lambda st: progress(st.index + 1, st.total, lambda: st.x0[:1]), should_stop=should_stop)
+        return Picture(z[:1], seed=seed, label=f"extended {side} by {amount} cells to {new[1]}x{new[0]}"), None
+
+    def moved(st: State) -> State:
+        return replace(st, boxes=tuple(replace(b, box=box_in_extended(b.box, old, new, where)) for b in st.boxes))
+
+    return _run(ctx, session, work, moved)
 
 
 def open_photo(ctx: AppContext, session: Session, image: Image.Image, name: str = "photo",
@@ -106,11 +136,11 @@ def open_photo(ctx: AppContext, session: Session, image: Image.Image, name: str 
 
 
 def _run(ctx: AppContext, session: Session,
-         work: Callable[[ProgressFn, Callable[[], bool]], tuple[Picture, dict[str, Any] | None]]
-         ) -> Iterator[Progress | Finished]:
+         work: Callable[[ProgressFn, Callable[[], bool]], tuple[Picture, dict[str, Any] | None]],
+         also: Callable[[State], State] | None = None) -> Iterator[Progress | Finished]:
     """Run ``work(progress, should_stop)`` on the session's runner, report :class:`Progress` (a
     preview every ``total // PREVIEWS`` steps) and :class:`Finished` once its picture is
-    committed as an undo step."""
+    committed as an undo step (with ``also`` applied to the state, e.g. boxes moved)."""
     def job(report: Callable[[Any], None], should_stop: Callable[[], bool]) -> Finished:
         def progress(done: int, total: int, latent: Callable[[], Tensor] | None) -> None:
             ctx.workers.yield_to_tiles()
@@ -121,10 +151,11 @@ def _run(ctx: AppContext, session: Session,
 
         pic, result = on_gpu(lambda: work(progress, should_stop))
         with session.lock:
-            session.commit(replace(session.state, picture=pic))
+            state = replace(session.state, picture=pic)
+            session.commit(also(state) if also is not None else state)
             return Finished(session.view, result)
 
     return session.runner.run(job, on_error=session.restore_view)
 
 
-__all__ = ["Busy", "Cancelled", "Finished", "Progress", "build_layout", "generate", "open_photo"]
+__all__ = ["Busy", "Cancelled", "Finished", "Progress", "build_layout", "extend_picture", "generate", "open_photo"]

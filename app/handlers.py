@@ -28,13 +28,17 @@ from infd_core.images import read_photo
 from infd_core.layout import KINDS, Region
 
 from .context import AppContext
-from .generate import Busy, Cancelled, Finished, generate, open_photo
+from .generate import Busy, Cancelled, Finished, extend_picture, generate, open_photo
 from .sessions import Session, SessionNotFound
 from .store import TooManySessions
 
 log = logging.getLogger(__name__)
 
-CANVAS_PRESETS = [("1024²", "1024"), ("2048²", "2048"), ("4096²", "4096"), ("8192²", "8192"), ("custom", "custom")]
+CANVAS_PRESETS = [("1024²", "1024"), ("2048²", "2048"), ("4096²", "4096"), ("8192²", "8192"),
+                  ("2:1 panorama", "4096x2048"), ("3:1 panorama", "6144x2048"),
+                  ("custom", "custom")]
+EXTEND_SIDES = [("← left", "left"), ("right →", "right"), ("↑ up", "up"), ("↓ down", "down")]
+EXTEND_CELLS = [16, 32, 64]  # latent cells an extension adds (64: one square's worth)
 DEFAULT_CANVAS = 2048
 DEFAULT_COLOR = "#d04030"
 MAX_REFINE = 500
@@ -362,6 +366,8 @@ class Handlers:
         if choice == "custom":
             width = int(number(w, "width", 16, side, whole=True))
             height = int(number(h, "height", 16, side, whole=True))
+        elif "x" in str(choice):  # a panorama preset, WIDTHxHEIGHT
+            width, height = (int(number(v, "canvas", 16, side, whole=True)) for v in str(choice).split("x"))
         else:
             width = height = int(number(choice, "canvas", 16, side, whole=True))
         s.set_canvas(width, height)
@@ -415,6 +421,30 @@ class Handlers:
             log.exception("generation failed")
             yield RunOut(viewer_value(s), f"Generation failed: {e}", gr.skip(), gr.skip())
             raise user_error(f"Generation failed: {e}") from None
+
+    def extend(self, key: str, side: str, amount: Any, seed: Any, steps: Any) -> Iterator[list[Any]]:
+        """Outpaint the current picture by ``amount`` cells on ``side``: yields [viewer, status, canvas
+        width, canvas height] per step and at the end (the canvas grows at the same pixel density)."""
+        s = self.session(key)
+        seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
+        steps_i = int(number(steps, "steps", 1, 1000, whole=True))
+        cells = int(number(amount, "cells", 8, 512, whole=True))
+        try:
+            yield [viewer_value(s, (0, steps_i)), f"Extending {side} by {cells} cells…", gr.skip(), gr.skip()]
+            for event in extend_picture(self.ctx, s, side=side, amount=cells, seed=seed_i, steps=steps_i):
+                if isinstance(event, Finished):
+                    label = event.view.picture.label
+                    s.shown_status = (event.view.gen, f"Done: {label}.")
+                    w, h = s.canvas
+                    yield [viewer_value(s), f"{label[0].upper()}{label[1:]}; loading the view…", w, h]
+                else:
+                    yield [viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}",
+                           gr.skip(), gr.skip()]
+        except (Busy, ValueError) as e:
+            gr.Warning(str(e))
+            yield [viewer_value(s), f"Not extended: {e}", gr.skip(), gr.skip()]
+        except Cancelled:
+            yield [viewer_value(s), "Cancelled; the previous image is back.", gr.skip(), gr.skip()]
 
     def open_photo(self, key: str, path: str | None, refine: Any) -> Iterator[list[Any]]:
         """Open an uploaded photo as the session's picture: yields [viewer, status]."""
@@ -496,6 +526,7 @@ class Handlers:
         for warning in loaded.warnings:
             gr.Warning(warning)
         w, h = loaded.canvas
-        preset = str(w) if w == h and str(w) in dict(CANVAS_PRESETS).values() else "custom"
+        values = {v for _, v in CANVAS_PRESETS}
+        preset = next((v for v in (str(w) if w == h else "", f"{w}x{h}") if v in values), "custom")
         return LoadOut(*self.panel(s, "all"), canvas=preset, canvas_w=w, canvas_h=h,
                        seed=loaded.seed if loaded.seed is not None else gr.skip(), status="Session loaded.")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 
 from torch import Tensor
 
+from infd_core.geometry import canvas_size, cells_aspect_matches
 from infd_core.layout import MAX_PROMPT, MAX_REGIONS, Region
 from infd_core.pipeline import Field, Pipeline
 
@@ -36,7 +37,8 @@ class SessionNotFound(KeyError):
 
 
 class Picture:
-    """A latent ``[1, 3, 64, 64]`` and its decoded :class:`Field`, computed on first use and droppable."""
+    """A latent ``[1, 3, h, w]`` (64 x 64, or a panorama's extent) and its decoded :class:`Field`,
+    computed on first use and droppable."""
 
     def __init__(self, latent: Tensor, seed: int | None = None, label: str = ""):
         self.latent = latent.detach().cpu().float()
@@ -58,6 +60,11 @@ class Picture:
     def drop_field(self) -> None:
         with self._lock:
             self._field = None
+
+    @property
+    def cells(self) -> tuple[int, int]:
+        """The latent's extent ``(h, w)`` in cells."""
+        return int(self.latent.shape[-2]), int(self.latent.shape[-1])
 
     @property
     def field_bytes(self) -> int:
@@ -126,6 +133,7 @@ class Session:
     client_rev: int = 0  # last box edit received from the browser, echoed back (see viewer.js)
     shown_status: tuple[int, str] | None = None  # (gen, status): said once the viewer shows view gen
     last_seen: float = field(default_factory=time.monotonic)
+    max_side: int = 65536  # the longest side a picture's aspect may grow the canvas to (Limits.max_canvas_side)
     lock: threading.RLock = field(default_factory=threading.RLock)
     runner: Runner = field(default_factory=Runner)
 
@@ -175,14 +183,29 @@ class Session:
             return self.views.get(gen)
 
     def publish(self, picture: Picture, preview: bool = False) -> View:
-        """Show ``picture`` (at the current canvas size) under a new generation number."""
+        """Show ``picture`` (at the current canvas size, or one of the picture's aspect at the shown
+        picture's pixel density when the two differ: after an extension, or its undo) under a new
+        generation number."""
         with self.lock:
+            self._fit_canvas(picture)
             self.gen += 1
             view = View(self.gen, picture, Pyramid(*self.canvas), preview)
             self.views[view.gen] = view
             while len(self.views) > KEEP_VIEWS:
                 self.views.popitem(last=False)
             return view
+
+    def _fit_canvas(self, picture: Picture) -> None:
+        """A picture of another extent than the shown one (an extension, or its undo) gets a canvas of
+        its aspect at the shown picture's pixels per cell. A canvas the user picked is left alone."""
+        w, h = self.canvas
+        cells, shown = picture.cells, self.view
+        if shown is None or shown.picture.cells == cells or cells_aspect_matches(cells, h, w):
+            return
+        per_cell = shown.pyramid.height / shown.picture.cells[0]
+        height, width = canvas_size(cells, max(1, round(per_cell * 64)))
+        shrink = max(1.0, max(height, width) / self.max_side)
+        self.canvas = (max(16, round(width / shrink)), max(16, round(height / shrink)))
 
     def set_canvas(self, width: int, height: int) -> None:
         with self.lock:

@@ -14,7 +14,8 @@ import numpy as np
 from infd_core.layout import KINDS, MAX_PROMPT, PLACEMENTS
 
 from .context import AppContext
-from .handlers import (CANVAS_PRESETS, DEFAULT_CANVAS, DEFAULT_COLOR, MAX_REFINE, NO_REPORT, CanvasOut, Handlers,
+from .handlers import (CANVAS_PRESETS, DEFAULT_CANVAS, DEFAULT_COLOR, EXTEND_CELLS, EXTEND_SIDES, MAX_REFINE,
+                       NO_REPORT, CanvasOut, Handlers,
                        HistoryOut, LoadOut, Panel, RunOut)
 
 STATIC = Path(__file__).resolve().parent / "static"
@@ -149,6 +150,18 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                                                min_width=80, elem_id="infd-refine")
                             photo_btn = gr.UploadButton("Open photo", file_types=["image"], type="filepath",
                                                         elem_id="infd-photo")
+                    with gr.Tab("Extend", elem_id="infd-extend-tab"):
+                        gr.Markdown("Outpaint: grow the picture on one side by whole latent cells (64 cells is "
+                                    "one square's worth). What is there stays exactly; the new part is sampled to "
+                                    "continue it, with the seed and steps above. The canvas grows at the same pixel "
+                                    "density; Undo takes it back. For a new panorama pick a 2:1 or 3:1 canvas "
+                                    "and Generate.")
+                        with gr.Row():
+                            extend_side = gr.Dropdown(EXTEND_SIDES, value="right", label="Side", min_width=90,
+                                                      elem_id="infd-extend-side")
+                            extend_cells = gr.Dropdown(EXTEND_CELLS, value=64, label="Cells", min_width=70,
+                                                       elem_id="infd-extend-cells")
+                            extend_btn = gr.Button("Extend", min_width=70, elem_id="infd-extend")
                     with gr.Tab("Keys"):
                         gr.Markdown(SHORTCUTS)
 
@@ -191,8 +204,11 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         gen_evt = gen_btn.click(on.generate, run_inputs, run_outputs, **model)
         guided_evt = guided_btn.click(on.guided, run_inputs, run_outputs, **model)
         photo_evt = photo_btn.upload(on.open_photo, [key, photo_btn, refine], [viewer, status], **model)
+        extend_evt = extend_btn.click(on.extend, [key, extend_side, extend_cells, seed, steps],
+                                      [viewer, status, export_w, export_h], **model)
         # cancels= drops a run still waiting for the model; a running one stops via the session's flag
-        cancel_btn.click(on.cancel, key, [viewer, status], cancels=[gen_evt, guided_evt, photo_evt], **light)
+        cancel_btn.click(on.cancel, key, [viewer, status], cancels=[gen_evt, guided_evt, photo_evt, extend_evt],
+                         **light)
 
         export_btn.click(on.export, [key, export_w, export_h, export_fmt], [url, link], **light).success(
             None, url, None, js=DOWNLOAD_JS)

@@ -1,8 +1,10 @@
-"""Command line: ``python -m infd_core {sample,layout,encode,render,info,import-authors} ...``.
+"""Command line: ``python -m infd_core {sample,extend,layout,encode,render,info,import-authors} ...``.
 
 Examples::
 
     python -m infd_core sample --seed 0 --size 4096 --out out.png
+    python -m infd_core sample --cells 64x192 --size 8192x2730 --out pano.png      # a 3:1 panorama
+    python -m infd_core extend --latent pano.latent.safetensors --right 64 --out wider.png
     python -m infd_core sample --preset cpu --seed 0 --size 4096 --out random.png   # untrained
     python -m infd_core render --latent out.latent.safetensors --size 8192 --region 0.4,0.4,0.6,0.6 --out crop.png
     python -m infd_core layout --layout boxes.json --seed 0 --size 2048 --out guided.png
@@ -27,7 +29,8 @@ from tqdm import tqdm
 from .authors import import_authors
 from .checkpoint import CheckpointError, load_latent, save_latent
 from .configs import PRESETS, preset
-from .geometry import Box, box_to_pixels
+from .diffusion import DEFAULT_STRIDE, METHODS
+from .geometry import Box, box_to_pixels, canvas_size, cells_aspect_matches, check_cells
 from .images import read_photo
 from .pipeline import Pipeline, check_size
 from .tiling import RENDER_MODES
@@ -40,9 +43,49 @@ def _pipeline(args: argparse.Namespace) -> Pipeline:
     return Pipeline.load(args.model, **kw)
 
 
-def _size(args: argparse.Namespace) -> tuple[int, int]:
-    h, w = args.height or args.size, args.width or args.size
+def _cells(text: str | None) -> tuple[int, int] | None:
+    """``--cells ROWSxCOLS`` (the latent's shape, rows first like its tensor ``[3, rows, cols]``)."""
+    if text is None:
+        return None
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--cells must be ROWSxCOLS latent cells, e.g. 64x192, got {text!r}") from None
+    return check_cells(h, w)
+
+
+def _size_arg(text: str) -> str:
+    """argparse's check of ``--size``: N or WIDTHxHEIGHT, whole numbers (ranges are checked later)."""
+    parts = text.lower().split("x")
+    if len(parts) > 2 or not all(p.strip().lstrip("-").isdigit() for p in parts):
+        raise argparse.ArgumentTypeError(f"must be N or WIDTHxHEIGHT pixels, got {text!r}")
+    return text
+
+
+def _size(args: argparse.Namespace, cells: tuple[int, int] | None = None) -> tuple[int, int]:
+    """The output ``(height, width)``: ``--size WIDTHxHEIGHT`` (x first, like image sizes), or
+    ``--size N``: N pixels per 64 latent cells (N x N for a square latent; a 64x192-cell panorama at
+    ``--size 2048`` is 6144 x 2048), or ``--height``/``--width``. A size whose aspect does not
+    match the latent's cells (pixels would be stretched) is refused."""
+    text = str(args.size).lower()
+    if "x" in text:
+        try:
+            w, h = (int(v) for v in text.split("x"))
+        except ValueError:
+            raise ValueError(f"--size must be N or WIDTHxHEIGHT pixels, got {args.size!r}") from None
+    else:
+        try:
+            n = int(text)
+        except ValueError:
+            raise ValueError(f"--size must be N or WIDTHxHEIGHT pixels, got {args.size!r}") from None
+        check_size(n, n)
+        h, w = canvas_size(cells or (64, 64), n)
+    h, w = args.height or h, args.width or w
     check_size(h, w)
+    if cells is not None and "x" in text and not cells_aspect_matches(cells, h, w):
+        raise ValueError(f"--size {w}x{h} (width x height) does not have the aspect of {cells[0]}x{cells[1]} cells "
+                         f"(rows x columns); e.g. --size {w}x{round(w * cells[0] / cells[1])}, or --size N for "
+                         f"N pixels per 64 cells")
     return h, w
 
 
@@ -64,7 +107,7 @@ def _region(args: argparse.Namespace, h: int, w: int):
 
 
 def _write_image(pipe: Pipeline, z: torch.Tensor, args: argparse.Namespace) -> None:
-    h, w = _size(args)
+    h, w = _size(args, tuple(z.shape[-2:]))
     region = _region(args, h, w)
     field = pipe.field(z)
     n_tiles = None
@@ -85,13 +128,35 @@ def _write_image(pipe: Pipeline, z: torch.Tensor, args: argparse.Namespace) -> N
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
+    cells = _cells(args.cells)
+    _size(args, cells)  # fail on a bad size before sampling, not after
     pipe = _pipeline(args)
-    _size(args)  # fail on a bad size before sampling, not after
+    cells = pipe.latent_cells(cells)
     steps = _steps(args, pipe)
     with tqdm(total=steps, desc=f"{args.sampler} seed {args.seed}", unit="step", disable=args.quiet) as bar:
-        z = pipe.sample(args.seed, steps=steps, sampler=args.sampler, eta=args.eta, callback=lambda s: bar.update(1))
-    save_latent(Path(args.out).with_suffix(".latent.safetensors"), z, {"model": pipe.cfg.name, "seed": args.seed})
+        z = pipe.sample(args.seed, steps=steps, sampler=args.sampler, eta=args.eta, cells=cells, method=args.method,
+                        stride=args.stride, callback=lambda s: bar.update(1))
+    meta = {"model": pipe.cfg.name, "seed": args.seed, "cells": f"{cells[0]}x{cells[1]}", "method": args.method}
+    save_latent(Path(args.out).with_suffix(".latent.safetensors"), z, meta)
     _write_image(pipe, z, args)
+
+
+def cmd_extend(args: argparse.Namespace) -> None:
+    from .outpaint import extend
+
+    z = load_latent(args.latent)
+    pipe = _pipeline(args)
+    pipe.autoencoder.check_latent(z)
+    amounts = {side: getattr(args, side) for side in ("left", "right", "up", "down")}
+    steps = _steps(args, pipe)
+    with tqdm(total=steps, desc=f"extend seed {args.seed}", unit="step", disable=args.quiet) as bar:
+        z2 = extend(pipe, z, **amounts, seed=args.seed, steps=steps, stride=args.stride, resample=args.resample,
+                    callback=lambda s: bar.update(1))
+    print(f"extended {z.shape[-2]}x{z.shape[-1]} -> {z2.shape[-2]}x{z2.shape[-1]} cells (rows x columns)")
+    meta = {"model": pipe.cfg.name, "seed": args.seed, "cells": f"{z2.shape[-2]}x{z2.shape[-1]}",
+            "extended_from": Path(args.latent).name, **{k: v for k, v in amounts.items() if v}}
+    save_latent(Path(args.out).with_suffix(".latent.safetensors"), z2, meta)
+    _write_image(pipe, z2, args)
 
 
 def cmd_layout(args: argparse.Namespace) -> None:
@@ -103,16 +168,17 @@ def cmd_layout(args: argparse.Namespace) -> None:
         layout = Layout.from_json(json.loads(Path(args.layout).read_text()))
     except json.JSONDecodeError as e:
         raise ValueError(f"{args.layout}: malformed JSON ({e})") from e
+    cells = _cells(args.cells)
     pipe = _pipeline(args)
-    _size(args)
+    init = load_latent(args.init) if args.init else None
+    _size(args, tuple(init.shape[-2:]) if init is not None else cells)
     scorer = load_scorer(args.scorer, device=pipe.device) if layout.needs_scorer else None
     if scorer is not None:
         print(f"scorer: {scorer.name}")
-    init = load_latent(args.init) if args.init else None
     steps = _steps(args, pipe)
     with tqdm(total=steps, desc=f"guided seed {args.seed}", unit="step", disable=args.quiet) as bar:
         z, report = guided_sample(pipe, layout, seed=args.seed, steps=steps, scale=args.scale, scorer=scorer,
-                                  init_latent=init, callback=lambda s: bar.update(1))
+                                  init_latent=init, cells=cells, stride=args.stride, callback=lambda s: bar.update(1))
     for r in report["regions"]:
         what, result = KINDS[r["kind"]].summarize(r)
         print(f"  {r['kind']:5s} {r['box']}: {what}: {result}")
@@ -168,7 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--quiet", action="store_true")
 
     def image_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--size", type=int, default=1024, help="output side in pixels (square)")
+        p.add_argument("--size", type=_size_arg, default="1024", help="N: N pixels per 64 latent cells (N x N for a square "
+                       "latent), or WIDTHxHEIGHT pixels (e.g. 8192x2730 for 64x192 cells)")
         p.add_argument("--height", type=int)
         p.add_argument("--width", type=int)
         p.add_argument("--region", help="render only x0,y0,x1,y1 (fractions of the image) of that size")
@@ -178,8 +245,17 @@ def main(argv: list[str] | None = None) -> int:
                             "with 8-px padding (their published samples)")
         p.add_argument("--out", required=True)
 
+    def canvas_args(p: argparse.ArgumentParser, methods: bool = True) -> None:
+        p.add_argument("--stride", type=int, default=DEFAULT_STRIDE,
+                       help="cells between the UNet's overlapping 64-cell windows on a canvas beyond 64x64")
+        if methods:
+            p.add_argument("--cells", help="latent extent ROWSxCOLS (multiples of 8, >= 64), e.g. 64x192 for 3:1")
+            p.add_argument("--method", default="windows", choices=list(METHODS),
+                           help="beyond 64x64 cells: windows (MultiDiffusion), direct (the UNet on the whole "
+                                "latent) or redilate (ScaleCrafter's re-dilated convolutions in the early steps)")
+
     p = sub.add_parser("sample", help="generate an image from a seed")
-    model_args(p), image_args(p)
+    model_args(p), image_args(p), canvas_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
@@ -194,7 +270,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="guidance strength (0 = unguided)")
     p.add_argument("--scorer", default=None, help="auto | offline | clip:ARCH:PRETRAINED (tag or local file)")
     p.add_argument("--init", help="latent file of the current image (for keep regions)")
+    canvas_args(p, methods=False)
+    p.add_argument("--cells", help="latent extent ROWSxCOLS of a new canvas (default: --init's, or 64x64)")
     p.set_defaults(fn=cmd_layout)
+
+    p = sub.add_parser("extend", help="outpaint: grow a latent file by whole cells on any side")
+    model_args(p), image_args(p), canvas_args(p, methods=False)
+    p.add_argument("--latent", required=True, help="the latent file to extend")
+    for side in ("left", "right", "up", "down"):
+        p.add_argument(f"--{side}", type=int, default=0, help=f"cells to add on the {side} (a multiple of 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
+    p.add_argument("--resample", type=int, default=0, help="harmonising passes per step (each one more UNet call)")
+    p.set_defaults(fn=cmd_extend)
 
     p = sub.add_parser("encode", help="encode a photo (resized to 256²) into a latent and render it at any size")
     model_args(p), image_args(p)

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .geometry import check_cells
 from .renderers import RendererConfig, build_renderer
 
 
@@ -339,7 +340,13 @@ class Autoencoder(nn.Module):
         n = self.cfg.latent_size
         if not isinstance(z, Tensor) or not z.is_floating_point():
             raise TypeError(f"latent must be a floating-point tensor, got {type(z).__name__} {getattr(z, 'dtype', '')}")
-        if z.ndim != 4 or tuple(z.shape[1:]) != (self.cfg.z_channels, n, n):
-            raise ValueError(f"latent must have shape [B, {self.cfg.z_channels}, {n}, {n}], got {tuple(z.shape)}")
+        if z.ndim != 4 or z.shape[1] != self.cfg.z_channels:
+            raise ValueError(f"latent must have shape [B, {self.cfg.z_channels}, h, w], got {tuple(z.shape)}")
+        if tuple(z.shape[2:]) != (n, n):  # a latent of another extent (panoramas): the decoder is convolutional
+            try:
+                check_cells(int(z.shape[2]), int(z.shape[3]), base=n)
+            except ValueError as e:
+                raise ValueError(f"latent must have shape [B, {self.cfg.z_channels}, {n}, {n}] or a wider extent "
+                                 f"({e}), got {tuple(z.shape)}") from None
         if not torch.isfinite(z).all():
             raise ValueError("latent contains NaN or infinite values")

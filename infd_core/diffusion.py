@@ -5,6 +5,12 @@ schedulers; what lives here is the glue in the spirit of k-diffusion: small func
 tensors, with a per-step callback (progress, previews), a guidance hook (DPS, see
 :mod:`infd_core.guidance`) and cooperative cancellation.
 
+Canvases larger than the UNet's square (panoramas, 2x latents) are sampled by wrapping the
+ε-model (:data:`EpsModel`): :func:`windowed_eps` fuses overlapping windows (MultiDiffusion,
+Bar-Tal et al. 2023), :func:`redilated_eps` runs the UNet on the whole latent with dilated
+convolutions for the early steps (ScaleCrafter's re-dilation, He et al. 2023); :data:`METHODS`
+names the three ways, ``"direct"`` being the plain UNet on the whole latent.
+
 Latents seen by the UNet are *normalised*: ``(z - latent_mean) / latent_std`` with the
 statistics stored in :class:`DiffusionConfig` (the pipeline converts).
 """
@@ -12,13 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from torch import Tensor
+from torch import Tensor, nn
 
 
 class Cancelled(Exception):
@@ -183,6 +191,120 @@ def unet_eps(unet: UNet2DModel, cfg: DiffusionConfig, autocast_dtype: torch.dtyp
         return (1 - a).sqrt() * x + a.sqrt() * out  # ε from v
 
     return eps
+
+
+METHODS = ("windows", "direct", "redilate")  # how a latent beyond the UNet's square is sampled
+DEFAULT_STRIDE = 16  # cells between window starts (a 64-cell window overlaps its neighbour by 48)
+REDILATE_UNTIL = 0.7  # re-dilated convolutions for steps with t >= (1 - this) T: the early 70 %
+
+
+def window_starts(n: int, window: int, stride: int) -> list[int]:
+    """Starts of ``window``-cell windows along an axis of ``n >= window`` cells: every ``stride``
+    cells, plus one ending exactly at ``n`` (so every cell is covered)."""
+    if n < window:
+        raise ValueError(f"an axis of {n} cells is shorter than the {window}-cell window")
+    if isinstance(stride, bool) or not isinstance(stride, int) or not 1 <= stride <= window:
+        raise ValueError(f"window stride must be an integer in [1, {window}], got {stride!r}")
+    starts = list(range(0, n - window + 1, stride))
+    return starts if starts[-1] == n - window else starts + [n - window]
+
+
+def window_edges(n: int, window: int, stride: int) -> list[int]:
+    """Cells along an axis of ``n`` where a window of :func:`window_starts` starts or ends (inside
+    the axis only): where seams would show if the fusion were wrong."""
+    starts = window_starts(n, window, stride)
+    return sorted({e for s in starts for e in (s, s + window)} - {0, n})
+
+
+def window_weight(window: int) -> Tensor:
+    """``[window, window]`` fusion weight of one window: a tent, highest at the centre and 1/window
+    at the edge cells, so a cell's fused prediction changes smoothly where windows start or end
+    (uniform weights, MultiDiffusion's, change abruptly there)."""
+    ramp = torch.minimum(torch.arange(window) + 1.0, window - torch.arange(window).float()) / (window / 2)
+    return ramp[:, None] * ramp[None, :]
+
+
+def windowed_eps(eps_model: EpsModel, window: int, stride: int = DEFAULT_STRIDE, batch: int = 16) -> EpsModel:
+    """MultiDiffusion: ``eps(x [B, C, h, w], t)`` for any ``h, w >= window`` from ``eps_model`` run on
+    overlapping ``window``² crops (``stride`` cells apart, ``batch`` crops per call), fused by
+    :func:`window_weight`. DDIM/DDPM steps are affine in ε, so fusing ε is fusing each window's
+    step. Deterministic, and differentiable w.r.t. ``x`` (guidance acts on the whole canvas)."""
+    weight = window_weight(window)
+
+    def eps(x: Tensor, t: Tensor) -> Tensor:
+        b, _, h, w = x.shape
+        if (h, w) == (window, window):
+            return eps_model(x, t)
+        spots = [(y, c) for y in window_starts(h, window, stride) for c in window_starts(w, window, stride)]
+        wt = weight.to(x.device)
+        out = x.new_zeros(x.shape)
+        total = x.new_zeros((1, 1, h, w))
+        for i in range(0, len(spots), batch):
+            part = spots[i:i + batch]
+            crops = torch.cat([x[..., y:y + window, c:c + window] for y, c in part])
+            pred = eps_model(crops, t.repeat(len(part)))
+            for k, (y, c) in enumerate(part):
+                out = out + F.pad(pred[k * b:(k + 1) * b] * wt, (c, w - c - window, y, h - y - window))
+                total[..., y:y + window, c:c + window] += wt
+        return out / total
+
+    return eps
+
+
+def redilation_convs(unet: nn.Module) -> list[nn.Conv2d]:
+    """The convolutions ScaleCrafter re-dilates: the 3x3 stride-1 ones of the UNet's down and mid
+    blocks (resnets; not the downsamplers, ``conv_in`` or the up blocks)."""
+    parts = [*getattr(unet, "down_blocks", []), getattr(unet, "mid_block", None)]
+    return [m for part in parts if part is not None for m in part.modules()
+            if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3) and m.stride == (1, 1)]
+
+
+@contextlib.contextmanager
+def redilated(unet: nn.Module, factor: int):
+    """Within the block, :func:`redilation_convs` of ``unet`` have dilation and padding ``factor``
+    (same output size, a ``factor`` times wider receptive field); restored on exit."""
+    if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"dilation factor must be an integer >= 1, got {factor!r}")
+    convs = redilation_convs(unet)
+    saved = [(m.dilation, m.padding) for m in convs]
+    try:
+        for m in convs:
+            m.dilation, m.padding = (factor, factor), (factor, factor)
+        yield convs
+    finally:
+        for m, (d, p) in zip(convs, saved, strict=True):
+            m.dilation, m.padding = d, p
+
+
+def redilated_eps(eps_model: EpsModel, unet: nn.Module, factor: int, min_timestep: int) -> EpsModel:
+    """ScaleCrafter's re-dilation: ``eps_model`` (which runs ``unet``) with :func:`redilated`
+    convolutions at timesteps ``>= min_timestep`` (the early, structure-forming steps), plain after."""
+    def eps(x: Tensor, t: Tensor) -> Tensor:
+        if factor > 1 and int(t.max()) >= min_timestep:
+            with redilated(unet, factor):
+                return eps_model(x, t)
+        return eps_model(x, t)
+
+    return eps
+
+
+def canvas_eps(eps_model: EpsModel, unet: nn.Module, cfg: DiffusionConfig, cells: tuple[int, int], window: int,
+               method: str = "windows", stride: int = DEFAULT_STRIDE, until: float = REDILATE_UNTIL) -> EpsModel:
+    """The ε-model that samples an ``h x w``-cell latent with a UNet trained on ``window``²:
+    ``"windows"`` (:func:`windowed_eps`), ``"direct"`` (the UNet on the whole latent) or
+    ``"redilate"`` (:func:`redilated_eps`, dilation = the rounded scale factor ``max(h, w) / window``
+    for steps with t >= (1 - ``until``) T)."""
+    if method not in METHODS:
+        raise ValueError(f"canvas method must be one of {METHODS}, got {method!r}")
+    if method == "windows":
+        window_starts(max(cells), window, stride)  # a bad stride fails now, not at the first step
+        return windowed_eps(eps_model, window, stride)
+    if method == "redilate":
+        if not 0 < until <= 1:
+            raise ValueError(f"redilation until must be in (0, 1], got {until}")
+        factor = max(1, round(max(cells) / window))
+        return redilated_eps(eps_model, unet, factor, math.ceil((1 - until) * cfg.num_train_timesteps))
+    return eps_model
 
 
 def training_target(x0: Tensor, noise: Tensor, t: Tensor, alphas_cumprod: Tensor, prediction: str) -> Tensor:

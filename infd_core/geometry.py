@@ -26,6 +26,13 @@ The one coordinate convention of infd, stated here and nowhere else:
   ``grid_sample(mode="nearest", align_corners=False)``, i.e. the pixel-index
   ``((y + 1) h - 1) / 2`` rounded half to even).
 
+* **Latent extents.** A latent has ``h x w`` cells (rows first, like its tensor ``[C, h, w]``):
+  any multiple of :data:`CELL_STEP` from the model's base size (64) up to :data:`MAX_CELLS` on
+  each side. It still spans the whole field frame [-1, 1]², so a cell is ``2/h`` by ``2/w``
+  field units; a canvas keeps the *pixel density* of the square: ``S`` pixels per ``base``
+  cells (e.g. 32 px a cell at 2048 per 64) makes an ``h x w`` latent ``S*h/base x S*w/base``
+  pixels (:func:`canvas_size`), so pixels stay square.
+
 Known pixel, for the tests: at level 4x4, pixel (row 0, col 3) has centre (-0.75, 0.75) and
 cell (0.5, 0.5).
 """
@@ -36,10 +43,14 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Box", "PixelRange", "level_grid", "box_grid", "check_level", "nearest_cell", "CELL_TIES", "MAX_SIDE"]
+__all__ = ["Box", "PixelRange", "level_grid", "box_grid", "check_level", "nearest_cell", "CELL_TIES", "MAX_SIDE",
+           "CELL_STEP", "MAX_CELLS", "check_cells", "canvas_size", "cells_for_canvas", "cells_aspect_matches", "extend_cells",
+           "box_in_extended"]
 
 CELL_TIES = ("floor", "grid_sample")
 MAX_SIDE = 1 << 17  # 131072 px: beyond this a level is surely a mistake (and float32 cells lose bits)
+CELL_STEP = 8  # latent extents are multiples of this: the UNet halves a latent three times
+MAX_CELLS = 1024  # cells a side (16 base squares): a decoded field of 4096 x 4096 cells
 
 
 @dataclass(frozen=True)
@@ -184,3 +195,61 @@ def nearest_cell(coord: torch.Tensor, size: torch.Tensor, ties: str = "floor") -
     else:
         raise ValueError(f"cell ties must be one of {CELL_TIES}, got {ties!r}")
     return torch.minimum(idx.clamp_min(0), size - 1)
+
+
+# --- latent extents -----------------------------------------------------------------------------
+
+def check_cells(h: int, w: int, base: int = 64, step: int = CELL_STEP) -> tuple[int, int]:
+    """Validate a latent extent of ``h x w`` cells (rows, columns): integers, multiples of ``step``,
+    from ``base`` (the model's square latent) to :data:`MAX_CELLS`. Returns ``(h, w)``."""
+    for name, v in (("rows", h), ("columns", w)):
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ValueError(f"latent {name} must be an integer, got {v!r}")
+        if v < base or v > MAX_CELLS or v % step:
+            raise ValueError(f"latent {name} must be a multiple of {step} from {base} to {MAX_CELLS} cells, got {v}")
+    return h, w
+
+
+def canvas_size(cells: tuple[int, int], side: int, base: int = 64) -> tuple[int, int]:
+    """Pixels ``(height, width)`` of an ``h x w``-cell latent at ``side`` pixels per ``base`` cells
+    (the square canvas's density), rounded to the nearest pixel, at least 1."""
+    h, w = cells
+    return max(1, round(side * h / base)), max(1, round(side * w / base))
+
+
+def cells_for_canvas(height: int, width: int, base: int = 64, step: int = CELL_STEP) -> tuple[int, int]:
+    """The latent extent ``(h, w)`` for a new picture on a ``height x width`` canvas: ``base`` cells
+    on the shorter side, the longer one in proportion, rounded to ``step`` cells (at most
+    :data:`MAX_CELLS`): ``(64, 64)`` for a square, ``(64, 192)`` for 6144 x 2048."""
+    check_level(height, width)
+    long = min(MAX_CELLS, max(base, round(base * max(height, width) / min(height, width) / step) * step))
+    return (base, long) if width >= height else (long, base)
+
+
+def cells_aspect_matches(cells: tuple[int, int], height: int, width: int) -> bool:
+    """Whether a ``height x width`` level shows ``cells`` with square pixels, to a pixel's rounding
+    on the shorter side (e.g. 64x192 cells at 2730 x 8192 px)."""
+    h, w = cells
+    if width * h >= height * w:  # the height is the side derived from the other
+        return abs(width * h / w - height) <= 1.0
+    return abs(height * w / h - width) <= 1.0
+
+
+def extend_cells(cells: tuple[int, int], left: int = 0, right: int = 0, up: int = 0,
+                 down: int = 0) -> tuple[tuple[int, int], "PixelRange"]:
+    """An ``h x w`` latent grown by whole cells on each side: the new extent ``(h', w')`` and where
+    the old cells lie in it (a :class:`PixelRange` of cell rows/columns). Negative amounts raise."""
+    amounts = {"left": left, "right": right, "up": up, "down": down}
+    for name, v in amounts.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"extend {name} must be a whole number of cells >= 0, got {v!r}")
+    h, w = cells
+    return (h + up + down, w + left + right), PixelRange(up, up + h, left, left + w)
+
+
+def box_in_extended(box: Box, old: tuple[int, int], new: tuple[int, int], where: "PixelRange") -> Box:
+    """``box`` (fractions of an ``old``-cell canvas) as fractions of the ``new``-cell canvas it was
+    extended into, the old cells lying at ``where`` (see :func:`extend_cells`)."""
+    (oh, ow), (nh, nw) = old, new
+    return Box((where.c0 + box.x0 * ow) / nw, (where.r0 + box.y0 * oh) / nh,
+               (where.c0 + box.x1 * ow) / nw, (where.r0 + box.y1 * oh) / nh)

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from .diffusion import Known, Step
+from .diffusion import DEFAULT_STRIDE, Known, Step
 from .geometry import Box, box_to_pixels
 from .layout import SCORE_SIZE, Condition, Layout, RunContext, region_mask
 from .pipeline import Field, Pipeline
@@ -54,7 +54,7 @@ class Objective:
 
 
 def prepare(pipe: Pipeline, layout: Layout, *, scorer: Any | None = None, init_latent: Tensor | None = None,
-            seed: int = 0) -> list[Condition]:
+            seed: int = 0, cells: tuple[int, int] | None = None) -> list[Condition]:
     """The layout's conditions for one run; ValueError if one needs a scorer or a current picture
     that is not given."""
     regions = layout.conditions()
@@ -64,16 +64,16 @@ def prepare(pipe: Pipeline, layout: Layout, *, scorer: Any | None = None, init_l
         raise ValueError("text regions need a scorer (infd_core.scorers.load_scorer)")
     if init_latent is None and any(r.spec.needs_init for r in regions):
         raise ValueError("a keep region needs the current image (init_latent)")
-    ctx = RunContext(pipe, scorer, init_latent, torch.Generator().manual_seed(int(seed) + 1))
+    ctx = RunContext(pipe, scorer, init_latent, torch.Generator().manual_seed(int(seed) + 1), cells)
     return [r.spec.prepare(r, ctx) for r in regions]
 
 
 def held_cells(pipe: Pipeline, conditions: list[Condition], init_latent: Tensor | None,
-               margin: float | None) -> list[Known]:
+               margin: float | None, cells: tuple[int, int] | None = None) -> list[Known]:
     """What the sampler holds: the current picture beyond the ``margin`` of the boxes that ask
     for change (when there are such boxes, a picture and a margin), then each region's own hold
     (later ones win)."""
-    n = pipe.latent_shape[-1]
+    n = pipe.latent_cells(cells)
     known = []
     changing = [c.region.box for c in conditions if c.region.spec.changes_picture]
     if init_latent is not None and margin is not None and changing:
@@ -83,11 +83,11 @@ def held_cells(pipe: Pipeline, conditions: list[Condition], init_latent: Tensor 
 
 
 def dps_guidance(pipe: Pipeline, objective: Objective, scale: float, margin: float | None = MARGIN,
-                 on_loss: Callable[[int, Tensor], None] | None = None):
+                 on_loss: Callable[[int, Tensor], None] | None = None, cells: tuple[int, int] | None = None):
     """The sampler hook: x̂0 -> phi -> per-box renders -> loss -> normalised -∂loss/∂x_t, confined
     to the boxes (:func:`region_mask`; ``margin=None``: everywhere)."""
     boxes = [c.region.box for c in objective.conditions]
-    mask = None if margin is None else region_mask(boxes, pipe.latent_shape[-1], margin).to(pipe.device)
+    mask = None if margin is None else region_mask(boxes, pipe.latent_cells(cells), margin).to(pipe.device)
     area = 1.0 if mask is None else float(mask.mean())  # the RMS is over the guided cells, not the whole latent
 
     def hook(x_t: Tensor, x0: Tensor, step: int, total: int) -> Tensor | None:
@@ -142,10 +142,13 @@ def render_box_fixed_resolution(pipe: Pipeline, fld: Field, box: Box, canvas: in
 def guided_sample(pipe: Pipeline, layout: Layout, *, seed: int = 0, steps: int | None = None, scale: float = 1.0,
                   scorer: Any | None = None, init_latent: Tensor | None = None, sampler: str = "ddim",
                   eta: float | None = None, margin: float | None = MARGIN, resample: int = 0,
+                  cells: tuple[int, int] | None = None, method: str = "windows", stride: int = DEFAULT_STRIDE,
                   callback: Callable[[Step], None] | None = None,
                   should_stop: Callable[[], bool] | None = None) -> tuple[Tensor, dict[str, Any]]:
-    """Sample a latent ``[1, 3, 64, 64]`` steered by ``layout`` in ``steps`` (None: the model's
-    own number); returns it and a report.
+    """Sample a latent ``[1, 3, h, w]`` steered by ``layout`` in ``steps`` (None: the model's
+    own number); returns it and a report. ``cells``: the latent's extent (None: the current
+    picture's, or the model's square); ``method``, ``stride``: how a canvas beyond the square is
+    sampled (:meth:`Pipeline.sample`). Boxes are fractions of the whole canvas, whatever its extent.
 
     ``scale``: the DPS strength (0: no DPS; without a current picture and holds, the same result
     as ``pipe.sample`` for the seed). ``init_latent``: the current picture; with ``margin`` set it
@@ -161,18 +164,23 @@ def guided_sample(pipe: Pipeline, layout: Layout, *, seed: int = 0, steps: int |
     if init_latent is not None:
         pipe.autoencoder.check_latent(init_latent)
         init_latent = init_latent.to(pipe.device).float()
-    conditions = prepare(pipe, layout, scorer=scorer, init_latent=init_latent, seed=seed)
+        if cells is not None and tuple(cells) != tuple(init_latent.shape[-2:]):
+            raise ValueError(f"the current picture is {tuple(init_latent.shape[-2:])} cells, asked for {tuple(cells)}")
+        cells = tuple(init_latent.shape[-2:])
+    cells = pipe.latent_cells(cells)
+    conditions = prepare(pipe, layout, scorer=scorer, init_latent=init_latent, seed=seed, cells=cells)
     objective = Objective(pipe, conditions)
-    known = held_cells(pipe, conditions, init_latent, margin)
+    known = held_cells(pipe, conditions, init_latent, margin, cells)
     trace: list[list[float]] = []
     hook = None
     if objective and scale > 0:
-        hook = dps_guidance(pipe, objective, float(scale), margin, on_loss=lambda i, l: trace.append(l.tolist()))
-    z = pipe.sample(seed, steps=steps, sampler=sampler, eta=eta, guidance=hook, known=known, resample=resample,
-                    callback=callback, should_stop=should_stop)
+        hook = dps_guidance(pipe, objective, float(scale), margin, on_loss=lambda i, l: trace.append(l.tolist()),
+                            cells=cells)
+    z = pipe.sample(seed, steps=steps, sampler=sampler, eta=eta, cells=cells, method=method, stride=stride,
+                    guidance=hook, known=known, resample=resample, callback=callback, should_stop=should_stop)
     steps = steps or pipe.cfg.diffusion.steps
     report = {"scorer": scorer.name if scorer is not None else None, "scale": scale, "margin": margin, "steps": steps,
-              "seed": seed, "resample": resample, "held": bool(known),
+              "seed": seed, "resample": resample, "held": bool(known), "cells": list(cells),
               "regions": describe(pipe, conditions, z, init_latent), "loss_trace": trace}
     return z, report
 

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .diffusion import Known
-from .geometry import Box, box_to_pixels
+from .geometry import Box, PixelRange, box_to_pixels
 from .images import to_tensor
 from .inversion import refine_latent
 
@@ -241,12 +241,18 @@ class Condition:
 @dataclass
 class RunContext:
     """What preparing a region may use: the pipeline, the scorer (None if none is loaded), the
-    current picture's latent (None for a fresh image) and a generator for augmentations."""
+    current picture's latent (None for a fresh image), a generator for augmentations and the
+    canvas's latent extent ``(h, w)`` (None: the model's square)."""
 
     pipe: Any  # infd_core.pipeline.Pipeline (not imported: the pipeline does not depend on layouts)
     scorer: Any | None
     init_latent: Tensor | None
     generator: torch.Generator
+    extent: tuple[int, int] | None = None
+
+    @property
+    def cells(self) -> tuple[int, int]:
+        return self.extent or self.pipe.latent_cells()
 
 
 class Kind:
@@ -354,8 +360,7 @@ class KeepKind(Kind):
         return "keep", "held"
 
     def prepare(self, r: Region, ctx: RunContext) -> Condition:
-        n = ctx.init_latent.shape[-1]
-        return Condition(r, hold=Known(ctx.init_latent, box_cells([r.box], n)))
+        return Condition(r, hold=Known(ctx.init_latent, box_cells([r.box], tuple(ctx.init_latent.shape[-2:]))))
 
 
 class ImageKind(Kind):
@@ -375,11 +380,11 @@ class ImageKind(Kind):
 
     def prepare(self, r: Region, ctx: RunContext) -> Condition:
         pipe = ctx.pipe
-        n = pipe.latent_shape[-1]
-        cells = min((r.box.x1 - r.box.x0) * n, (r.box.y1 - r.box.y0) * n)
+        h, w = ctx.cells
+        cells = min((r.box.x1 - r.box.x0) * w, (r.box.y1 - r.box.y0) * h)
         if cells >= MIN_PLACED_CELLS:
-            latent = place_image(pipe, r.image, r.box, ctx.init_latent, self.refine)
-            hold = Known(latent, box_cells([r.box], n), 1.0 if r.placement == "hard" else SOFT_UNTIL)
+            latent = place_image(pipe, r.image, r.box, ctx.init_latent, self.refine, cells=ctx.cells)
+            hold = Known(latent, box_cells([r.box], ctx.cells), 1.0 if r.placement == "hard" else SOFT_UNTIL)
             return Condition(r, hold=hold, describe=lambda crop: {"placed": r.placement,
                                                                    "cells": round(cells, 1)})
         # too small to place: match the reference's colours and layout at 32x32 (and its embedding)
@@ -406,23 +411,33 @@ KINDS: dict[str, Kind] = {k.name: k for k in (TextKind(), ImageKind(), ColorKind
 
 # --- helpers ------------------------------------------------------------------------------------
 
-def box_cells(boxes: list[Box], n: int, feather: float = 1.0) -> Tensor:
-    """``[n, n]`` (rows y) in [0, 1]: 1 on latent cells whose centre lies in any box, falling
-    linearly to 0 over ``feather`` cells outside (Chebyshev distance)."""
-    return region_mask(boxes, n, feather / n)
+def box_cells(boxes: list[Box], cells: int | tuple[int, int], feather: float = 1.0) -> Tensor:
+    """``[h, w]`` (rows y) in [0, 1] for a latent of ``cells`` (``n`` for ``n x n``): 1 on latent
+    cells whose centre lies in any box, falling linearly to 0 over ``feather`` cells outside
+    (Chebyshev distance)."""
+    h, w = _extent(cells)
+    return region_mask(boxes, (h, w), feather / min(h, w))
 
 
-def region_mask(boxes: list[Box], size: int, margin: float) -> Tensor:
-    """Where a set of boxes acts on a ``size x size`` latent: ``[size, size]`` (rows y, columns x)
-    in [0, 1]; 1 at cell centres inside any box, falling linearly to 0 at ``margin`` (image
-    fractions, Chebyshev distance) outside it."""
-    c = (torch.arange(size, dtype=torch.float32) + 0.5) / size  # cell centres in [0, 1]
-    mask = torch.zeros(size, size)
+def region_mask(boxes: list[Box], size: int | tuple[int, int], margin: float) -> Tensor:
+    """Where a set of boxes acts on a latent of ``size`` cells (``n`` or ``(h, w)``): ``[h, w]`` (rows
+    y, columns x) in [0, 1]; 1 at cell centres inside any box, falling linearly to 0 at ``margin``
+    outside it (Chebyshev distance, in fractions of the canvas's shorter side: on a square
+    canvas, image fractions; on a 64 x 192 panorama a margin of 0.125 is 8 cells either way)."""
+    h, w = _extent(size)
+    short = min(h, w)
+    cy = (torch.arange(h, dtype=torch.float32) + 0.5) / h  # cell centres in [0, 1]
+    cx = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    mask = torch.zeros(h, w)
     for b in boxes:
-        dy = torch.clamp(torch.maximum(b.y0 - c, c - b.y1), min=0)[:, None]
-        dx = torch.clamp(torch.maximum(b.x0 - c, c - b.x1), min=0)[None, :]
+        dy = torch.clamp(torch.maximum(b.y0 - cy, cy - b.y1), min=0)[:, None] * (h / short)
+        dx = torch.clamp(torch.maximum(b.x0 - cx, cx - b.x1), min=0)[None, :] * (w / short)
         mask = torch.maximum(mask, torch.clamp(1 - torch.maximum(dx, dy) / max(margin, 1e-6), min=0))
     return mask
+
+
+def _extent(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def cutouts(crop: Tensor, k: int, gen: torch.Generator) -> Tensor:
@@ -464,20 +479,39 @@ def _resize(image: np.ndarray, size: int, device: torch.device) -> Tensor:
 
 
 def place_image(pipe: Any, image: np.ndarray, box: Box, init_latent: Tensor | None,
-                refine: int = PLACE_REFINE) -> Tensor:
-    """The latent ``[1, C, n, n]`` of ``image`` pasted into ``box``: the current picture (or
-    mid-grey) rendered at the encoder's input size, the reference resized into the box's pixels,
-    the collage encoded and its latent refined for ``refine`` steps (:mod:`infd_core.inversion`)."""
-    n = pipe.cfg.autoencoder.input_size
+                refine: int = PLACE_REFINE, cells: tuple[int, int] | None = None) -> Tensor:
+    """The latent ``[1, C, h, w]`` (``cells``, default the model's square) of ``image`` pasted into
+    ``box``: the model's square window of the canvas around the box (the whole canvas when it is
+    square) -- the current picture, or mid-grey -- rendered at the encoder's input size, the
+    reference resized into the box's pixels, the collage encoded, its latent refined for ``refine``
+    steps (:mod:`infd_core.inversion`) and put back in place; cells outside the window are the
+    current picture's (zeros without one). ValueError if the box does not fit in one window."""
+    n, side = pipe.latent_shape[-1], pipe.cfg.autoencoder.input_size
+    h, w = cells or (n, n)
+    scale = side // n  # pixels of the encoder's input per latent cell
+    spans = box_to_pixels(box, h, w)  # the latent cells the box covers
+    if spans.shape[0] > n or spans.shape[1] > n:
+        raise ValueError(f"an image box must fit in {n} x {n} latent cells to be placed; this one spans "
+                         f"{spans.shape[1]} x {spans.shape[0]} of the {w} x {h}-cell canvas")
+    r0 = min(max((spans.r0 + spans.r1 - n) // 2, 0), h - n)  # the window, centred on the box
+    c0 = min(max((spans.c0 + spans.c1 - n) // 2, 0), w - n)
+    window = PixelRange(r0 * scale, (r0 + n) * scale, c0 * scale, (c0 + n) * scale)
     if init_latent is not None:
-        canvas = pipe.render(pipe.field(init_latent.to(pipe.device)), n, n).copy()
+        canvas = pipe.render(pipe.field(init_latent.to(pipe.device)), h * scale, w * scale, window).copy()
     else:
-        canvas = np.full((n, n, 3), 128, np.uint8)
-    rng = box_to_pixels(box, n, n)
-    h, w = rng.shape
-    patch = PIL.Image.fromarray(image).resize((max(w, 1), max(h, 1)), PIL.Image.Resampling.LANCZOS)
-    canvas[rng.r0:rng.r1, rng.c0:rng.c1] = np.asarray(patch)
-    return refine_latent(pipe, canvas, refine, z=pipe.encode(canvas)) if refine else pipe.encode(canvas)
+        canvas = np.full((side, side, 3), 128, np.uint8)
+    rng = box_to_pixels(box, h * scale, w * scale)
+    top, left = max(rng.r0 - window.r0, 0), max(rng.c0 - window.c0, 0)
+    bottom, right = min(rng.r1 - window.r0, side), min(rng.c1 - window.c0, side)
+    patch = PIL.Image.fromarray(image).resize((max(right - left, 1), max(bottom - top, 1)),
+                                              PIL.Image.Resampling.LANCZOS)
+    canvas[top:bottom, left:right] = np.asarray(patch)
+    z = refine_latent(pipe, canvas, refine, z=pipe.encode(canvas)) if refine else pipe.encode(canvas)
+    if (h, w) == (n, n):
+        return z
+    out = init_latent.to(z).clone() if init_latent is not None else z.new_zeros(1, z.shape[1], h, w)
+    out[..., r0:r0 + n, c0:c0 + n] = z
+    return out
 
 
 __all__ = ["KINDS", "MAX_PROMPT", "MAX_REGIONS", "MAX_WEIGHT", "MIN_PLACED_CELLS", "PLACEMENTS", "SCORE_SIZE",

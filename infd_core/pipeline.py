@@ -25,8 +25,8 @@ from torch import Tensor
 from . import checkpoint as ckpt
 from .autoencoder import Autoencoder
 from .configs import ModelConfig
-from .diffusion import Guidance, Known, Step, build_unet, sample, unet_eps
-from .geometry import Box, PixelRange, box_grid, check_level
+from .diffusion import DEFAULT_STRIDE, Guidance, Known, Step, build_unet, canvas_eps, sample, unet_eps
+from .geometry import Box, PixelRange, box_grid, check_cells, check_level
 from .images import to_tensor
 from .precision import Precision
 from .precision import auto as measured_precision
@@ -78,10 +78,15 @@ def bf16_supported(device: torch.device) -> bool:
 
 @dataclass
 class Field:
-    """A decoded latent: ``phi [B, C, 256, 256]`` and the renderer's per-image norm statistics."""
+    """A decoded latent: ``phi [B, C, 4h, 4w]`` and the renderer's per-image norm statistics."""
 
     phi: Tensor
     norm_stats: list
+
+    @property
+    def aspect(self) -> float:
+        """Width over height of the image (a panorama of 64 x 192 cells: 3)."""
+        return self.phi.shape[-1] / self.phi.shape[-2]
 
 
 class Pipeline:
@@ -151,11 +156,26 @@ class Pipeline:
         n = self.cfg.autoencoder.latent_size
         return (self.cfg.autoencoder.z_channels, n, n)
 
+    def latent_cells(self, cells: tuple[int, int] | None = None) -> tuple[int, int]:
+        """A latent extent ``(h, w)`` checked for this model (None: its square, 64 x 64)."""
+        n = self.latent_shape[-1]
+        if cells is None:
+            return (n, n)
+        return check_cells(*(int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v
+                             for v in cells), base=n)
+
     def sample(self, seed: int = 0, *, steps: int | None = None, sampler: str = "ddim", eta: float | None = None,
-               batch: int = 1, guidance: Guidance | None = None, known: Sequence[Known] = (),
+               batch: int = 1, cells: tuple[int, int] | None = None, method: str = "windows",
+               stride: int = DEFAULT_STRIDE, guidance: Guidance | None = None, known: Sequence[Known] = (),
                resample: int = 0, callback: Callable[[Step], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> Tensor:
-        """Generate latents ``[batch, 3, 64, 64]``, ready for :meth:`field`.
+        """Generate latents ``[batch, 3, h, w]`` (``cells = (h, w)``, default the model's 64 x 64),
+        ready for :meth:`field`.
+
+        A latent beyond the UNet's square is sampled by ``method`` (:data:`~infd_core.diffusion.METHODS`):
+        ``"windows"`` (MultiDiffusion: the UNet on overlapping 64² windows ``stride`` cells apart,
+        fused at every step), ``"direct"`` (the UNet on the whole latent) or ``"redilate"``
+        (ScaleCrafter: direct, with re-dilated down/mid convolutions in the early steps).
 
         Every latent going in or out is an autoencoder latent, as :meth:`encode` makes and
         :meth:`field` takes; the UNet's normalised units stay inside. ``steps``, ``eta``: DDIM's
@@ -171,13 +191,18 @@ class Pipeline:
         gen = torch.Generator().manual_seed(int(seed))
         d = self.cfg.diffusion
         hook = None if guidance is None else (lambda x_t, x0, i, n: guidance(x_t, d.denormalize(x0), i, n))
+        cells = self.latent_cells(cells)
         for k in known:
             self.autoencoder.check_latent(k.x0)
+            if tuple(k.x0.shape[-2:]) != cells:
+                raise ValueError(f"held cells are {tuple(k.x0.shape[-2:])}, the canvas is {cells} cells")
         known = [Known(d.normalize(k.x0.float().to(self.device)), k.mask, k.until) for k in known]
         shown = None if callback is None else (
             lambda st: callback(Step(st.index, st.total, st.timestep, d.denormalize(st.x), d.denormalize(st.x0))))
         steps = d.steps if steps is None else steps
-        x = sample(unet_eps(self.unet, d, self.precision.dtype("unet")), d, (batch, *self.latent_shape), steps=steps,
+        eps = canvas_eps(unet_eps(self.unet, d, self.precision.dtype("unet")), self.unet, d, cells,
+                         self.latent_shape[-1], method, stride)
+        x = sample(eps, d, (batch, self.latent_shape[0], *cells), steps=steps,
                    sampler=sampler, eta=d.eta if eta is None else eta, generator=gen, device=self.device,
                    guidance=hook, known=known, resample=resample, callback=shown, should_stop=should_stop)
         return d.denormalize(x)
@@ -189,7 +214,8 @@ class Pipeline:
 
     # --- fields and pixels --------------------------------------------------------------------
     def field(self, z: Tensor, *, grad: bool = False) -> Field:
-        """Decode ``z [B, 3, 64, 64]`` once into a :class:`Field`; differentiable if ``grad``."""
+        """Decode ``z [B, 3, h, w]`` (64 x 64, or any extent :func:`~infd_core.geometry.check_cells`
+        allows) once into a :class:`Field` ``phi [B, C, 4h, 4w]``; differentiable if ``grad``."""
         self.autoencoder.check_latent(z)
         with torch.set_grad_enabled(grad), self._autocast("decoder"):
             phi = self.autoencoder.decode(z.to(self.device).float())

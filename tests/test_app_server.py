@@ -23,7 +23,7 @@ from safetensors.torch import save as save_tensors
 from app import sessionfile
 from app.context import Limits
 from app.deepzoom import Pyramid
-from app.generate import Cancelled, Finished, Progress, generate, open_photo
+from app.generate import Cancelled, Finished, Progress, extend_picture, generate, open_photo
 from app.handlers import Handlers, apply_box_edit, number, report_markdown
 from app.server import create_app
 from app.sessions import KEEP_VIEWS, Picture, Session, State
@@ -447,3 +447,36 @@ def test_report_says_what_each_kind_asked_and_got():
     assert "the rest of the picture held" in md and "| ⚠ tabby 100% |" in md
     assert "score -1.00 (+2.00), judge -2.00 (+0.50)" in md and "| 12.5 |" in md
     assert "#ff0000 | mean #800000" in md and "placed (hard, 32.0 cells)" in md
+
+
+def test_panorama_canvas_extend_undo_tiles_and_session_file(server):
+    """A 2:1 canvas generates a 2:1 latent; extending it grows the latent, the canvas (at the same
+    pixel density) and moves the boxes with their cells; undo brings all back; tiles of the
+    panorama are parts of its whole render; a session file holds it."""
+    client, ctx = server
+    s = ctx.store.create(canvas=(256, 128))
+    events = list(generate(ctx, s, seed=1, steps=1))
+    pano = s.state.picture
+    assert isinstance(events[-1], Finished) and pano.cells == (64, 128)
+    s.commit(s.state.with_box(Region(Box(0.5, 0.0, 1.0, 1.0), "keep", id="k1")))
+    events = list(extend_picture(ctx, s, side="left", amount=64, seed=2, steps=1))
+    wide = s.state.picture
+    assert isinstance(events[-1], Finished) and wide.cells == (64, 192)
+    assert torch.equal(wide.latent[..., 64:], pano.latent)
+    assert s.canvas == (384, 128)  # 2 px per cell, as before
+    b = s.state.box("k1").box
+    assert (b.x0, b.x1) == pytest.approx((2 / 3, 1.0))  # the box moved with its cells
+    whole = ctx.pipe.render(ctx.pipe.field(wide.latent), 128, 384)  # level 9 is the 384 x 128 canvas
+    r = client.get(tile_url(s, 9, 1, 0))  # its second tile column, with the one-pixel overlap on its left
+    tile = png(r.content)
+    assert r.status_code == 200 and np.array_equal(tile, whole[:, 384 - tile.shape[1]:])
+    r = client.get(f"/session/{s.key}/infd-session.zip")
+    loaded = sessionfile.load(r.content, ctx.pipe, max_canvas_side=65536)
+    assert loaded.canvas == (384, 128) and torch.equal(loaded.state.picture.latent, wide.latent)
+    assert s.undo() and s.state.picture is pano and s.canvas == (256, 128) and s.state.box("k1").box.x0 == 0.5
+    cancel_after_first_event(s, extend_picture(ctx, s, side="down", amount=64, seed=3, steps=20))
+    assert s.state.picture is pano and s.view.picture is pano and s.canvas == (256, 128)  # previews undone
+    with pytest.raises(ValueError, match="multiple of 8"):
+        list(extend_picture(ctx, s, side="up", amount=5, seed=0, steps=1))
+    with pytest.raises(ValueError, match="extend side"):
+        list(extend_picture(ctx, s, side="sideways", amount=8, seed=0, steps=1))

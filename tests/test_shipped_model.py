@@ -12,11 +12,14 @@ import torch
 from PIL import Image
 from skimage import data
 
+from infd_core.diffusion import DEFAULT_STRIDE, window_edges
 from infd_core.geometry import Box, box_to_pixels
 from infd_core.guidance import MARGIN, guided_sample
 from infd_core.images import to_tensor
 from infd_core.layout import SCORE_SIZE, Layout, Region
+from infd_core.outpaint import extend
 from infd_core.perceptual import offline_lpips
+from training.evaluate import seam_visibility
 
 STEPS = 12
 SIDE = 1024
@@ -93,3 +96,57 @@ def test_the_seam_of_a_keep_box_is_no_stronger_than_the_pictures_own_edges(defau
     steps = np.abs(np.diff(new, axis=1)).mean(axis=(0, 2))  # [SIDE - 1]: between columns c and c + 1
     seam = steps[SIDE // 2 - 2:SIDE // 2 + 1].mean()
     assert seam <= np.percentile(steps, 95), (seam, np.percentile(steps, 95))
+
+
+# --- canvases beyond the square ------------------------------------------------------------------
+
+PANO = (64, 192)  # cells: a 3:1 panorama
+PX = 4  # pixels per latent cell in the panorama checks (256 x 768)
+
+
+def panorama(pipe, seed: int) -> torch.Tensor:
+    return pipe.sample(seed, steps=STEPS, cells=PANO)
+
+
+@pytest.fixture(scope="module")
+def pano0(default_pipe) -> torch.Tensor:
+    return panorama(default_pipe, 0)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_panoramas_show_no_window_seams(default_pipe, pano0, seed) -> None:
+    """The mean step across the UNet windows' borders is within 1.2x the mean step across the other
+    latent-cell borders (a nearest-cell renderer marks every cell border a little, so those are
+    the fair reference; measured 0.99 and 1.01 for seeds 0 and 1)."""
+    z = pano0 if seed == 0 else panorama(default_pipe, seed)
+    img = default_pipe.render(default_pipe.field(z), PANO[0] * PX, PANO[1] * PX)
+    borders = [c * PX for c in window_edges(PANO[1], default_pipe.latent_shape[-1], DEFAULT_STRIDE)]
+    assert seam_visibility(img, borders, period=PX) <= 1.2
+
+
+def test_extending_keeps_the_old_cells_render(default_pipe, before) -> None:
+    """Extend right by 32 cells: the old cells render as before, within 2/255 on average (only the
+    decoder's reach of the seam may change: it now sees neighbours where it saw its padding)."""
+    wider = extend(default_pipe, before, right=32, seed=1, steps=STEPS)
+    old = default_pipe.render(default_pipe.field(before), 512, 512).astype(np.float64)
+    new = default_pipe.render(default_pipe.field(wider), 512, 768).astype(np.float64)
+    assert np.abs(new[:, :512] - old).mean() <= 2.0
+
+
+def test_a_box_on_a_panorama_acts_where_it_is(default_pipe, pano0) -> None:
+    """A blue colour box on the right of a 3:1 panorama: its mean colour moves at least halfway to
+    blue; the picture beyond the box's margin changes by at most 3/255."""
+    box = Box(0.75, 0.2, 0.95, 0.8)
+    z, _ = guided_sample(default_pipe, Layout((Region(box, "color", color=(0, 0, 1)),)), seed=5, steps=STEPS,
+                         scale=0.2, init_latent=pano0, stride=32)  # 5 windows a step, not 9: a faster test
+    h, w = PANO[0] * PX, PANO[1] * PX
+    old = default_pipe.render(default_pipe.field(pano0), h, w).astype(np.float64)
+    new = default_pipe.render(default_pipe.field(z), h, w).astype(np.float64)
+    r = box_to_pixels(box, h, w)
+    target = np.array([0, 0, 255.0])
+    mean_old, mean_new = old[r.r0:r.r1, r.c0:r.c1].mean((0, 1)), new[r.r0:r.r1, r.c0:r.c1].mean((0, 1))
+    assert np.linalg.norm(mean_new - target) <= 0.5 * np.linalg.norm(mean_old - target), (mean_old, mean_new)
+    margin = round(MARGIN * h)  # a margin is in fractions of the shorter side
+    far = np.ones((h, w), bool)
+    far[max(r.r0 - margin, 0):r.r1 + margin, max(r.c0 - margin, 0):r.c1 + margin] = False
+    assert np.abs(new - old).mean(2)[far].mean() <= 3.0

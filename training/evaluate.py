@@ -272,6 +272,28 @@ def grid_visibility(img: np.ndarray, period: int) -> float:
     return float(across / max(within, 1e-12))
 
 
+def seam_visibility(img: np.ndarray, columns: Sequence[int] = (), rows: Sequence[int] = (),
+                    period: int | None = None) -> float:
+    """How visible seams at given pixel boundaries are in ``img [H, W, 3]``: the mean absolute grey
+    step across them (``columns``: between pixel columns j-1 and j; ``rows`` likewise) over the mean
+    step across the other boundaries of the same axes -- all of them, or with ``period`` only
+    those at multiples of it (e.g. the other latent-cell borders, which a nearest-cell renderer
+    marks too). About 1 where nothing shows."""
+    x = img.astype(np.float64).mean(-1)
+    across, other = [], []
+    for d, at in ((np.abs(np.diff(x, axis=1)), columns), (np.abs(np.diff(x, axis=0)).T, rows)):
+        if not len(at):
+            continue
+        j = np.arange(1, d.shape[1] + 1)  # d[:, k] is the step across boundary j = k + 1
+        edge = np.isin(j, list(at))
+        rest = ~edge if period is None else ~edge & (j % period == 0)
+        across.append(d[:, edge].mean())
+        other.append(d[:, rest].mean())
+    if not across:
+        raise ValueError("seam_visibility needs at least one column or row boundary")
+    return float(np.mean(across) / max(np.mean(other), 1e-12))
+
+
 @dataclass
 class ImageResult:
     """One photo's evaluation: metric rows, scale consistency per model, and the images compared."""
