@@ -122,7 +122,9 @@ def _run(ctx: AppContext, session: Session,
         pic, result = on_gpu(lambda: work(progress, should_stop))
         with session.lock:
             session.commit(replace(session.state, picture=pic))
-            return Finished(session.view, result)
+            view = session.view
+        ctx.prerender(session, view)  # the view's tiles render while the browser hears of it
+        return Finished(view, result)
 
     return session.runner.run(job, on_error=session.restore_view)
 
