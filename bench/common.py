@@ -80,7 +80,7 @@ def run_in_tree(script: str | Path, tree: Path, argv: list[str]) -> list[dict]:
     import subprocess
 
     cmd = [sys.executable, str(script), "--child", *argv]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True,
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,  # stderr: shown
                          env={**os.environ, "INFD_BENCH_TREE": str(tree)})
     return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
 
