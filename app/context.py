@@ -74,9 +74,9 @@ class AppContext:
         return (session.key, view.gen, level, x, y)
 
     def prerender(self, session: Session, view: View) -> int:
-        """Decode ``view``'s field now and queue renders of the tiles the viewer showed for the
-        session's previous views (:meth:`Session.shown_tiles`), so that a new picture's view is
-        ready when the viewer asks for it; returns how many tiles were queued.
+        """Decode ``view``'s field now and queue renders of the tiles the viewer's view needs
+        (:attr:`Session.showing`, which the viewer reports), so that a new picture's view is ready
+        when the viewer asks for it; returns how many tiles were queued.
 
         The renders go through the tile pool like the viewer's own requests (which then join
         them), into the cache; they take at most half of the pool's queue, so one session's new
@@ -84,7 +84,7 @@ class AppContext:
         """
         self.store.field(session, view, self.pipe)
         queued = 0
-        for level, x, y in reversed(session.shown_tiles()):  # newest requests first
+        for level, x, y in reversed(session.showing):  # coarse levels first: the pool runs the newest first
             key = self.tile_key(session, view, level, x, y)
             try:
                 view.pyramid.tile_range(level, x, y)

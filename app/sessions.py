@@ -27,7 +27,6 @@ from .runner import Runner
 MAX_BOXES = MAX_REGIONS
 KEY = re.compile(r"^[A-Za-z0-9_-]{32}$")
 HISTORY = 100   # undo steps kept per session
-SHOWN_TILES = 96  # tile positions remembered per session: what the viewer shows (see Session.shown_tiles)
 KEEP_VIEWS = 12  # recent views whose tiles stay servable: more than one run's previews (generate.PREVIEWS),
 #                 so the image on screen while a new one loads never disappears
 
@@ -127,7 +126,7 @@ class Session:
     client_rev: int = 0  # last box edit received from the browser, echoed back (see viewer.js)
     shown_status: tuple[int, str] | None = None  # (gen, status): said once the viewer shows view gen
     last_seen: float = field(default_factory=time.monotonic)
-    tiles_asked: OrderedDict[tuple[int, int, int], int] = field(default_factory=OrderedDict)  # (level, x, y) -> gen
+    showing: list[tuple[int, int, int]] = field(default_factory=list)  # (level, x, y): the viewer's view, see show_tiles
     lock: threading.RLock = field(default_factory=threading.RLock)
     runner: Runner = field(default_factory=Runner)
 
@@ -186,23 +185,11 @@ class Session:
                 self.views.popitem(last=False)
             return view
 
-    def tile_asked(self, gen: int, level: int, x: int, y: int) -> None:
-        """The viewer asked for tile ``(level, x, y)`` of view ``gen`` (remembered for :meth:`shown_tiles`)."""
+    def show_tiles(self, tiles: list[tuple[int, int, int]]) -> None:
+        """The viewer's view needs these tile positions (any picture at this canvas size): a new
+        picture's tiles are rendered there before the viewer asks (:meth:`AppContext.prerender`)."""
         with self.lock:
-            self.tiles_asked[(level, x, y)] = gen
-            self.tiles_asked.move_to_end((level, x, y))
-            while len(self.tiles_asked) > SHOWN_TILES:
-                self.tiles_asked.popitem(last=False)
-
-    def shown_tiles(self) -> list[tuple[int, int, int]]:
-        """The tile positions the viewer asked for for its two newest views (the one on screen and
-        the one loading behind it), most recent last: the tiles a new picture will be asked for
-        next, unless the user moves the view meanwhile."""
-        with self.lock:
-            if not self.tiles_asked:
-                return []
-            newest = max(self.tiles_asked.values())
-            return [t for t, gen in self.tiles_asked.items() if gen >= newest - 1]
+            self.showing = list(tiles)
 
     def set_canvas(self, width: int, height: int) -> None:
         with self.lock:

@@ -97,22 +97,33 @@ def test_concurrent_tile_requests_each_get_their_own_tile(server):
     field = ctx.pipe.field(s.state.picture.latent)
     wholes = {10: ctx.pipe.render(field, 1024, 1024), 9: ctx.pipe.render(field, 512, 512)}
     positions = [(10, x, y) for y in range(3) for x in range(4)] + [(9, x, y) for y in range(2) for x in range(2)]
+
+    def get(t: tuple[int, int, int]):  # like the viewer: a 503 (busy machine) is retried after Retry-After
+        for _ in range(30):
+            r = client.get(tile_url(s, *t))
+            if r.status_code != 503:
+                return r
+            time.sleep(float(r.headers["retry-after"]))
+        return r
+
     with ThreadPoolExecutor(len(positions)) as pool:
-        answers = list(pool.map(lambda t: client.get(tile_url(s, *t)), positions))
+        answers = list(pool.map(get, positions))
     for (level, x, y), r in zip(positions, answers, strict=True):
         assert r.status_code == 200
         rng = s.view.pyramid.tile_range(level, x, y)
         assert np.array_equal(png(r.content), wholes[level][rng.r0:rng.r1, rng.c0:rng.c1]), (level, x, y)
 
 
-def test_a_finished_run_prerenders_the_tiles_the_viewer_showed(server):
-    """The tiles the viewer asked for for the previous views are rendered for the new picture as
-    soon as it is committed, before the viewer asks: exact parts of the new picture's render."""
+def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
+    """The viewer reports its view during a run; the finished picture's tiles there (and on the
+    coarser levels under them) are rendered as soon as it is committed, before the viewer asks:
+    exact parts of the new picture's render, served from the cache."""
     client, ctx = server
     s = new_session(ctx, seed=6)
-    shown = [(10, 1, 1), (10, 2, 1), (9, 0, 0)]
-    for t in shown:
-        assert client.get(tile_url(s, *t)).status_code == 200
+    r = client.post(f"/view/{s.key}/{s.view.gen}", params=dict(level=10, x0=1, y0=1, x1=2, y1=1))
+    assert r.status_code == 204
+    shown = [(10, 1, 1), (10, 2, 1), (9, 0, 0), (9, 1, 0), (8, 0, 0)]
+    assert s.showing == shown
     view = list(generate(ctx, s, seed=7, steps=2))[-1].view
     ctx.workers.yield_to_tiles(max_wait=60)
     field = ctx.pipe.field(view.picture.latent)
@@ -124,6 +135,20 @@ def test_a_finished_run_prerenders_the_tiles_the_viewer_showed(server):
         assert np.array_equal(png(data), ctx.pipe.render(field, side, side, rng))
         assert client.get(tile_url(s, level, x, y, gen=view.gen)).content == data
     assert ctx.cache.get(ctx.tile_key(s, view, 10, 0, 0)) is None  # only what was shown
+
+
+def test_view_reports_are_bounded_and_checked(server):
+    client, ctx = server
+    s = new_session(ctx, seed=8, canvas=(8192, 8192))
+    assert client.post(f"/view/{s.key}/{s.view.gen}",
+                       params=dict(level=13, x0=-5, y0=0, x1=99, y1=99)).status_code == 204
+    top = [t for t in s.showing if t[0] == 13]
+    assert len(top) == 64 and all(0 <= x < 32 and 0 <= y < 32 for _, x, y in top)  # clipped, at most 64
+    assert min(level for level, _, _ in s.showing) == s.view.pyramid.min_level
+    for params, status in [(dict(level=14, x0=0, y0=0, x1=0, y1=0), 404), (dict(level=2, x0=0, y0=0, x1=0, y1=0), 404),
+                           (dict(level="a", x0=0, y0=0, x1=0, y1=0), 422)]:
+        assert client.post(f"/view/{s.key}/{s.view.gen}", params=params).status_code == status
+    assert client.post(f"/view/{'x' * 32}/1", params=dict(level=13, x0=0, y0=0, x1=0, y1=0)).status_code == 404
 
 
 def test_low_levels_are_whole_image_renders(server):
