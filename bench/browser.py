@@ -94,7 +94,10 @@ def generate(page, seed: int, steps: int) -> dict:
     page.fill("#infd-steps input", str(steps))
     page.evaluate("document.activeElement && document.activeElement.blur()")
     t0 = click(page, "#infd-generate")
-    started = status_time(page, "Generating", t0)  # the status before it still says "Done" (of the last run)
+    # the first change of the status line that no longer says "Done" (of the run before)
+    page.wait_for_function("a => __bench.status.some(([w, s]) => w > a && !s.includes('Done'))", arg=t0,
+                           timeout=120_000)
+    started = page.evaluate("a => __bench.status.find(([w, s]) => w > a && !s.includes('Done'))[0]", t0)
     done = status_time(page, "Done", started)
     gen = page.evaluate("infd.state.value.image.gen")
     sharp = sharp_time(page, gen)
