@@ -13,7 +13,7 @@ from .sessionfile import Loaded
 from .sessionfile import load as load_session
 from .sessions import Session, View
 from .store import SessionStore
-from .tiles import ByteLRU, TileWorkers
+from .tiles import ByteLRU, Overloaded, TileWorkers
 
 LOAD_WAIT = 10.0  # seconds a session file waits for a free loading slot
 
@@ -67,6 +67,40 @@ class AppContext:
         """Render one tile as PNG (runs on a tile worker thread)."""
         field_ = self.store.field(session, view, self.pipe)
         return render_tile(self.pipe, field_, view.pyramid, level, x, y)
+
+    @staticmethod
+    def tile_key(session: Session, view: View, level: int, x: int, y: int) -> tuple:
+        """The key of a tile in the cache and in the tile pool."""
+        return (session.key, view.gen, level, x, y)
+
+    def prerender(self, session: Session, view: View) -> int:
+        """Decode ``view``'s field now and queue renders of the tiles the viewer's view needs
+        (:attr:`Session.showing`, which the viewer reports), so that a new picture's view is ready
+        when the viewer asks for it; returns how many tiles were queued.
+
+        The renders go through the tile pool like the viewer's own requests (which then join
+        them), into the cache; they take at most half of the pool's queue, so one session's new
+        picture never crowds out other users' tiles.
+        """
+        self.store.field(session, view, self.pipe)
+        queued = 0
+        for level, x, y in reversed(session.showing):  # coarse levels first: the pool runs the newest first
+            key = self.tile_key(session, view, level, x, y)
+            try:
+                view.pyramid.tile_range(level, x, y)
+            except ValueError:  # the canvas changed since
+                continue
+            if self.cache.get(key) is not None:
+                continue
+            if self.workers.pending >= self.limits.tile_queue // 2:
+                break
+            try:
+                job = self.workers.submit(key, lambda lv=level, tx=x, ty=y: self.tile_png(session, view, lv, tx, ty))
+            except Overloaded:
+                break
+            job.add_done_callback(lambda f, k=key: None if f.cancelled() or f.exception() else self.cache.put(k, f.result()))
+            queued += 1
+        return queued
 
     def check_export(self, width: int, height: int) -> None:
         """ValueError unless ``width x height`` is a valid size within the export limit."""

@@ -24,13 +24,13 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
 
 from infd_core.geometry import PixelRange, check_level
 from infd_core.pipeline import Field, Pipeline
 
 TILE = 256
 OVERLAP = 1
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass(frozen=True)
@@ -75,6 +75,24 @@ class Pyramid:
         t, o = self.tile, self.overlap
         return PixelRange(max(y * t - o, 0), min((y + 1) * t + o, h), max(x * t - o, 0), min((x + 1) * t + o, w))
 
+    def view_tiles(self, level: int, x0: int, y0: int, x1: int, y1: int, max_tiles: int = 64) -> list[tuple[int, int, int]]:
+        """The tiles a viewer needs for a view of tiles ``x0..x1``, ``y0..y1`` (inclusive, clipped to
+        the level) of ``level``: those, and the tiles of every coarser level down to
+        :attr:`min_level` over the same region (what OpenSeadragon loads), finest first; at most
+        ``max_tiles`` of ``level`` (the region is cut to its top-left corner beyond). ValueError
+        for a level outside the pyramid."""
+        if not self.min_level <= level <= self.max_level:
+            raise ValueError(f"level {level} is outside {self.min_level}..{self.max_level}")
+        cols, rows = self.tile_count(level)
+        x0, y0 = max(0, x0), max(0, y0)
+        x1, y1 = min(cols - 1, x1, x0 + max_tiles - 1), min(rows - 1, y1)
+        y1 = min(y1, y0 + max(1, max_tiles // max(1, x1 - x0 + 1)) - 1)
+        out = []
+        for lv in range(level, self.min_level - 1, -1):
+            k = level - lv
+            out += [(lv, x, y) for y in range(y0 >> k, (y1 >> k) + 1) for x in range(x0 >> k, (x1 >> k) + 1)]
+        return out
+
     def dzi_xml(self) -> str:
         """The ``.dzi`` descriptor of this pyramid (PNG tiles)."""
         return ('<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -83,10 +101,17 @@ class Pyramid:
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """``[h, w, 3]`` uint8 -> PNG bytes (fast compression: tiles are rendered on demand anyway)."""
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()
+    """``[h, w, 3]`` uint8 -> PNG bytes, fast: every row "Up"-filtered (minus the row above, one
+    numpy subtraction) and zlib level 1. A 256² tile: ~3.5 ms and the size PIL's ``compress_level=1``
+    gives in ~8 ms (its adaptive filters cost more than they save on smooth renders)."""
+    h, w, _ = rgb.shape
+    rows = np.ascontiguousarray(rgb, dtype=np.uint8).reshape(h, w * 3)
+    raw = np.empty((h, w * 3 + 1), np.uint8)
+    raw[:, 0] = 2  # filter type Up; the first row's "row above" is zeros
+    raw[0, 1:] = rows[0]
+    np.subtract(rows[1:], rows[:-1], out=raw[1:, 1:])  # modulo 256, as PNG wants
+    return (PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0))
+            + _png_chunk(b"IDAT", zlib.compress(raw.tobytes(), 1)) + _png_chunk(b"IEND", b""))
 
 
 def render_tile(pipe: Pipeline, field: Field, pyramid: Pyramid, level: int, x: int, y: int) -> bytes:
@@ -111,7 +136,7 @@ def stream_png(pipe: Pipeline, field: Field, width: int, height: int, *, strip: 
     (the server uses it to let interactive tile requests go first).
     """
     check_level(height, width)
-    yield b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    yield PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
     z = zlib.compressobj(6)
     for r0 in range(0, height, strip):
         if before_strip is not None:

@@ -153,7 +153,9 @@ def _run(ctx: AppContext, session: Session,
         with session.lock:
             state = replace(session.state, picture=pic)
             session.commit(also(state) if also is not None else state)
-            return Finished(session.view, result)
+            view = session.view
+        ctx.prerender(session, view)  # the view's tiles render while the browser hears of it
+        return Finished(view, result)
 
     return session.runner.run(job, on_error=session.restore_view)
 

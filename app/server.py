@@ -10,6 +10,8 @@ Routes (outside Gradio's queue; the unguessable session key in the URL is the ac
 * ``GET /export/{key}/{gen}/image.png?width=&height=``: the whole image at any size within the
   limit, streamed strip by strip; ``.../deepzoom.zip`` the same as a Deep Zoom folder.
 * ``GET /session/{key}/infd-session.zip``: the session file (image, boxes, prompts).
+* ``POST /view/{key}/{gen}?level=&x0=&y0=&x1=&y1=``: the tiles the viewer shows (during a run), so
+  that the finished picture's tiles are rendered before the viewer asks for them.
 * ``/infd/osd/`` (vendored OpenSeadragon) and ``/infd/viewer/`` (viewer.js, viewer.css).
 
 Bad input gets a 4xx with a JSON ``detail``: unknown/expired session or view and tiles outside
@@ -105,12 +107,23 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
             view.pyramid.tile_range(level, x, y)
         except ValueError as e:
             raise HTTPException(404, str(e), headers=NO_STORE) from None
-        cache_key = (key, gen, level, x, y)
+        cache_key = ctx.tile_key(session, view, level, x, y)
         data = ctx.cache.get(cache_key)
         if data is None:
             data = await _wait_for_tile(request, ctx, cache_key, lambda: ctx.tile_png(session, view, level, x, y))
             ctx.cache.put(cache_key, data)
         return Response(data, media_type="image/png", headers=IMMUTABLE)
+
+    @app.post("/view/{key}/{gen}")
+    def view_region(key: str, gen: int, level: int, x0: int, y0: int, x1: int, y1: int) -> Response:
+        """The viewer shows tiles ``x0..x1``, ``y0..y1`` of ``level`` of view ``gen`` (and coarser
+        levels under them): where the next picture's tiles are rendered first."""
+        session, view = _lookup(ctx, key, gen)
+        try:
+            session.show_tiles(view.pyramid.view_tiles(level, x0, y0, x1, y1))
+        except ValueError as e:
+            raise HTTPException(404, str(e), headers=NO_STORE) from None
+        return Response(status_code=204, headers=NO_STORE)
 
     def export(key: str, gen: int, width: int, height: int, deepzoom: bool) -> StreamingResponse:
         session, view = _lookup(ctx, key, gen)

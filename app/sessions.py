@@ -134,6 +134,7 @@ class Session:
     shown_status: tuple[int, str] | None = None  # (gen, status): said once the viewer shows view gen
     last_seen: float = field(default_factory=time.monotonic)
     max_side: int = 65536  # the longest side a picture's aspect may grow the canvas to (Limits.max_canvas_side)
+    showing: list[tuple[int, int, int]] = field(default_factory=list)  # (level, x, y): the viewer's view, see show_tiles
     lock: threading.RLock = field(default_factory=threading.RLock)
     runner: Runner = field(default_factory=Runner)
 
@@ -206,6 +207,12 @@ class Session:
         height, width = canvas_size(cells, max(1, round(per_cell * 64)))
         shrink = max(1.0, max(height, width) / self.max_side)
         self.canvas = (max(16, round(width / shrink)), max(16, round(height / shrink)))
+
+    def show_tiles(self, tiles: list[tuple[int, int, int]]) -> None:
+        """The viewer's view needs these tile positions (any picture at this canvas size): a new
+        picture's tiles are rendered there before the viewer asks (:meth:`AppContext.prerender`)."""
+        with self.lock:
+            self.showing = list(tiles)
 
     def set_canvas(self, width: int, height: int) -> None:
         with self.lock:

@@ -15,7 +15,9 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# the checkout measured: this one, or the one named by $INFD_BENCH_TREE (see run_in_tree)
+TREE = Path(os.environ.get("INFD_BENCH_TREE") or Path(__file__).resolve().parents[1]).resolve()
+sys.path.insert(0, str(TREE))
 
 from infd_core import configs  # noqa: E402
 from infd_core.pipeline import Pipeline  # noqa: E402
@@ -69,3 +71,28 @@ def once(fn: Callable[[], object]) -> float:
         t = time.perf_counter()
         fn()
         return time.perf_counter() - t
+
+
+def run_in_tree(script: str | Path, tree: Path, argv: list[str]) -> list[dict]:
+    """Run ``script --child *argv`` in a fresh process that imports ``app``, ``infd_core`` and
+    ``tests`` from the checkout ``tree`` (:data:`TREE` there); its JSON lines."""
+    import json
+    import subprocess
+
+    cmd = [sys.executable, str(script), "--child", *argv]
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True,  # stderr: shown
+                         env={**os.environ, "INFD_BENCH_TREE": str(tree)})
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def alternate(trees: list[tuple[str, Path]], rounds: int, measure: Callable[[Path], list[dict]],
+              show: Callable[[int, str, dict], None]) -> dict[str, list[dict]]:
+    """``measure(tree)`` for each named tree, ``rounds`` times in alternating order (the last tree
+    first in round 0), so that a change in the machine's load hits both; rows by tree name."""
+    results: dict[str, list[dict]] = {name: [] for name, _ in trees}
+    for r in range(rounds):
+        for name, tree in (trees if r % 2 else trees[::-1]):
+            for row in measure(tree):
+                results[name].append(row)
+                show(r, name, row)
+    return results

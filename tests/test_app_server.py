@@ -10,6 +10,7 @@ import json
 import threading
 import time
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
 import numpy as np
@@ -22,7 +23,7 @@ from safetensors.torch import save as save_tensors
 
 from app import sessionfile
 from app.context import Limits
-from app.deepzoom import Pyramid
+from app.deepzoom import Pyramid, encode_png
 from app.generate import Cancelled, Finished, Progress, extend_picture, generate, open_photo
 from app.handlers import Handlers, apply_box_edit, number, report_markdown
 from app.server import create_app
@@ -77,6 +78,77 @@ def test_tile_is_the_matching_part_of_a_whole_render_and_cached_immutably(server
     assert np.array_equal(tile, whole[511:769, 255:513])
     hits = len(ctx.cache)
     assert client.get(tile_url(s, 10, 1, 2)).content == r.content and len(ctx.cache) == hits
+
+
+def test_png_tiles_decode_to_the_rendered_pixels():
+    rnd = np.random.default_rng(0)
+    for shape in [(258, 258, 3), (1, 1, 3), (3, 130, 3), (130, 2, 3)]:
+        rgb = rnd.integers(0, 256, shape, dtype=np.uint8)
+        assert np.array_equal(png(encode_png(rgb)), rgb)
+    smooth = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None, None], (256, 256, 3))
+    assert np.array_equal(png(encode_png(smooth)), smooth) and len(encode_png(smooth)) < 4000
+
+
+def test_concurrent_tile_requests_each_get_their_own_tile(server):
+    """16 requests at once (more than the pool has threads): each answer is its own part of the
+    whole render, at two levels."""
+    client, ctx = server
+    s = new_session(ctx, seed=5)
+    field = ctx.pipe.field(s.state.picture.latent)
+    wholes = {10: ctx.pipe.render(field, 1024, 1024), 9: ctx.pipe.render(field, 512, 512)}
+    positions = [(10, x, y) for y in range(3) for x in range(4)] + [(9, x, y) for y in range(2) for x in range(2)]
+
+    def get(t: tuple[int, int, int]):  # like the viewer: a 503 (busy machine) is retried after Retry-After
+        for _ in range(30):
+            r = client.get(tile_url(s, *t))
+            if r.status_code != 503:
+                return r
+            time.sleep(float(r.headers["retry-after"]))
+        return r
+
+    with ThreadPoolExecutor(len(positions)) as pool:
+        answers = list(pool.map(get, positions))
+    for (level, x, y), r in zip(positions, answers, strict=True):
+        assert r.status_code == 200
+        rng = s.view.pyramid.tile_range(level, x, y)
+        assert np.array_equal(png(r.content), wholes[level][rng.r0:rng.r1, rng.c0:rng.c1]), (level, x, y)
+
+
+def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
+    """The viewer reports its view during a run; the finished picture's tiles there (and on the
+    coarser levels under them) are rendered as soon as it is committed, before the viewer asks:
+    exact parts of the new picture's render, served from the cache."""
+    client, ctx = server
+    s = new_session(ctx, seed=6)
+    r = client.post(f"/view/{s.key}/{s.view.gen}", params=dict(level=10, x0=1, y0=1, x1=2, y1=1))
+    assert r.status_code == 204
+    shown = [(10, 1, 1), (10, 2, 1), (9, 0, 0), (9, 1, 0), (8, 0, 0)]
+    assert s.showing == shown
+    view = list(generate(ctx, s, seed=7, steps=2))[-1].view
+    ctx.workers.yield_to_tiles(max_wait=60)
+    field = ctx.pipe.field(view.picture.latent)
+    for level, x, y in shown:
+        data = ctx.cache.get(ctx.tile_key(s, view, level, x, y))
+        assert data is not None, (level, x, y)
+        side = view.pyramid.level_size(level)[0]
+        rng = view.pyramid.tile_range(level, x, y)
+        assert np.array_equal(png(data), ctx.pipe.render(field, side, side, rng))
+        assert client.get(tile_url(s, level, x, y, gen=view.gen)).content == data
+    assert ctx.cache.get(ctx.tile_key(s, view, 10, 0, 0)) is None  # only what was shown
+
+
+def test_view_reports_are_bounded_and_checked(server):
+    client, ctx = server
+    s = new_session(ctx, seed=8, canvas=(8192, 8192))
+    assert client.post(f"/view/{s.key}/{s.view.gen}",
+                       params=dict(level=13, x0=-5, y0=0, x1=99, y1=99)).status_code == 204
+    top = [t for t in s.showing if t[0] == 13]
+    assert len(top) == 64 and all(0 <= x < 32 and 0 <= y < 32 for _, x, y in top)  # clipped, at most 64
+    assert min(level for level, _, _ in s.showing) == s.view.pyramid.min_level
+    for params, status in [(dict(level=14, x0=0, y0=0, x1=0, y1=0), 404), (dict(level=2, x0=0, y0=0, x1=0, y1=0), 404),
+                           (dict(level="a", x0=0, y0=0, x1=0, y1=0), 422)]:
+        assert client.post(f"/view/{s.key}/{s.view.gen}", params=params).status_code == status
+    assert client.post(f"/view/{'x' * 32}/1", params=dict(level=13, x0=0, y0=0, x1=0, y1=0)).status_code == 404
 
 
 def test_low_levels_are_whole_image_renders(server):

@@ -82,10 +82,43 @@
     }
 
     // --- images: a new version fades in only once its visible tiles are loaded ----------------
+    // The level OpenSeadragon draws the view with (it loads up to 2 level pixels per screen
+    // pixel), and the tiles of that level the view covers.
+    function viewTiles(img) {
+      const item = viewer.world.getItemAt(viewer.world.getItemCount() - 1);
+      if (!item) return null;
+      const vp = viewer.viewport;
+      const scale = (vp.getZoom(true) / item.imageToViewportZoom(1)) * (window.devicePixelRatio || 1);
+      const level = clamp(Math.floor(img.max_level + Math.log2(2 * scale) + 1e-9), img.min_level, img.max_level);
+      const k = 2 ** (img.max_level - level);  // image pixels per level pixel
+      const r = item.viewportToImageRectangle(vp.getBounds(true));
+      const t = (v, size) => Math.floor(clamp(v, 0, size - 1e-6) / k / img.tile);
+      return { level, x0: t(r.x, img.width), y0: t(r.y, img.height),
+               x1: t(r.x + r.width, img.width), y1: t(r.y + r.height, img.height) };
+    }
+
+    // During a run the server is told what the view shows, so the finished picture's tiles there
+    // are rendered before the viewer asks (previews alone load coarser levels, see tileSource).
+    let reported = '';
+    function reportView() {
+      const v = st.value, img = v && v.image;
+      if (!img || !v.progress) return;
+      const t = viewTiles(img);
+      if (!t) return;
+      const url = `view/${v.session}/${img.gen}?level=${t.level}&x0=${t.x0}&y0=${t.y0}&x1=${t.x1}&y1=${t.y1}`;
+      if (url === reported) return;
+      reported = url;
+      fetch(url, { method: 'POST', credentials: 'same-origin', keepalive: true }).catch(() => {});
+    }
+    viewer.addHandler('animation-finish', reportView);
+
     function tileSource(img, session) {
+      // a preview (of a run in progress) stops two levels short of the view's: a sixteenth of the tiles
+      const view = img.preview ? viewTiles(img) : null;
+      const maxLevel = view ? Math.max(img.min_level, view.level - 2) : img.max_level;
       return {
         width: img.width, height: img.height, tileSize: img.tile, tileOverlap: img.overlap,
-        minLevel: img.min_level, maxLevel: img.max_level,
+        minLevel: img.min_level, maxLevel,
         getTileUrl: (level, x, y) => `tiles/${session}/${img.gen}/${level}/${x}_${y}.png`,
         downloadTileStart: downloadTile,
         downloadTileAbort: (job) => job.userData.abort && job.userData.abort(),
@@ -366,6 +399,7 @@
       if (!v) return;
       st.value = v;
       showImage(v);
+      reportView();
       // Boxes: skip server copies that predate our own unacknowledged edits, and never mid-gesture.
       if (!st.drag && v.rev >= st.localRev) {
         st.boxes = v.boxes;
