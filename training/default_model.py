@@ -2,7 +2,7 @@
 
     python -m training.default_model [--recipe v2|v1] [--work runs/default] [--out assets/models/infd-cpu-photos]
 
-``v2`` (the default; the shipped model) continues from a committed **milestone** model
+``v2`` (the default recipe) continues from a committed **milestone** model
 (``--milestone``, default: the shipped folder, copied to ``WORK/milestone`` before anything is
 overwritten) on the ``nature`` photo set (training.photoset: 123 training photos, 8 detailed ones
 held out):
