@@ -103,9 +103,7 @@ def pictures(pipe: Pipeline, out: Path, seeds: range = range(8), zoom_seed: int 
     Image.fromarray(np.concatenate(views, axis=1)).save(out / "zoom.jpg", quality=90)
 
 
-CARD = """# infd-cpu-photos — the embedded default model
-
-A small image neural field diffusion model (INFD, Chen et al. 2024) trained **on this project's
+CARD_INTRO = """A small image neural field diffusion model (INFD, Chen et al. 2024) trained **on this project's
 2-core CPU machine** from photos that install offline. It is a demo model: it runs interactively
 on a CPU and shows the whole pipeline (any-resolution rendering, deep zoom, guidance); it is not
 a high-quality generator.
@@ -116,16 +114,18 @@ a high-quality generator.
 ## Data
 {data}
 
-## Sizes (`cpu` preset)
+## Sizes (`PRESET` preset)
 | part | parameters |
 |---|---|
 {sizes}
+"""
 
+CARD = "# infd-cpu-photos — the embedded default model\n\n" + CARD_INTRO.replace("PRESET", "cpu") + """
 Latent {latent}, φ {phi}×256×256, CLIF renderer width {width} with {blocks} ResNet blocks and
 no normalisation (tiles are bit-exact pieces of a whole render){base}, receptive radius {radius} px.
 Stored: autoencoder fp32, UNet fp16 ({bytes:.1f} MB in all).
 
-## Training (one command: `python -m training.default_model`)
+## Training (one command: `python -m training.default_model --recipe v1`)
 | stage | steps | batch | wall time | settings |
 |---|---|---|---|---|
 | autoencoder (L1 + LPIPS-VGG + {reg} + adaptive PatchGAN from step {disc_start}) | {ae_steps} | {ae_batch} | {ae_time} | `training/configs/ae_cpu.json` |
@@ -240,24 +240,7 @@ def export_v2(decoder: Path, dm: Path, out: Path) -> None:
     save_file({k: v.half() for k, v in load_file(str(dm / "unet.safetensors")).items()}, str(out / "unet.safetensors"))
 
 
-CARD_V2 = """# infd-cpu-photos — the embedded default model (v2)
-
-A small image neural field diffusion model (INFD, Chen et al. 2024) trained **on this project's
-2-core CPU machine** from photos that install offline. It is a demo model: it runs interactively
-on a CPU and shows the whole pipeline (any-resolution rendering, deep zoom, guidance); it is not
-a high-quality generator.
-
-## Status
-{status}
-
-## Data
-{data}
-
-## Sizes (`cpu2` preset)
-| part | parameters |
-|---|---|
-{sizes}
-
+CARD_V2 = "# infd-cpu-photos — the embedded default model (v2)\n\n" + CARD_INTRO.replace("PRESET", "cpu2") + """
 Latent {latent}; the decoder (base {dec_ch}, {dec_blocks} ResNet blocks per level) gives φ {phi}×256×256;
 CLIF renderer width {width} with {blocks} ResNet blocks and no normalisation, reading φ interpolated
 bilinearly at each pixel (no φ-cell grid when zoomed in; tiles are bit-exact pieces of a whole
