@@ -73,6 +73,11 @@ class RendererConfig:
         return 4 if self.features == "nearest" else 2
 
 
+def _check_queries(coord: Tensor, cell: Tensor, batch: int) -> None:
+    if coord.shape != cell.shape or coord.ndim != 4 or coord.shape[-1] != 2 or coord.shape[0] != batch:
+        raise ValueError(f"coord/cell must both be [B={batch}, H, W, 2], got {tuple(coord.shape)} and {tuple(cell.shape)}")
+
+
 def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor, ties: str = "floor") -> Tensor:
     """The per-pixel renderer input ``[B, C + 4, H, W]``: nearest phi vector, rel. coord, rel. cell.
 
@@ -82,8 +87,7 @@ def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor, ties: str = "floor
     query on a 256^2 phi gives rel. coord in {+-0.25, +-0.75} and rel. cell 0.5.
     """
     b, c, h, w = phi.shape
-    if coord.shape != cell.shape or coord.ndim != 4 or coord.shape[-1] != 2 or coord.shape[0] != b:
-        raise ValueError(f"coord/cell must both be [B={b}, H, W, 2], got {tuple(coord.shape)} and {tuple(cell.shape)}")
+    _check_queries(coord, cell, b)
     coord, cell = coord.float(), cell.float()
     size = coord.new_tensor([h, w])
     idx = nearest_cell(coord, size, ties)  # [B, H, W, 2] (row, col) of the nearest phi cell
@@ -110,8 +114,7 @@ def interpolated_inputs(phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
     channels_last phi (the bf16 path) gives a channels_last input.
     """
     b, c, h, w = phi.shape
-    if coord.shape != cell.shape or coord.ndim != 4 or coord.shape[-1] != 2 or coord.shape[0] != b:
-        raise ValueError(f"coord/cell must both be [B={b}, H, W, 2], got {tuple(coord.shape)} and {tuple(cell.shape)}")
+    _check_queries(coord, cell, b)
     grid = coord.float().flip(-1)  # grid_sample wants (x, y); same frame ([-1, 1], pixel corners)
     feat = F.grid_sample(phi.float(), grid, mode="bilinear", padding_mode="border", align_corners=False).to(phi.dtype)
     rel_cell = (cell.float() * cell.new_tensor([h, w]).float()).permute(0, 3, 1, 2).to(feat.dtype)
@@ -149,7 +152,8 @@ class _Base(nn.Module):
         out = net(inputs)
         if self.cfg.base == "none":
             return out
-        base = bilinear_base(phi, coord).to(out.dtype)
+        # interpolated inputs start with bilinear phi: the base is already there
+        base = (bilinear_base(phi, coord) if self.cfg.features == "nearest" else inputs[:, :3]).to(out.dtype)
         if out.is_contiguous(memory_format=torch.channels_last):
             base = base.contiguous(memory_format=torch.channels_last)
         return out + base
