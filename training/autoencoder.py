@@ -38,6 +38,7 @@ from infd_core.images import to_uint8
 from .common import (CSVLog, Dist, autocast, chunk_batches, cleanup_distributed, load_json_config, load_state,
                      next_chunk, save_state, setup_distributed, unwrap, wall_time, wrap_ddp)
 from .data import ImageFolder, MixedDataset, NeuralFieldCrops, RandomSquares
+from .grow import grow_autoencoder
 from .losses import AutoencoderLoss, NLayerDiscriminator
 
 
@@ -63,6 +64,7 @@ class AETrainConfig:
     disc_ndf: int = 64
     init: str | None = None  # model folder: start from its autoencoder weights (everything trains)
     init_encoder: str | None = None  # model folder: load its encoder, freeze it (train decoder + renderer)
+    grow: str | None = None  # model folder: start from its autoencoder grown into this larger one (training.grow)
     posterior: str = "sample"  # KL only: decode a posterior "sample" (LDM) or the posterior "mean"
     steps: int = 100_000
     ckpt_every: int = 1000
@@ -136,6 +138,8 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
     ae = Autoencoder(mcfg.autoencoder).to(d.device)
     if cfg.init is not None:
         mcfg.meta["init"] = init_autoencoder(ae, Path(cfg.init))
+    if cfg.grow is not None:
+        mcfg.meta["grown"] = grow_autoencoder_from(ae, Path(cfg.grow))
     if cfg.init_encoder is not None:
         mcfg.meta["encoder"] = freeze_encoder(ae, Path(cfg.init_encoder))
     criterion = AutoencoderLoss(cfg.lpips_weight, cfg.disc_weight, cfg.disc_start,
@@ -212,6 +216,16 @@ def init_autoencoder(ae: Autoencoder, folder: Path) -> dict[str, Any]:
     load_weights(ae, folder / "autoencoder.safetensors")
     before = {k: donor_cfg.meta[k] for k in ("init", "encoder") if k in donor_cfg.meta}
     return {**_history(donor_cfg.meta, folder), **({"before": before} if before else {})}
+
+
+def grow_autoencoder_from(ae: Autoencoder, folder: Path) -> dict[str, Any]:
+    """Load the smaller autoencoder of the model in ``folder`` into ``ae``, grown so that it starts
+    out computing the same phi (:func:`training.grow.grow_autoencoder`). Returns its history and
+    what grew, for the model's ``meta``."""
+    donor_cfg = read_config(folder)
+    donor = Autoencoder(donor_cfg.autoencoder)
+    load_weights(donor, folder / "autoencoder.safetensors")
+    return {**_history(donor_cfg.meta, folder), **grow_autoencoder(donor, ae)}
 
 
 def freeze_encoder(ae: Autoencoder, folder: Path) -> dict[str, Any]:
