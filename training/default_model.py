@@ -7,10 +7,11 @@
 overwritten) on the ``nature`` photo set (training.photoset: 123 training photos, 8 detailed ones
 held out):
 
-1. decoder + renderer of the ``cpu2`` family (a 5x larger decoder, 32 phi channels, bilinear phi
-   features: :func:`infd_core.configs.cpu2`) trained on the milestone's frozen encoder
-   (training/configs/ae_cpu2_decoder.json; starts from the milestone's decoder when it is already
-   ``cpu2``). The latents stay the milestone's, so its UNet stays valid;
+1. decoder + renderer of the ``cpu2`` family (a decoder with 2x and 4x wider low levels and one
+   more ResNet block per level, bilinear phi features: :func:`infd_core.configs.cpu2`) on the
+   milestone's frozen encoder (training/configs/ae_cpu2_decoder.json). A v1 milestone's decoder
+   and renderer are grown into the larger ones (training.grow: it starts out computing v1's phi);
+   a cpu2 milestone's are continued. The latents stay the milestone's, so its UNet stays valid;
 2. the milestone's UNet fine-tuned on the nature photos' latents (training/configs/dm_cpu2.json);
 3. export (:func:`export_v2`), evaluation against the milestone on the held-out photos (with the
    Real-ESRGAN x4 rows and comparison strips), pictures and the model card.
@@ -253,7 +254,7 @@ latents do not change) and its UNet.
 
 | stage | steps | batch | wall time | settings |
 |---|---|---|---|---|
-| decoder + renderer of `cpu2` afresh on the milestone's frozen encoder (L1 + LPIPS-VGG + adaptive PatchGAN from step {dec_disc_start}; levels up to {dec_max_r}², {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}, bf16 autocast) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/ae_cpu2_decoder.json` |
+| decoder + renderer of `cpu2` grown from the milestone's (training.grow) on its frozen encoder (L1 + LPIPS-VGG + adaptive PatchGAN from step {dec_disc_start}; levels up to {dec_max_r}², {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}, bf16 autocast) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/ae_cpu2_decoder.json` |
 | the milestone's UNet fine-tuned on the nature latents (v-prediction, EMA {ema}, lr {dm_lr:g}, bf16 autocast) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu2.json` |
 
 Wall times were measured with each run on one thread beside other work on the 2 cores.
@@ -358,7 +359,9 @@ def main_v2(args: argparse.Namespace) -> None:
     if not args.skip_training:
         overrides = [f"init_encoder={milestone}"]
         if read_config(milestone).autoencoder == configs.cpu2().autoencoder:  # continue the milestone's decoder
-            overrides += [f"init={milestone}", "lr=0.0002"]
+            overrides += [f"init={milestone}"]
+        else:  # a v1 milestone: its decoder and renderer grown into cpu2's, starting from the same phi
+            overrides += [f"grow={milestone}"]
         dec = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu2_decoder.json", overrides)
         stage1.train(dec, train, args.work / "decoder2", resume=True, steps=args.decoder_steps)
         dm = load_json_config(stage2.DMTrainConfig, CONFIGS / "dm_cpu2.json", [f"init={milestone}"])

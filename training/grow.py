@@ -7,8 +7,9 @@ starts silent (the Net2Net idea, with zeros instead of copies):
 
 * a parameter both models have is copied into the leading slice of the larger one;
 * a conv's weights from *new* input channels to *old* output channels are zero, so new
-  channels never reach old ones; new output channels keep their fresh initialisation, so they
-  carry signal and receive gradients from the first step;
+  channels do not reach old ones yet; new output channels keep their fresh initialisation, so
+  they carry signal from the start, and the zero weights that would pass it on to old channels
+  get non-zero gradients at once: the first update connects them;
 * a ResNet block only the larger model has starts as the identity (its ``conv2`` is zero);
 * GroupNorm must keep its channels per group, so appended channels form groups of their own
   and the old groups' statistics are unchanged.
