@@ -2,7 +2,8 @@
 
 Images are float tensors ``[B, 3, H, W]`` in [-1, 1], RGB. The encoder always sees the image
 resized to 256x256 and returns the latent ``z`` ``[B, z_channels, 64, 64]`` (downsampling 4
-with three levels). The decoder maps ``z`` to ``phi`` ``[B, C, 256, 256]``: the LDM decoder
+with three levels). The decoder maps ``z`` to ``phi`` ``[B, C, 256, 256]`` (any latent extent
+``h x w`` of :func:`~infd_core.geometry.check_cells` to ``[B, C, 4h, 4w]``: panoramas): the LDM decoder
 without its final norm/conv, so phi is a feature map, not an image. Pixels come from a
 renderer (:mod:`infd_core.renderers`).
 
@@ -320,7 +321,8 @@ class Autoencoder(nn.Module):
         return z, (self.cfg.kl_weight * loss if self.cfg.regularizer == "kl" else loss)
 
     def decode(self, z: Tensor) -> Tensor:
-        """Latent ``[B, z, 64, 64]`` (e.g. from diffusion) -> ``phi [B, C, 256, 256]``.
+        """Latent ``[B, z, 64, 64]`` (e.g. from diffusion; or ``[B, z, h, w]``, a wider extent) ->
+        ``phi [B, C, 256, 256]`` (``[B, C, 4h, 4w]``).
 
         VQ latents are quantised first, as in the authors' sampling.
         """
@@ -330,7 +332,7 @@ class Autoencoder(nn.Module):
         return self.features(z)
 
     def features(self, z: Tensor) -> Tensor:
-        """The decoder proper, no checks or quantisation: ``z [B, z, 64, 64] -> phi [B, C, 256, 256]``."""
+        """The decoder proper, no checks or quantisation: ``z [B, z, h, w] -> phi [B, C, 4h, 4w]``."""
         phi = self.decoder(z)
         if self.cfg.thumbnail_skip:
             phi = phi + F.interpolate(self.skip(z), size=phi.shape[-2:], mode="bilinear", align_corners=False)

@@ -273,15 +273,16 @@ def uses_group_norm(renderer: nn.Module) -> bool:
 
 @torch.no_grad()
 def norm_statistics(renderer: nn.Module, phi: Tensor, size: int = 256) -> list:
-    """Per-image GroupNorm statistics of ``renderer``, measured on a ``size``^2 render of the whole image.
+    """Per-image GroupNorm statistics of ``renderer``, measured on a render of the whole image at
+    its aspect with ``size`` pixels on the shorter side (``size``^2 for a square phi).
 
     Returns an opaque list to pass to :func:`fixed_norm_statistics` (empty without GroupNorm).
     """
     if not uses_group_norm(renderer):
         return []
-    from .geometry import level_grid
+    from .geometry import canvas_size, level_grid
 
-    coord, cell = level_grid(size, size)
+    coord, cell = level_grid(*canvas_size(tuple(phi.shape[-2:]), size, base=min(phi.shape[-2:])))
     b = phi.shape[0]
     with _norm_mode("record", []) as stats:
         renderer(phi, coord.to(phi.device).expand(b, -1, -1, -1), cell.to(phi.device).expand(b, -1, -1, -1))

@@ -226,6 +226,18 @@ def test_group_norm_clif_with_fixed_statistics_is_tile_exact(phi):
     assert max_diff(fixed_256, whole(renderer, phi, 256, 256)) <= 1e-5
 
 
+def test_norm_statistics_of_a_panorama_are_those_of_its_render_at_its_aspect():
+    torch.manual_seed(0)
+    renderer, phi = make_renderer(norm="group"), torch.randn(1, PHI_CHANNELS, 32, 96)  # a 3:1 field
+    stats = norm_statistics(renderer, phi, size=64)
+    with fixed_norm_statistics(stats):
+        fixed = whole(renderer, phi, 64, 192)
+    assert max_diff(fixed, whole(renderer, phi, 64, 192)) <= 1e-5  # measured on this render, not a squashed one
+    with fixed_norm_statistics(stats):
+        squashed = whole(renderer, phi, 64, 64)
+    assert max_diff(squashed, whole(renderer, phi, 64, 64)) > 1e-3
+
+
 def test_norm_statistics_of_a_renderer_without_norm_are_empty(phi):
     assert norm_statistics(make_renderer(), phi) == []
 
