@@ -250,7 +250,8 @@ render), receptive radius {radius} px. Stored: autoencoder fp32, UNet fp16 ({byt
 ## Training (one command: `python -m training.default_model`)
 v2 continues from the v1 model (the milestone, git history of this folder; rebuilt from scratch
 by `python -m training.default_model --recipe v1`, ~2.6 CPU-hours): its encoder (frozen, so the
-latents do not change) and its UNet.
+latents do not change), its decoder and renderer, grown into larger ones that start out computing
+v1's φ (`training/grow.py`), and its UNet.
 
 | stage | steps | batch | wall time | settings |
 |---|---|---|---|---|
