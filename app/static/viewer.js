@@ -46,8 +46,13 @@
       visibilityRatio: 0.2,
       maxZoomPixelRatio: 4,
       imageLoaderLimit: 4,      // a few requests at a time: the server renders newest first
+      maxTilesPerFrame: 4,      // and all of them at once, not one per frame
       timeout: 120000,          // tiles may wait behind a busy CPU
       blendTime: 0.15,
+      // 2D canvas: GPU-composited where there is a GPU, and ~15 ms a frame where there is none;
+      // the default WebGL drawer under software GL (no GPU, e.g. a VM) took ~200 ms a frame and
+      // starts at most one tile download per frame.
+      drawer: 'canvas',
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
     });
 
@@ -116,23 +121,34 @@
       // a preview (of a run in progress) stops two levels short of the view's: a sixteenth of the tiles
       const view = img.preview ? viewTiles(img) : null;
       const maxLevel = view ? Math.max(img.min_level, view.level - 2) : img.max_level;
+      const loads = new Set();  // this image's tile downloads in flight
+      let removed = false;
       return {
         width: img.width, height: img.height, tileSize: img.tile, tileOverlap: img.overlap,
         minLevel: img.min_level, maxLevel,
         getTileUrl: (level, x, y) => `tiles/${session}/${img.gen}/${level}/${x}_${y}.png`,
-        downloadTileStart: downloadTile,
+        downloadTileStart: (job) => (removed ? job.fail('[infd] image removed', null) : downloadTile(job, loads)),
         downloadTileAbort: (job) => job.userData.abort && job.userData.abort(),
+        abortLoads: () => { removed = true; for (const job of [...loads]) job.abort(); },
       };
     }
 
+    // An image taken off the canvas (a preview replaced, an old version) stops loading at once, so
+    // its tiles never hold the few request slots (imageLoaderLimit) ahead of the new image's, and
+    // the server drops their renders if they have not started.
+    viewer.world.addHandler('remove-item', (e) => e.item.source.abortLoads && e.item.source.abortLoads());
+
     // Tiles are fetched here instead of by OpenSeadragon's default loader so that a busy server's
     // 503 is retried after its Retry-After (at most TILE_RETRIES times) instead of leaving a hole.
+    // ``loads`` holds the job until it is finished or failed (once: job.abort() fails it too).
     const TILE_RETRIES = 30;
-    function downloadTile(job) {
+    function downloadTile(job, loads) {
       const ctl = new AbortController();
       let timer = null;
       let tries = 0;
-      job.userData.abort = () => { ctl.abort(); clearTimeout(timer); };
+      loads.add(job);
+      job.userData.abort = () => { loads.delete(job); ctl.abort(); clearTimeout(timer); };
+      const settle = (how, ...args) => { if (loads.delete(job)) job[how](...args); };
       const attempt = () => {
         fetch(job.src, { signal: ctl.signal, credentials: 'same-origin' }).then((r) => {
           if (r.status === 503 && tries++ < TILE_RETRIES) {
@@ -140,10 +156,10 @@
             timer = setTimeout(attempt, wait * 1000);
             return null;
           }
-          if (!r.ok) return job.fail(`[infd] tile answered ${r.status}`, null);
-          return r.blob().then((blob) => (blob.size ? job.finish(blob, null, 'rasterBlob')
-            : job.fail('[infd] empty tile', null)));
-        }).catch((err) => { if (!ctl.signal.aborted) job.fail(`[infd] tile failed: ${err}`, null); });
+          if (!r.ok) return settle('fail', `[infd] tile answered ${r.status}`, null);
+          return r.blob().then((blob) => (blob.size ? settle('finish', blob, null, 'rasterBlob')
+            : settle('fail', '[infd] empty tile', null)));
+        }).catch((err) => settle('fail', `[infd] tile failed: ${err}`, null));
       };
       attempt();
     }
