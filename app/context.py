@@ -29,6 +29,7 @@ class Limits:
     tile_queue: int = 64  # tile renders waiting; beyond this a request gets 503 at once
     tile_wait: float = 4.0  # seconds a tile request waits for its render before 503
     tile_retry_after: int = 1  # seconds, the Retry-After of a 503 (the viewer retries then)
+    preview_every: float = 0.7  # seconds between the previews of a run (generate.PreviewPacer)
     max_sessions: int = 64  # in memory; beyond this the least recently seen are spilled to disk
     max_spilled: int = 4096  # on disk; beyond this the least recently seen are deleted (logged)
     session_ttl: float = 2 * 3600
@@ -79,25 +80,27 @@ class AppContext:
         when the viewer asks for it; returns how many tiles were queued.
 
         The renders go through the tile pool like the viewer's own requests (which then join
-        them), into the cache; they take at most half of the pool's queue, so one session's new
-        picture never crowds out other users' tiles.
+        them), into the cache, coarse levels first (what the viewer draws first); they take at
+        most half of the pool's queue, so one session's new picture never crowds out other
+        users' tiles.
         """
         self.store.field(session, view, self.pipe)
-        queued = 0
-        for level, x, y in reversed(session.showing):  # coarse levels first: the pool runs the newest first
-            key = self.tile_key(session, view, level, x, y)
+        room = self.limits.tile_queue // 2 - self.workers.pending
+        todo = []
+        for level, x, y in reversed(session.showing):  # coarse levels first
             try:
                 view.pyramid.tile_range(level, x, y)
             except ValueError:  # the canvas changed since
                 continue
-            if self.cache.get(key) is not None:
-                continue
-            if self.workers.pending >= self.limits.tile_queue // 2:
-                break
+            if len(todo) < room and self.cache.get(self.tile_key(session, view, level, x, y)) is None:
+                todo.append((level, x, y))
+        queued = 0
+        for level, x, y in reversed(todo):  # the pool runs the newest first: the coarsest goes in last
+            key = self.tile_key(session, view, level, x, y)
             try:
                 job = self.workers.submit(key, lambda lv=level, tx=x, ty=y: self.tile_png(session, view, lv, tx, ty))
             except Overloaded:
-                break
+                continue
             job.add_done_callback(lambda f, k=key: None if f.cancelled() or f.exception() else self.cache.put(k, f.result()))
             queued += 1
         return queued

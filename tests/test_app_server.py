@@ -11,6 +11,7 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
@@ -22,9 +23,9 @@ from skimage import data
 from safetensors.torch import save as save_tensors
 
 from app import sessionfile
-from app.context import Limits
+from app.context import AppContext, Limits
 from app.deepzoom import Pyramid, encode_png
-from app.generate import Cancelled, Finished, Progress, extend_picture, generate, open_photo
+from app.generate import Cancelled, Finished, PreviewPacer, Progress, extend_picture, generate, open_photo
 from app.handlers import Handlers, apply_box_edit, number, report_markdown
 from app.server import create_app
 from app.sessions import KEEP_VIEWS, Picture, Session, State
@@ -135,6 +136,26 @@ def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
         assert np.array_equal(png(data), ctx.pipe.render(field, side, side, rng))
         assert client.get(tile_url(s, level, x, y, gen=view.gen)).content == data
     assert ctx.cache.get(ctx.tile_key(s, view, 10, 0, 0)) is None  # only what was shown
+
+
+def test_prerendered_tiles_render_coarse_levels_first(server):
+    """The viewer draws the coarsest level of a new picture first: a finished run's view renders
+    coarse to fine (the pool runs the newest request first, so the coarsest is queued last)."""
+    ctx = AppContext(server[1].pipe)
+    ctx.workers = TileWorkers(threads=1, starve_after=float("inf"))  # the order alone, however slow
+    s = new_session(ctx, seed=8)
+    s.show_tiles(s.view.pyramid.view_tiles(10, 0, 0, 1, 1))
+    order = []
+    render = ctx.tile_png
+    ctx.tile_png = lambda session, view, *tile: order.append(tile) or render(session, view, *tile)
+    gate = threading.Event()
+    ctx.workers.submit("hold the worker", lambda: gate.wait() and b"")
+    while ctx.workers.pending:
+        time.sleep(0.01)
+    assert ctx.prerender(s, s.view) == len(s.showing) == 6
+    gate.set()
+    ctx.workers.yield_to_tiles(max_wait=60)
+    assert order == list(reversed(s.showing)) and [level for level, _, _ in order] == [8, 9, 10, 10, 10, 10]
 
 
 def test_view_reports_are_bounded_and_checked(server):
@@ -427,8 +448,26 @@ def cancel_after_first_event(s: Session, run) -> None:
     assert not s.runner.running
 
 
-def test_generate_previews_commits_and_cancels(server):
+def test_previews_are_paced_by_time_and_none_in_the_last_steps():
+    now = [0.0]
+
+    def shown(every: float, step_s: float, steps: int = 10) -> list[int]:
+        pacer = PreviewPacer(every, clock=lambda: now[0])
+        out = []
+        for done in range(1, steps + 1):
+            now[0] += step_s
+            if pacer.due(done, steps):
+                out.append(done)
+        return out
+
+    assert shown(0.7, 0.3) == [3, 6]  # 0.9 s apart; after step 9 only 0.3 s are left
+    assert shown(0.7, 0.05) == []  # a half-second run: the final picture comes as soon as a preview would
+    assert shown(0.0, 0.05) == list(range(1, 10))  # unpaced: every step but the last
+
+
+def test_generate_previews_commits_and_cancels(server, monkeypatch):
     _, ctx = server
+    monkeypatch.setattr(ctx, "limits", replace(ctx.limits, preview_every=0.0))
     s = ctx.store.create(canvas=(512, 512))
     events = list(generate(ctx, s, seed=3, steps=4))
     assert [type(e) for e in events] == [Progress] * 4 + [Finished]
