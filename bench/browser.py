@@ -138,7 +138,10 @@ def key(page, k: str) -> None:
 
 
 def home(page) -> None:
-    """Key 0: the fit view, once its zoom animation is over."""
+    """Key 0 (once the viewer has taken in its element's size, after a resize): the fit view, once
+    its zoom animation is over."""
+    page.wait_for_function("""() => { const el = infd.viewer.container, s = infd.viewer.viewport.getContainerSize();
+        return Math.abs(s.x - el.clientWidth) < 1 && Math.abs(s.y - el.clientHeight) < 1; }""", timeout=60_000)
     key(page, "0")
     page.wait_for_function("""() => { const vp = infd.viewer.viewport;
         return Math.abs(vp.getZoom(true) / vp.getHomeZoom() - 1) < 1e-3; }""", timeout=60_000, polling=5)
