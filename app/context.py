@@ -80,27 +80,25 @@ class AppContext:
         when the viewer asks for it; returns how many tiles were queued.
 
         The renders go through the tile pool like the viewer's own requests (which then join
-        them), into the cache, coarse levels first (what the viewer draws first); they take at
-        most half of the pool's queue, so one session's new picture never crowds out other
-        users' tiles.
+        them), into the cache; they take at most half of the pool's queue, so one session's new
+        picture never crowds out other users' tiles.
         """
         self.store.field(session, view, self.pipe)
-        room = self.limits.tile_queue // 2 - self.workers.pending
-        todo = []
-        for level, x, y in reversed(session.showing):  # coarse levels first
+        queued = 0
+        for level, x, y in session.showing:
+            key = self.tile_key(session, view, level, x, y)
             try:
                 view.pyramid.tile_range(level, x, y)
             except ValueError:  # the canvas changed since
                 continue
-            if len(todo) < room and self.cache.get(self.tile_key(session, view, level, x, y)) is None:
-                todo.append((level, x, y))
-        queued = 0
-        for level, x, y in reversed(todo):  # the pool runs the newest first: the coarsest goes in last
-            key = self.tile_key(session, view, level, x, y)
+            if self.cache.get(key) is not None:
+                continue
+            if self.workers.pending >= self.limits.tile_queue // 2:
+                break
             try:
                 job = self.workers.submit(key, lambda lv=level, tx=x, ty=y: self.tile_png(session, view, lv, tx, ty))
             except Overloaded:
-                continue
+                break
             job.add_done_callback(lambda f, k=key: None if f.cancelled() or f.exception() else self.cache.put(k, f.result()))
             queued += 1
         return queued

@@ -23,7 +23,7 @@ from skimage import data
 from safetensors.torch import save as save_tensors
 
 from app import sessionfile
-from app.context import AppContext, Limits
+from app.context import Limits
 from app.deepzoom import Pyramid, encode_png
 from app.generate import Cancelled, Finished, PreviewPacer, Progress, extend_picture, generate, open_photo
 from app.handlers import Handlers, apply_box_edit, number, report_markdown
@@ -116,14 +116,14 @@ def test_concurrent_tile_requests_each_get_their_own_tile(server):
 
 
 def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
-    """The viewer reports its view during a run; the finished picture's tiles there (and on the
-    coarser levels under them) are rendered as soon as it is committed, before the viewer asks:
-    exact parts of the new picture's render, served from the cache."""
+    """The viewer reports its view during a run; the finished picture's tiles there are rendered as
+    soon as it is committed, before the viewer asks: exact parts of the new picture's render,
+    served from the cache."""
     client, ctx = server
     s = new_session(ctx, seed=6)
     r = client.post(f"/view/{s.key}/{s.view.gen}", params=dict(level=10, x0=1, y0=1, x1=2, y1=1))
     assert r.status_code == 204
-    shown = [(10, 1, 1), (10, 2, 1), (9, 0, 0), (9, 1, 0), (8, 0, 0)]
+    shown = [(10, 1, 1), (10, 2, 1)]
     assert s.showing == shown
     view = list(generate(ctx, s, seed=7, steps=2))[-1].view
     ctx.workers.yield_to_tiles(max_wait=60)
@@ -136,26 +136,7 @@ def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
         assert np.array_equal(png(data), ctx.pipe.render(field, side, side, rng))
         assert client.get(tile_url(s, level, x, y, gen=view.gen)).content == data
     assert ctx.cache.get(ctx.tile_key(s, view, 10, 0, 0)) is None  # only what was shown
-
-
-def test_prerendered_tiles_render_coarse_levels_first(server):
-    """The viewer draws the coarsest level of a new picture first: a finished run's view renders
-    coarse to fine (the pool runs the newest request first, so the coarsest is queued last)."""
-    ctx = AppContext(server[1].pipe)
-    ctx.workers = TileWorkers(threads=1, starve_after=float("inf"))  # the order alone, however slow
-    s = new_session(ctx, seed=8)
-    s.show_tiles(s.view.pyramid.view_tiles(10, 0, 0, 1, 1))
-    order = []
-    render = ctx.tile_png
-    ctx.tile_png = lambda session, view, *tile: order.append(tile) or render(session, view, *tile)
-    gate = threading.Event()
-    ctx.workers.submit("hold the worker", lambda: gate.wait() and b"")
-    while ctx.workers.pending:
-        time.sleep(0.01)
-    assert ctx.prerender(s, s.view) == len(s.showing) == 6
-    gate.set()
-    ctx.workers.yield_to_tiles(max_wait=60)
-    assert order == list(reversed(s.showing)) and [level for level, _, _ in order] == [8, 9, 10, 10, 10, 10]
+    assert ctx.cache.get(ctx.tile_key(s, view, 9, 0, 0)) is None  # not the coarser levels either
 
 
 def test_view_reports_are_bounded_and_checked(server):
@@ -163,9 +144,7 @@ def test_view_reports_are_bounded_and_checked(server):
     s = new_session(ctx, seed=8, canvas=(8192, 8192))
     assert client.post(f"/view/{s.key}/{s.view.gen}",
                        params=dict(level=13, x0=-5, y0=0, x1=99, y1=99)).status_code == 204
-    top = [t for t in s.showing if t[0] == 13]
-    assert len(top) == 64 and all(0 <= x < 32 and 0 <= y < 32 for _, x, y in top)  # clipped, at most 64
-    assert min(level for level, _, _ in s.showing) == s.view.pyramid.min_level
+    assert len(s.showing) == 64 and all(lv == 13 and 0 <= x < 32 and 0 <= y < 32 for lv, x, y in s.showing)  # clipped
     for params, status in [(dict(level=14, x0=0, y0=0, x1=0, y1=0), 404), (dict(level=2, x0=0, y0=0, x1=0, y1=0), 404),
                            (dict(level="a", x0=0, y0=0, x1=0, y1=0), 422)]:
         assert client.post(f"/view/{s.key}/{s.view.gen}", params=params).status_code == status
