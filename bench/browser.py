@@ -13,9 +13,7 @@ Measured from the page's own clock (``performance.now()``, sampled every 5 ms in
 * **full 2048² view**: a large window (2900×2300; the viewer gets 1356×2130 of it, the Gradio
   column beside it the rest), fit view; a new picture at 4096², then the canvas set to 2048² (a
   new, cold view of it): from choosing 2048² to the view sharp. The fit view shows the canvas at
-  0.66 scale, drawn from level 11: its 64 tiles and the 21 of the coarser levels that
-  OpenSeadragon loads on the way. (Before, the window grew after the fit view was set, and the
-  viewer keeps the image's size on screen: the view measured was the small window's, 21 tiles.)
+  0.66 scale, drawn from the 64 tiles of level 11 (a new version loads only its view's level).
 
 ``python bench/browser.py [--reps 3] [--steps 10] [--baseline DIR --rounds 2]``: with
 ``--baseline`` (another checkout, e.g. ``git archive fab5283 | tar -x -C /tmp/base``) both are
