@@ -29,6 +29,7 @@ class Limits:
     tile_queue: int = 64  # tile renders waiting; beyond this a request gets 503 at once
     tile_wait: float = 4.0  # seconds a tile request waits for its render before 503
     tile_retry_after: int = 1  # seconds, the Retry-After of a 503 (the viewer retries then)
+    preview_every: float = 0.7  # seconds between the previews of a run (generate.PreviewPacer)
     max_sessions: int = 64  # in memory; beyond this the least recently seen are spilled to disk
     max_spilled: int = 4096  # on disk; beyond this the least recently seen are deleted (logged)
     session_ttl: float = 2 * 3600
@@ -84,7 +85,7 @@ class AppContext:
         """
         self.store.field(session, view, self.pipe)
         queued = 0
-        for level, x, y in reversed(session.showing):  # coarse levels first: the pool runs the newest first
+        for level, x, y in session.showing:
             key = self.tile_key(session, view, level, x, y)
             try:
                 view.pyramid.tile_range(level, x, y)

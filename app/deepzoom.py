@@ -77,21 +77,16 @@ class Pyramid:
 
     def view_tiles(self, level: int, x0: int, y0: int, x1: int, y1: int, max_tiles: int = 64) -> list[tuple[int, int, int]]:
         """The tiles a viewer needs for a view of tiles ``x0..x1``, ``y0..y1`` (inclusive, clipped to
-        the level) of ``level``: those, and the tiles of every coarser level down to
-        :attr:`min_level` over the same region (what OpenSeadragon loads), finest first; at most
-        ``max_tiles`` of ``level`` (the region is cut to its top-left corner beyond). ValueError
-        for a level outside the pyramid."""
+        the level) of ``level``, at most ``max_tiles`` (the region is cut to its top-left corner
+        beyond): a new version of the picture loads only these behind the one on screen (no
+        coarser levels: see viewer.js). ValueError for a level outside the pyramid."""
         if not self.min_level <= level <= self.max_level:
             raise ValueError(f"level {level} is outside {self.min_level}..{self.max_level}")
         cols, rows = self.tile_count(level)
         x0, y0 = max(0, x0), max(0, y0)
         x1, y1 = min(cols - 1, x1, x0 + max_tiles - 1), min(rows - 1, y1)
         y1 = min(y1, y0 + max(1, max_tiles // max(1, x1 - x0 + 1)) - 1)
-        out = []
-        for lv in range(level, self.min_level - 1, -1):
-            k = level - lv
-            out += [(lv, x, y) for y in range(y0 >> k, (y1 >> k) + 1) for x in range(x0 >> k, (x1 >> k) + 1)]
-        return out
+        return [(level, x, y) for y in range(y0, y1 + 1) for x in range(x0, x1 + 1)]
 
     def dzi_xml(self) -> str:
         """The ``.dzi`` descriptor of this pyramid (PNG tiles)."""

@@ -2,12 +2,14 @@
 cancellation, and opening a photo (encoded, optionally refined) as the session's picture.
 
 :func:`generate` and :func:`open_photo` run on the session's :class:`~app.runner.Runner` and
-yield :class:`Progress` events (with a preview view every few steps: the predicted clean latent
-x̂0, shown on the canvas through the normal tile route) and finally :class:`Finished`. Between
-steps the sampler lets queued tile requests go first (:meth:`~app.tiles.TileWorkers.yield_to_tiles`).
+yield :class:`Progress` events (with a preview view now and then: the predicted clean latent
+x̂0, shown on the canvas through the normal tile route; see :class:`PreviewPacer`) and finally
+:class:`Finished`. Between steps the sampler lets queued tile requests go first
+(:meth:`~app.tiles.TileWorkers.yield_to_tiles`).
 """
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -27,7 +29,28 @@ from .gpu import on_gpu
 from .runner import Busy
 from .sessions import Picture, Session, State, View
 
-PREVIEWS = 8  # previews per run
+
+class PreviewPacer:
+    """When a run shows a preview: at most one every ``every`` seconds, and none once the steps
+    left are expected (from the mean step so far) to take less than that.
+
+    A preview costs a field decode and its tiles, which compete with the steps and, at the end,
+    with the final picture's tiles: a fast run shows few or none, and the last steps show none,
+    so the final view's tiles render on an idle CPU.
+    """
+
+    def __init__(self, every: float, clock: Callable[[], float] = time.monotonic):
+        self.every, self._clock = every, clock
+        self._start = self._last = clock()
+
+    def due(self, done: int, total: int) -> bool:
+        """Whether to show a preview after step ``done`` of ``total`` (counted from 1)."""
+        now = self._clock()
+        left = (now - self._start) / max(done, 1) * (total - done)
+        if done >= total or now - self._last < self.every or left < self.every:
+            return False
+        self._last = now
+        return True
 
 
 @dataclass
@@ -138,14 +161,16 @@ def open_photo(ctx: AppContext, session: Session, image: Image.Image, name: str 
 def _run(ctx: AppContext, session: Session,
          work: Callable[[ProgressFn, Callable[[], bool]], tuple[Picture, dict[str, Any] | None]],
          also: Callable[[State], State] | None = None) -> Iterator[Progress | Finished]:
-    """Run ``work(progress, should_stop)`` on the session's runner, report :class:`Progress` (a
-    preview every ``total // PREVIEWS`` steps) and :class:`Finished` once its picture is
+    """Run ``work(progress, should_stop)`` on the session's runner, report :class:`Progress` (with
+    previews paced by :class:`PreviewPacer`) and :class:`Finished` once its picture is
     committed as an undo step (with ``also`` applied to the state, e.g. boxes moved)."""
     def job(report: Callable[[Any], None], should_stop: Callable[[], bool]) -> Finished:
+        pacer = PreviewPacer(ctx.limits.preview_every)
+
         def progress(done: int, total: int, latent: Callable[[], Tensor] | None) -> None:
             ctx.workers.yield_to_tiles()
             preview = None
-            if latent is not None and done % max(1, total // PREVIEWS) == 0 and done < total:
+            if latent is not None and pacer.due(done, total):
                 preview = session.publish(Picture(latent()), preview=True)
             report(Progress(done, total, preview))
 
@@ -160,4 +185,4 @@ def _run(ctx: AppContext, session: Session,
     return session.runner.run(job, on_error=session.restore_view)
 
 
-__all__ = ["Busy", "Cancelled", "Finished", "Progress", "build_layout", "extend_picture", "generate", "open_photo"]
+__all__ = ["Busy", "Cancelled", "Finished", "PreviewPacer", "Progress", "build_layout", "extend_picture", "generate", "open_photo"]

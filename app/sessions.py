@@ -28,8 +28,8 @@ from .runner import Runner
 MAX_BOXES = MAX_REGIONS
 KEY = re.compile(r"^[A-Za-z0-9_-]{32}$")
 HISTORY = 100   # undo steps kept per session
-KEEP_VIEWS = 12  # recent views whose tiles stay servable: more than one run's previews (generate.PREVIEWS),
-#                 so the image on screen while a new one loads never disappears
+KEEP_VIEWS = 12  # recent views whose tiles stay servable: more previews than a run publishes while one
+#                 loads (Limits.preview_every apart), so the image on screen never disappears
 
 
 class SessionNotFound(KeyError):

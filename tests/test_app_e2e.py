@@ -120,6 +120,10 @@ def tiles_of(page, gen: int) -> dict[tuple[int, int, int], bytes]:
     return out
 
 
+def levels(page, gen: int) -> set[int]:
+    return {level for level, _, _ in tiles_of(page, gen)}
+
+
 def new_tiles(page, old: int) -> tuple[int, list[bool]]:
     """Once the newest image has settled: its generation, and for each tile position both it and
     generation ``old`` loaded, whether the two tiles differ."""
@@ -171,7 +175,7 @@ def test_canvas_end_to_end(live, browser_page):
     wait_status(page, "Done")
     assert settled(page), "Done before the image was on screen"
     first = shown_gen(page)
-    levels_fit = {level for level, _, _ in tiles_of(page, first)}
+    levels_fit = levels(page, first)
     assert page.inner_text(".infd-hint") == "Press Generate (or G) to create an image."
     shot(page, "02-generated")
 
@@ -185,7 +189,7 @@ def test_canvas_end_to_end(live, browser_page):
     page.keyboard.press("1")
     page.wait_for_timeout(1500)  # zoom animation
     wait_settled(page)
-    levels_zoomed = {level for level, _, _ in tiles_of(page, first)}
+    levels_zoomed = levels(page, first)
     assert max(levels_zoomed) == 11 > max(levels_fit), (levels_fit, levels_zoomed)
     shot(page, "03-zoomed-1to1")
     assert page.evaluate(f"document.activeElement !== infd.viewer.canvas && !({home})")
@@ -233,6 +237,11 @@ def test_canvas_end_to_end(live, browser_page):
     assert settled(page), "Done before the image was on screen"
     guided, differs = new_tiles(page, first)
     assert guided > first and differs and any(differs)
+    # loaded hidden behind the picture on screen: only its view's level, none of the levels between
+    # (the coarsest is the navigator's, once it is shown)
+    guided_levels = levels(page, guided)
+    assert max(levels_fit) in guided_levels, (levels_fit, guided_levels)
+    assert guided_levels <= {min(levels_fit), max(levels_fit)}, (levels_fit, guided_levels)
     assert session.state.picture.label.startswith("guided")
     assert page.locator("#infd-report").is_visible() and "Guidance" in page.inner_text("#infd-report")
     shot(page, "05-guided")

@@ -11,6 +11,7 @@ import threading
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import gradio as gr
 import numpy as np
@@ -24,7 +25,7 @@ from safetensors.torch import save as save_tensors
 from app import sessionfile
 from app.context import Limits
 from app.deepzoom import Pyramid, encode_png
-from app.generate import Cancelled, Finished, Progress, extend_picture, generate, open_photo
+from app.generate import Cancelled, Finished, PreviewPacer, Progress, extend_picture, generate, open_photo
 from app.handlers import Handlers, apply_box_edit, number, report_markdown
 from app.server import create_app
 from app.sessions import KEEP_VIEWS, Picture, Session, State
@@ -115,14 +116,14 @@ def test_concurrent_tile_requests_each_get_their_own_tile(server):
 
 
 def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
-    """The viewer reports its view during a run; the finished picture's tiles there (and on the
-    coarser levels under them) are rendered as soon as it is committed, before the viewer asks:
-    exact parts of the new picture's render, served from the cache."""
+    """The viewer reports its view during a run; the finished picture's tiles there are rendered as
+    soon as it is committed, before the viewer asks: exact parts of the new picture's render,
+    served from the cache."""
     client, ctx = server
     s = new_session(ctx, seed=6)
     r = client.post(f"/view/{s.key}/{s.view.gen}", params=dict(level=10, x0=1, y0=1, x1=2, y1=1))
     assert r.status_code == 204
-    shown = [(10, 1, 1), (10, 2, 1), (9, 0, 0), (9, 1, 0), (8, 0, 0)]
+    shown = [(10, 1, 1), (10, 2, 1)]
     assert s.showing == shown
     view = list(generate(ctx, s, seed=7, steps=2))[-1].view
     ctx.workers.yield_to_tiles(max_wait=60)
@@ -135,6 +136,7 @@ def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
         assert np.array_equal(png(data), ctx.pipe.render(field, side, side, rng))
         assert client.get(tile_url(s, level, x, y, gen=view.gen)).content == data
     assert ctx.cache.get(ctx.tile_key(s, view, 10, 0, 0)) is None  # only what was shown
+    assert ctx.cache.get(ctx.tile_key(s, view, 9, 0, 0)) is None  # not the coarser levels either
 
 
 def test_view_reports_are_bounded_and_checked(server):
@@ -142,9 +144,7 @@ def test_view_reports_are_bounded_and_checked(server):
     s = new_session(ctx, seed=8, canvas=(8192, 8192))
     assert client.post(f"/view/{s.key}/{s.view.gen}",
                        params=dict(level=13, x0=-5, y0=0, x1=99, y1=99)).status_code == 204
-    top = [t for t in s.showing if t[0] == 13]
-    assert len(top) == 64 and all(0 <= x < 32 and 0 <= y < 32 for _, x, y in top)  # clipped, at most 64
-    assert min(level for level, _, _ in s.showing) == s.view.pyramid.min_level
+    assert len(s.showing) == 64 and all(lv == 13 and 0 <= x < 32 and 0 <= y < 32 for lv, x, y in s.showing)  # clipped
     for params, status in [(dict(level=14, x0=0, y0=0, x1=0, y1=0), 404), (dict(level=2, x0=0, y0=0, x1=0, y1=0), 404),
                            (dict(level="a", x0=0, y0=0, x1=0, y1=0), 422)]:
         assert client.post(f"/view/{s.key}/{s.view.gen}", params=params).status_code == status
@@ -427,8 +427,26 @@ def cancel_after_first_event(s: Session, run) -> None:
     assert not s.runner.running
 
 
-def test_generate_previews_commits_and_cancels(server):
+def test_previews_are_paced_by_time_and_none_in_the_last_steps():
+    now = [0.0]
+
+    def shown(every: float, step_s: float, steps: int = 10) -> list[int]:
+        pacer = PreviewPacer(every, clock=lambda: now[0])
+        out = []
+        for done in range(1, steps + 1):
+            now[0] += step_s
+            if pacer.due(done, steps):
+                out.append(done)
+        return out
+
+    assert shown(0.7, 0.3) == [3, 6]  # 0.9 s apart; after step 9 only 0.3 s are left
+    assert shown(0.7, 0.05) == []  # a half-second run: the final picture comes as soon as a preview would
+    assert shown(0.0, 0.05) == list(range(1, 10))  # unpaced: every step but the last
+
+
+def test_generate_previews_commits_and_cancels(server, monkeypatch):
     _, ctx = server
+    monkeypatch.setattr(ctx, "limits", replace(ctx.limits, preview_every=0.0))
     s = ctx.store.create(canvas=(512, 512))
     events = list(generate(ctx, s, seed=3, steps=4))
     assert [type(e) for e in events] == [Progress] * 4 + [Finished]

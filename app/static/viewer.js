@@ -46,8 +46,13 @@
       visibilityRatio: 0.2,
       maxZoomPixelRatio: 4,
       imageLoaderLimit: 4,      // a few requests at a time: the server renders newest first
+      maxTilesPerFrame: 4,      // and all of them at once, not one per frame
       timeout: 120000,          // tiles may wait behind a busy CPU
       blendTime: 0.15,
+      // 2D canvas: GPU-composited where there is a GPU, and ~15 ms a frame where there is none;
+      // the default WebGL drawer under software GL (no GPU, e.g. a VM) took ~200 ms a frame and
+      // starts at most one tile download per frame.
+      drawer: 'canvas',
       gestureSettingsMouse: { clickToZoom: false, dblClickToZoom: true },
     });
 
@@ -82,19 +87,19 @@
     }
 
     // --- images: a new version fades in only once its visible tiles are loaded ----------------
-    // The level OpenSeadragon draws the view with (it loads up to 2 level pixels per screen
-    // pixel), and the tiles of that level the view covers.
+    // The level OpenSeadragon draws the view of ``img`` with (it loads up to 2 level pixels per
+    // screen pixel), and the tiles of that level the view covers. Every image spans the
+    // viewport's width 1, so this holds for an image of another size than the one on screen.
     function viewTiles(img) {
-      const item = viewer.world.getItemAt(viewer.world.getItemCount() - 1);
-      if (!item) return null;
-      const vp = viewer.viewport;
-      const scale = (vp.getZoom(true) / item.imageToViewportZoom(1)) * (window.devicePixelRatio || 1);
+      const vp = viewer.viewport, container = vp.getContainerSize();
+      if (!container.x) return null;
+      const scale = (vp.getZoom(true) * container.x / img.width) * (window.devicePixelRatio || 1);
       const level = clamp(Math.floor(img.max_level + Math.log2(2 * scale) + 1e-9), img.min_level, img.max_level);
       const k = 2 ** (img.max_level - level);  // image pixels per level pixel
-      const r = item.viewportToImageRectangle(vp.getBounds(true));
-      const t = (v, size) => Math.floor(clamp(v, 0, size - 1e-6) / k / img.tile);
-      return { level, x0: t(r.x, img.width), y0: t(r.y, img.height),
-               x1: t(r.x + r.width, img.width), y1: t(r.y + r.height, img.height) };
+      const b = vp.getBounds(true);
+      const t = (v, size) => Math.floor(clamp(v * img.width, 0, size - 1e-6) / k / img.tile);
+      return { level, x0: t(b.x, img.width), y0: t(b.y, img.height),
+               x1: t(b.x + b.width, img.width), y1: t(b.y + b.height, img.height) };
     }
 
     // During a run the server is told what the view shows, so the finished picture's tiles there
@@ -112,27 +117,59 @@
     }
     viewer.addHandler('animation-finish', reportView);
 
-    function tileSource(img, session) {
+    // A new version loads hidden behind the one on screen (see showImage): only the level its view
+    // is drawn from, none of the coarser levels OpenSeadragon otherwise loads on the way (nobody
+    // sees them); they become available when it is revealed (reveal restores minLevel).
+    function tileSource(img, session, hidden) {
       // a preview (of a run in progress) stops two levels short of the view's: a sixteenth of the tiles
-      const view = img.preview ? viewTiles(img) : null;
-      const maxLevel = view ? Math.max(img.min_level, view.level - 2) : img.max_level;
+      const view = viewTiles(img);
+      const drawn = !view ? img.max_level : img.preview ? Math.max(img.min_level, view.level - 2) : view.level;
+      const maxLevel = img.preview ? drawn : img.max_level;
+      const minLevel = hidden ? drawn : img.min_level;
+      const loads = new Set();  // this image's tile downloads in flight
+      let removed = false;
       return {
         width: img.width, height: img.height, tileSize: img.tile, tileOverlap: img.overlap,
-        minLevel: img.min_level, maxLevel,
+        minLevel, maxLevel,
         getTileUrl: (level, x, y) => `tiles/${session}/${img.gen}/${level}/${x}_${y}.png`,
-        downloadTileStart: downloadTile,
+        downloadTileStart: (job) => (removed ? job.fail('[infd] image removed', null) : downloadTile(job, loads)),
         downloadTileAbort: (job) => job.userData.abort && job.userData.abort(),
+        abortLoads: () => { removed = true; for (const job of [...loads]) job.abort(); },
       };
+    }
+
+    // An image taken off the canvas (a preview replaced, an old version) stops loading at once, so
+    // its tiles never hold the few request slots (imageLoaderLimit) ahead of the new image's, and
+    // the server drops their renders if they have not started.
+    viewer.world.addHandler('remove-item', (e) => e.item.source.abortLoads && e.item.source.abortLoads());
+    // The navigator's copy of a hidden new version would load the whole image at its view's level:
+    // the navigator loads only what it shows.
+    viewer.navigator.world.addHandler('add-item', (e) => e.item.setPreload(false));
+
+    // A revealed image gets its coarser levels back, for zooming out, in the viewer and in the
+    // navigator (whose copy shares the tile source); OpenSeadragon's lowest whole-image level
+    // (savedCutOffLevel, set from minLevel when an image is added) is set again from it.
+    function allLevels(item, img) {
+      item.source.minLevel = img.min_level;
+      const nav = viewer.navigator.world;
+      for (let i = 0; i < nav.getItemCount(); i++) {
+        const copy = nav.getItemAt(i);
+        if (copy._originalForNavigator === item) copy.savedCutOffLevel = copy.source.getClosestLevel();
+      }
+      item.savedCutOffLevel = item.source.getClosestLevel();
     }
 
     // Tiles are fetched here instead of by OpenSeadragon's default loader so that a busy server's
     // 503 is retried after its Retry-After (at most TILE_RETRIES times) instead of leaving a hole.
+    // ``loads`` holds the job until it is finished or failed (once: job.abort() fails it too).
     const TILE_RETRIES = 30;
-    function downloadTile(job) {
+    function downloadTile(job, loads) {
       const ctl = new AbortController();
       let timer = null;
       let tries = 0;
-      job.userData.abort = () => { ctl.abort(); clearTimeout(timer); };
+      loads.add(job);
+      job.userData.abort = () => { loads.delete(job); ctl.abort(); clearTimeout(timer); };
+      const settle = (how, ...args) => { if (loads.delete(job)) job[how](...args); };
       const attempt = () => {
         fetch(job.src, { signal: ctl.signal, credentials: 'same-origin' }).then((r) => {
           if (r.status === 503 && tries++ < TILE_RETRIES) {
@@ -140,10 +177,10 @@
             timer = setTimeout(attempt, wait * 1000);
             return null;
           }
-          if (!r.ok) return job.fail(`[infd] tile answered ${r.status}`, null);
-          return r.blob().then((blob) => (blob.size ? job.finish(blob, null, 'rasterBlob')
-            : job.fail('[infd] empty tile', null)));
-        }).catch((err) => { if (!ctl.signal.aborted) job.fail(`[infd] tile failed: ${err}`, null); });
+          if (!r.ok) return settle('fail', `[infd] tile answered ${r.status}`, null);
+          return r.blob().then((blob) => (blob.size ? settle('finish', blob, null, 'rasterBlob')
+            : settle('fail', '[infd] empty tile', null)));
+        }).catch((err) => settle('fail', `[infd] tile failed: ${err}`, null));
       };
       attempt();
     }
@@ -164,7 +201,7 @@
       }
       const first = viewer.world.getItemCount() === 0;
       viewer.addTiledImage({
-        tileSource: tileSource(img, v.session),
+        tileSource: tileSource(img, v.session, !first),
         opacity: first ? 1 : 0,
         preload: true,                        // load although hidden (opacity 0)
         success: (e) => {
@@ -173,6 +210,7 @@
           st.pending = item;
           const reveal = () => {
             if (st.pending !== item) return;
+            allLevels(item, img);
             item.setOpacity(1);
             for (let i = viewer.world.getItemCount() - 1; i >= 0; i--) {
               const other = viewer.world.getItemAt(i);
