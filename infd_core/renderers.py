@@ -238,6 +238,11 @@ class CLIF(_Base):
     def last_layer(self) -> Tensor:
         return self.net.conv_out.weight
 
+    @property
+    def first_layer(self) -> nn.Conv2d:
+        """The conv that reads the per-pixel input (phi features, then the relative values)."""
+        return self.net.model[0]
+
     def forward(self, phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
         return self._render(self.net, phi, coord, cell)
 
@@ -258,6 +263,11 @@ class LIIF(_Base):
     @property
     def last_layer(self) -> Tensor:
         return self.mlp[-1].weight
+
+    @property
+    def first_layer(self) -> nn.Conv2d:
+        """The 1x1 conv that reads the per-pixel input (phi features, then the relative values)."""
+        return self.mlp[0]
 
     def forward(self, phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
         return self._render(self.mlp, phi, coord, cell)

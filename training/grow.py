@@ -62,7 +62,7 @@ def _renderer_state(small: Autoencoder, big: Autoencoder) -> dict[str, Tensor]:
         return state
     if (old.features, new.features) != ("nearest", "bilinear"):
         raise ValueError(f"cannot grow a renderer from {old.features!r} to {new.features!r} features")
-    first = "net.model.0.weight" if old.kind == "clif" else "mlp.0.weight"
+    first = next(n for n, m in small.renderer.named_modules() if m is small.renderer.first_layer) + ".weight"
     w = state[first]  # inputs: phi (C), rel. coord (2), rel. cell (2)
     c = w.shape[1] - old.input_extra
     state[first] = torch.cat([w[:, :c], w[:, c + 2:]], dim=1)  # phi (C), rel. cell (2)
