@@ -255,7 +255,7 @@ v1's φ (`training/grow.py`), and its UNet.
 
 | stage | steps | batch | wall time | settings |
 |---|---|---|---|---|
-| decoder + renderer of `cpu2` grown from the milestone's (training.grow) on its frozen encoder (L1 + LPIPS-VGG + adaptive PatchGAN from step {dec_disc_start}; levels up to {dec_max_r}², {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}, bf16 autocast) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/ae_cpu2_decoder.json` |
+| decoder + renderer of `cpu2` grown from the milestone's (training.grow) on its frozen encoder (L1 + LPIPS-VGG{dec_gan}; levels up to {dec_max_r}², {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}, bf16 autocast) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/ae_cpu2_decoder.json` |
 | the milestone's UNet fine-tuned on the nature latents (v-prediction, EMA {ema}, lr {dm_lr:g}, bf16 autocast) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/dm_cpu2.json` |
 
 Wall times were measured with each run on one thread beside other work on the 2 cores.
@@ -341,7 +341,8 @@ def model_card_v2(out: Path, work: Path, report: dict, pfids: dict[str, dict]) -
         dec_ch=a.decoder.ch, dec_blocks=a.decoder.num_res_blocks + 1, phi=a.decoder.ch * a.decoder.ch_mult[0],
         width=a.renderer.width, blocks=a.renderer.blocks, radius=d["receptive_radius"],
         bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6,
-        dec_disc_start=dec_cfg.disc_start, dec_max_r=dec_cfg.max_r, dec_crops=dec_cfg.crops_per_image,
+        dec_gan=", no GAN" if dec_cfg.disc_start >= dec_cfg.steps else f" + adaptive PatchGAN from step {dec_cfg.disc_start}",
+        dec_max_r=dec_cfg.max_r, dec_crops=dec_cfg.crops_per_image,
         dec_lr=dec_cfg.lr, dec_lr_final=dec_cfg.lr_final, dec_steps=dec.get("stage1_steps"), dec_batch=dec_cfg.batch,
         dec_time=minutes(dec.get("stage1_seconds")), ema=dm_cfg.ema, dm_lr=dm_cfg.lr,
         dm_steps=dm.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=minutes(dm.get("stage2_seconds")),
