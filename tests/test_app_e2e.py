@@ -222,6 +222,7 @@ def test_canvas_end_to_end(live, browser_page):
     shot(page, "04-box-1280x800")
     page.set_viewport_size({"width": 1360, "height": 860})
 
+    tiles_of(page, first)  # their bytes now: a run's previews can push this version out of the served views
     # a long run can be cancelled: the previous picture comes back
     page.fill("#infd-steps input", "500")
     page.click("#infd-generate")

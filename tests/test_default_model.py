@@ -101,3 +101,16 @@ def test_v2_export_evaluation_and_card(tmp_path: Path) -> None:
     for label, r in pfids.items():
         assert f"| {label} | " + " | ".join(f"{v['samples']:.1f}" for v in r["pfid"]["by_features"][
             next(iter(r["pfid"]["by_features"]))].values()) + " |" in card
+
+
+def test_v2_manifest_credits_the_milestones_photos_once(tmp_path: Path) -> None:
+    v1 = tmp_path / "v1.md"
+    v1.write_text("# Offline photo set\n\n- train: 30 files\n| a.jpg | GPL-2+ |\n")
+    nature = tmp_path / "nature.md"
+    nature.write_text("# Offline photo set\n\n- train: 123 files\n| b.jpg | CC0 |\n")
+    v2 = default_model.manifest_v2(nature, v1)
+    assert v2.startswith(nature.read_text().rstrip()) and v2.endswith(v1.read_text())
+    # a v2 milestone (its manifest already begins with this set's) is passed on as it is, not nested
+    (tmp_path / "v2.md").write_text(v2)
+    assert default_model.manifest_v2(nature, tmp_path / "v2.md") == v2
+    assert default_model.manifest_v2(nature, tmp_path / "missing.md") == nature.read_text()

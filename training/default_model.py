@@ -277,7 +277,8 @@ Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --co
 ![zoom](zoom.jpg)
 
 ## Licence of the training data
-See `MANIFEST.md` beside this card (licence and credit of every photo, as each package states them).
+See `MANIFEST.md` beside this card (licence and credit of every photo, as each package states them:
+this campaign's photos, then those of the milestone it continues).
 """
 
 
@@ -348,7 +349,17 @@ def model_card_v2(out: Path, work: Path, report: dict, pfids: dict[str, dict]) -
         dm_steps=dm.get("stage2_steps"), dm_batch=dm_cfg.batch, dm_time=minutes(dm.get("stage2_seconds")),
         n_holdout=len(report["images"]), evaluation=evaluate.markdown(report), pfid=pfid_table(pfids))
     (out / "README.md").write_text(text)
-    shutil.copyfile(work / "photos-nature" / "MANIFEST.md", out / "MANIFEST.md")
+    (out / "MANIFEST.md").write_text(manifest_v2(work / "photos-nature" / "MANIFEST.md", work / "milestone" / "MANIFEST.md"))
+
+
+def manifest_v2(photos: Path, milestone: Path) -> str:
+    """The photo credits of a v2 model: its own photo set's, then the milestone's (its encoder and
+    UNet were trained on those), unless the milestone's already begin with this set's."""
+    own = photos.read_text()
+    before = milestone.read_text() if milestone.exists() else ""
+    if not before or before.startswith(own):
+        return before or own
+    return own.rstrip() + "\n\n# The milestone's photos (its encoder and UNet, which this model continues, saw these)\n\n" + before
 
 
 def main_v2(args: argparse.Namespace) -> None:
