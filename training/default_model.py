@@ -385,11 +385,12 @@ def main_v2(args: argparse.Namespace) -> None:
                             "--grid-sizes", "2048", "4096", "--no-pfid", "--strips", str(strips),
                             "--out", str(args.work / "evaluation-v2.json")])
     pfids = {}
-    for label, model in (("v2 (this model)", args.out), ("v1 (the milestone)", milestone)):
+    for name, label, model in (("v2", "v2 (this model)", args.out), ("v1", "v1 (the milestone)", milestone)):
         pfids[label] = evaluate.main(["--model", str(model), "--data", str(photos / "holdout"), "--fid-data", *train,
                                       "--samples", str(args.samples), "--crops", str(args.crops), "--scales", "256",
                                       "--patch-sizes", "256", "1024", "--grid-sizes", "--no-esrgan",
-                                      "--steps", str(args.sample_steps)])
+                                      "--steps", str(args.sample_steps),
+                                      "--out", str(args.work / f"pfid-{name}.json")])  # kept: the card can be rewritten
     pipe = Pipeline.load(args.out)
     pictures(pipe, args.out, seeds=range(16), steps=args.sample_steps)
     strip = sorted(strips.glob("*.png"))[0]
