@@ -104,6 +104,14 @@ def renderer_inputs(phi: Tensor, coord: Tensor, cell: Tensor, ties: str = "floor
     return torch.cat([feat, rel.permute(0, 3, 1, 2).to(feat.dtype)], dim=1)
 
 
+def without_relative_coord(weight: Tensor) -> Tensor:
+    """A first-layer weight reading :func:`renderer_inputs` (``[out, C + 4, ...]``) made to read
+    :func:`interpolated_inputs` (``[out, C + 2, ...]``): the rel. coord columns dropped, the phi
+    and rel. cell columns kept (``training.grow``: a "nearest" renderer into a "bilinear" one)."""
+    c = weight.shape[1] - 4
+    return torch.cat([weight[:, :c], weight[:, c + 2:]], dim=1)
+
+
 def interpolated_inputs(phi: Tensor, coord: Tensor, cell: Tensor) -> Tensor:
     """The per-pixel renderer input of ``features="bilinear"``: ``[B, C + 2, H, W]``, phi
     interpolated bilinearly at the query centres (border-clamped) and the relative cell.

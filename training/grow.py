@@ -31,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from infd_core.autoencoder import Autoencoder, ResnetBlock
+from infd_core.renderers import without_relative_coord
 
 
 def _paste(dst: Tensor, src: Tensor, name: str) -> None:
@@ -63,9 +64,7 @@ def _renderer_state(small: Autoencoder, big: Autoencoder) -> dict[str, Tensor]:
     if (old.features, new.features) != ("nearest", "bilinear"):
         raise ValueError(f"cannot grow a renderer from {old.features!r} to {new.features!r} features")
     first = next(n for n, m in small.renderer.named_modules() if m is small.renderer.first_layer) + ".weight"
-    w = state[first]  # inputs: phi (C), rel. coord (2), rel. cell (2)
-    c = w.shape[1] - old.input_extra
-    state[first] = torch.cat([w[:, :c], w[:, c + 2:]], dim=1)  # phi (C), rel. cell (2)
+    state[first] = without_relative_coord(state[first])
     return state
 
 
