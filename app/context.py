@@ -52,7 +52,8 @@ class AppContext:
     def __post_init__(self) -> None:
         lim = self.limits
         self.store = SessionStore(lim.max_sessions, lim.session_ttl, lim.session_bytes,
-                                  max_spilled=lim.max_spilled, per_minute=lim.sessions_per_minute)
+                                  max_spilled=lim.max_spilled, per_minute=lim.sessions_per_minute,
+                                  max_canvas_side=lim.max_canvas_side)
         self.cache = ByteLRU(lim.tile_cache_bytes)
         self.workers = TileWorkers(lim.tile_threads, max_queue=lim.tile_queue)
         self.exports = ExportSlots(lim.concurrent_exports)

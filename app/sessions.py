@@ -133,7 +133,7 @@ class Session:
     client_rev: int = 0  # last box edit received from the browser, echoed back (see viewer.js)
     shown_status: tuple[int, str] | None = None  # (gen, status): said once the viewer shows view gen
     last_seen: float = field(default_factory=time.monotonic)
-    max_side: int = 65536  # the longest side a picture's aspect may grow the canvas to (Limits.max_canvas_side)
+    max_side: int = 65536  # the longest side a picture's aspect may grow the canvas to (set by the store: Limits.max_canvas_side)
     showing: list[tuple[int, int, int]] = field(default_factory=list)  # (level, x, y): the viewer's view, see show_tiles
     lock: threading.RLock = field(default_factory=threading.RLock)
     runner: Runner = field(default_factory=Runner)

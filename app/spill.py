@@ -124,7 +124,7 @@ def encode(session: _s.Session) -> bytes:
     return buf.getvalue()
 
 
-def decode(key: str, data: bytes, last_seen: float) -> _s.Session:
+def decode(key: str, data: bytes, last_seen: float, max_side: int) -> _s.Session:
     """The session that :func:`encode` wrote, under ``key``; it has no decoded fields yet."""
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         meta = json.loads(zf.read("session.json"))
@@ -145,7 +145,8 @@ def decode(key: str, data: bytes, last_seen: float) -> _s.Session:
                             st["global_prompt"])
                    for st in meta["history"]]
     session = _s.Session(key, canvas=tuple(meta["canvas"]), history=history, index=meta["index"], gen=meta["gen"],
-                         selected=meta["selected"], client_rev=meta["client_rev"], last_seen=last_seen)
+                         selected=meta["selected"], client_rev=meta["client_rev"], last_seen=last_seen,
+                         max_side=max_side)
     v = meta["view"]
     if v is not None:
         session.views[v["gen"]] = _s.View(v["gen"], session.state.picture, Pyramid(v["width"], v["height"]))

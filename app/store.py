@@ -48,8 +48,10 @@ class SessionStore:
     """
 
     def __init__(self, max_sessions: int = 64, ttl: float = 2 * 3600, max_bytes: int = 1 << 30,
-                 clock: Callable[[], float] = time.monotonic, *, max_spilled: int = 4096, per_minute: int = 30):
+                 clock: Callable[[], float] = time.monotonic, *, max_spilled: int = 4096, per_minute: int = 30,
+                 max_canvas_side: int = 65536):
         self.max_sessions, self.ttl, self.max_bytes = max_sessions, ttl, max_bytes
+        self.max_canvas_side = max_canvas_side  # every session's Session.max_side
         self.max_spilled, self.per_minute = max_spilled, per_minute
         self._clock = clock
         self._sessions: dict[str, Session] = {}
@@ -62,7 +64,7 @@ class SessionStore:
         """A new session; TooManySessions if ``client`` (an address) has created too many this minute."""
         if client is not None:
             self._admit(client)
-        session = Session(secrets.token_urlsafe(24), canvas=canvas, last_seen=self._clock())
+        session = Session(secrets.token_urlsafe(24), canvas=canvas, last_seen=self._clock(), max_side=self.max_canvas_side)
         with self._lock:
             self._sessions[session.key] = session
         self.enforce(keep=session.key)
@@ -195,7 +197,7 @@ class SessionStore:
         if data is None:
             return None
         try:
-            session = spill.decode(key, data, self._clock())
+            session = spill.decode(key, data, self._clock(), self.max_canvas_side)
         except Exception:  # never expected (the file is ours, mode 0600)
             log.exception("could not restore spilled session %s…", key[:6])
             return None

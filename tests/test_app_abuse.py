@@ -260,7 +260,7 @@ def test_a_flood_of_new_sessions_neither_evicts_nor_loses_an_earlier_user():
 
 def test_spilled_sessions_expire_and_the_disk_is_bounded():
     now = [0.0]
-    store = SessionStore(max_sessions=1, ttl=100, clock=lambda: now[0], max_spilled=3)
+    store = SessionStore(max_sessions=1, ttl=100, clock=lambda: now[0], max_spilled=3, max_canvas_side=8192)
     keys = []
     for _ in range(6):
         now[0] += 1
@@ -268,7 +268,9 @@ def test_spilled_sessions_expire_and_the_disk_is_bounded():
     assert len(store) == 1 and store.spilled == 3  # the two oldest on disk were deleted (logged)
     with pytest.raises(SessionNotFound):
         store.get(keys[0])
-    assert store.get(keys[2]).key == keys[2]
+    restored = store.get(keys[2])
+    assert restored.key == keys[2]
+    assert restored.max_side == store.get(keys[5]).max_side == 8192  # the server's canvas limit, restored or not
     now[0] += 200
     store.enforce()
     assert store.spilled == 0
