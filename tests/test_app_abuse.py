@@ -4,7 +4,9 @@
 * a session file whose zip header lies about its size is refused with bounded memory;
 * a flood of new sessions from one address neither evicts nor loses an earlier user's session;
 * tile requests: a full queue answers 503 + Retry-After at once, an abandoned request is dropped,
-  and a bounded load test (``slow``) sees no request slower than 5 s.
+  and a bounded load test (``slow``) sees no request slower than 5 s;
+* the viewer (``slow``, Chromium): retries a 503 after Retry-After, and cancels a tile request
+  OpenSeadragon has timed out, counting the job once.
 """
 from __future__ import annotations
 
@@ -486,3 +488,53 @@ def test_the_viewer_retries_tiles_after_503_retry_after(live):
         }""", timeout=180_000)
         browser.close()
     assert refused and loaded and loaded <= refused
+
+
+SLOW_FIRST_TILES = """() => {
+  // the first request of every tile fails after 1.5 s unless the viewer cancels it first
+  const real = window.fetch, seen = new Set();
+  window.__slow = {cancelled: 0, failed: 0};
+  window.fetch = (url, opts) => {
+    if (!String(url).includes('tiles/') || seen.has(url)) return real(url, opts);
+    seen.add(url);
+    return new Promise((resolve, reject) => {
+      const late = setTimeout(() => { window.__slow.failed++; reject(new TypeError('network')); }, 1500);
+      opts.signal.addEventListener('abort', () => {
+        clearTimeout(late); window.__slow.cancelled++; reject(new DOMException('cancelled', 'AbortError'));
+      });
+    });
+  };
+}"""
+
+
+@pytest.mark.slow
+def test_a_tile_past_the_viewers_timeout_is_cancelled_and_counted_once(live):
+    """OpenSeadragon fails a tile job itself after its timeout; the viewer then cancels the request,
+    and the request's own late failure does not end the job a second time (which would count it
+    twice in the image loader: jobsInProgress below 0, more requests at once than it allows)."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    chromium = Path("/usr/bin/chromium")
+    if not chromium.exists():
+        pytest.skip("Debian chromium is not installed")
+    base, _, _ = live
+    with playwright.sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(chromium), headless=True,
+                                     args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1360, "height": 860})
+        page.add_init_script(f"({SLOW_FIRST_TILES})()")
+        page.goto(base)
+        page.wait_for_function("window.infd && infd.state.value && infd.state.value.session", timeout=60_000)
+        page.evaluate("""() => {
+            const loader = infd.viewer.imageLoader;
+            loader.timeout = 300;  // new jobs time out long before the slow requests fail
+            window.__minJobs = 0;
+            setInterval(() => { window.__minJobs = Math.min(window.__minJobs, loader.jobsInProgress); }, 2);
+        }""")
+        page.locator("#infd-steps input").fill("2")
+        page.locator("#infd-generate").click()
+        page.wait_for_function("window.__slow.cancelled + window.__slow.failed >= 4", timeout=180_000)
+        page.wait_for_timeout(2000)  # past the slow requests' own failure
+        slow, min_jobs = page.evaluate("window.__slow"), page.evaluate("window.__minJobs")
+        browser.close()
+    assert slow["failed"] == 0, slow  # every timed-out request was cancelled before it failed by itself
+    assert min_jobs == 0

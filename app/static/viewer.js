@@ -168,8 +168,14 @@
       let timer = null;
       let tries = 0;
       loads.add(job);
-      job.userData.abort = () => { loads.delete(job); ctl.abort(); clearTimeout(timer); };
-      const settle = (how, ...args) => { if (loads.delete(job)) job[how](...args); };
+      const stop = () => { loads.delete(job); ctl.abort(); clearTimeout(timer); };
+      job.userData.abort = stop;
+      // OpenSeadragon ends a job by itself too (its `timeout`): then the request is cancelled, and
+      // its late answer must not call the job's callback a second time (that would count a
+      // finished download twice in the image loader and let more requests run than it allows)
+      const callback = job.callback;
+      job.callback = (j) => { if (loads.has(job)) stop(); job.callback = () => {}; callback(j); };
+      const settle = (how, ...args) => { if (loads.has(job)) job[how](...args); };
       const attempt = () => {
         fetch(job.src, { signal: ctl.signal, credentials: 'same-origin' }).then((r) => {
           if (r.status === 503 && tries++ < TILE_RETRIES) {
