@@ -237,6 +237,10 @@ class AutoencoderConfig:
     # output, and phi adds the bilinearly upsampled latent: colours are right from step 0, the
     # latent is image-like, and a small model trains in CPU-minutes. Off for the paper's model.
     thumbnail_skip: bool = False
+    # phi's channels, projected by a 1x1 conv from the decoder's top level (None: phi is the top
+    # level itself, as in LDM). Every phi channel costs every rendered pixel, the top level's width
+    # only the decoder (once per image): this lets the one grow without the other.
+    phi_channels: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("encoder", "decoder"):
@@ -250,6 +254,8 @@ class AutoencoderConfig:
             self.renderer = RendererConfig(**self.renderer)
         if self.regularizer not in ("vq", "kl"):
             raise ValueError(f"regularizer must be 'vq' or 'kl', got {self.regularizer!r}")
+        if self.phi_channels is not None and self.phi_channels < 3:
+            raise ValueError(f"phi_channels must be at least 3 (the renderer's base reads phi[:3]), got {self.phi_channels}")
         if self.thumbnail_skip and self.z_channels != 3:
             raise ValueError(f"thumbnail_skip needs z_channels == 3 (an RGB thumbnail), got {self.z_channels}")
 
@@ -273,10 +279,12 @@ class Autoencoder(nn.Module):
                 self.encoder[1].bias[zc:].fill_(-8.0)
         self.quantizer = VectorQuantizer(cfg.n_embed, zc, cfg.beta) if cfg.regularizer == "vq" else DiagonalGaussian()
         decoder = Decoder(cfg.decoder, zc, resolution=cfg.input_size)
-        self.decoder = nn.Sequential(nn.Conv2d(zc, zc, 1), decoder)
-        self.renderer = build_renderer(cfg.renderer, decoder.out_channels)
+        self.phi_channels = cfg.phi_channels or decoder.out_channels
+        project = [nn.Conv2d(decoder.out_channels, cfg.phi_channels, 1)] if cfg.phi_channels else []
+        self.decoder = nn.Sequential(nn.Conv2d(zc, zc, 1), decoder, *project)
+        self.renderer = build_renderer(cfg.renderer, self.phi_channels)
         if cfg.thumbnail_skip:  # see AutoencoderConfig.thumbnail_skip
-            self.skip = nn.Conv2d(zc, decoder.out_channels, 1)
+            self.skip = nn.Conv2d(zc, self.phi_channels, 1)
             with torch.no_grad():
                 self.encoder[1].weight[:zc].zero_()
                 self.encoder[1].bias[:zc].zero_()

@@ -44,8 +44,9 @@ def latent(seed: int = 0) -> torch.Tensor:
 
 # --- round trip ------------------------------------------------------------------------------
 
-def test_save_load_round_trip_gives_identical_phi_pixels_and_samples(tmp_path):
-    pipe = Pipeline.from_config(configs.cpu(), seed=3)
+@pytest.mark.parametrize("preset", ["cpu", "cpu3"])  # cpu3: a projection to phi after the decoder
+def test_save_load_round_trip_gives_identical_phi_pixels_and_samples(tmp_path, preset):
+    pipe = Pipeline.from_config(configs.preset(preset), seed=3)
     pipe.save(tmp_path / "m")
     assert {p.name for p in (tmp_path / "m").iterdir()} >= {"config.json", "autoencoder.safetensors", "unet.safetensors"}
     loaded = Pipeline.load(tmp_path / "m")
@@ -275,10 +276,12 @@ def test_thumbnail_skip_starts_as_thumbnail_in_and_upsampled_latent_out() -> Non
 
 
 def test_configs_written_before_a_field_existed_load_as_before(model_copy) -> None:
-    """Older model folders (and the authors' paper preset): no skip, no renderer base, ε-prediction, no clamp."""
+    """Older model folders (and the authors' paper preset): no skip, no renderer base, φ = the decoder's top level,
+    ε-prediction, no clamp."""
     data = json.loads((model_copy / "config.json").read_text())
     del data["autoencoder"]["thumbnail_skip"]
     del data["autoencoder"]["renderer"]["base"]
+    del data["autoencoder"]["phi_channels"]
     data["diffusion"] = dataclasses.asdict(configs.cpu().diffusion)
     del data["diffusion"]["prediction"]
     del data["diffusion"]["latent_range"]
@@ -287,6 +290,9 @@ def test_configs_written_before_a_field_existed_load_as_before(model_copy) -> No
     assert cfg.autoencoder.renderer.base == "none"
     assert cfg.diffusion.prediction == "epsilon" == configs.paper().diffusion.prediction
     assert cfg.diffusion.latent_range is None
+    assert cfg.autoencoder.phi_channels is None  # phi is the decoder's top level
+    with pytest.raises(ValueError, match="phi_channels must be at least 3"):
+        configs.ModelConfig.from_json({**data, "autoencoder": {**data["autoencoder"], "phi_channels": 2}})
     with pytest.raises(ValueError, match="thumbnail_skip needs z_channels == 3"):
         configs.ModelConfig.from_json({**data, "autoencoder": {**data["autoencoder"], "thumbnail_skip": True,
                                                                  "z_channels": 4}})

@@ -42,6 +42,23 @@ def test_grown_v1_computes_the_same_phi_and_pixels_at_phi_resolution():
             assert a.equal(b), k
 
 
+def test_a_wider_top_level_starts_with_a_projection_that_passes_phi_on():
+    """cpu2 -> cpu3: the 256² level grows from 16 to 32 channels and a new 1x1 conv maps it to the
+    same 16 phi channels; the grown model renders what the small one did, and the new channels
+    get gradients through the projection."""
+    small = trained_like(configs.cpu2().autoencoder)
+    big = Autoencoder(configs.cpu3().autoencoder).eval()
+    info = grow_autoencoder(small, big)
+    assert small.phi_channels == big.phi_channels == 16 and info["new_blocks"] == ["decoder.2"]
+    z = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(big.features(z), small.features(z), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(render(big, z, 1024), render(small, z, 1024), rtol=1e-5, atol=1e-5)
+    render(big.train(), z, 64).square().mean().backward()
+    assert big.decoder[2].weight.grad[:, 16:].abs().sum() > 0  # the new channels are connected by the first update
+    with pytest.raises(ValueError, match="phi channels"):
+        grow_autoencoder(small, Autoencoder(dataclasses.replace(configs.cpu3().autoencoder, phi_channels=24)))
+
+
 def test_new_capacity_receives_gradients():
     small = trained_like(configs.cpu().autoencoder)
     big = Autoencoder(configs.cpu2().autoencoder)

@@ -12,7 +12,9 @@ starts silent (the Net2Net idea, with zeros instead of copies):
   get non-zero gradients at once: the first update connects them;
 * a ResNet block only the larger model has starts as the identity (its ``conv2`` is zero);
 * GroupNorm must keep its channels per group, so appended channels form groups of their own
-  and the old groups' statistics are unchanged.
+  and the old groups' statistics are unchanged;
+* a top level that grows wider than phi gets a 1x1 projection to phi
+  (``AutoencoderConfig.phi_channels``) that starts by passing the old channels through.
 
 Hence ``big.features(z) == small.features(z)`` (same phi channels) up to float rounding.
 
@@ -77,8 +79,8 @@ def grow_autoencoder(small: Autoencoder, big: Autoencoder) -> dict[str, Any]:
     """
     if small.cfg.encoder != big.cfg.encoder or small.cfg.z_channels != big.cfg.z_channels:
         raise ValueError("growing keeps the encoder: both models need the same encoder and latent channels")
-    if small.decoder[1].out_channels != big.decoder[1].out_channels:
-        raise ValueError(f"phi channels must stay {small.decoder[1].out_channels}, got {big.decoder[1].out_channels}")
+    if small.phi_channels != big.phi_channels:
+        raise ValueError(f"phi channels must stay {small.phi_channels}, got {big.phi_channels}")
     _check_groups(small, big)
     big_params = dict(big.named_parameters())
     new_names = []
@@ -93,6 +95,12 @@ def grow_autoencoder(small: Autoencoder, big: Autoencoder) -> dict[str, Any]:
     for name, src in _renderer_state(small, big).items():
         _paste(big_params[f"renderer.{name}"].data, src, f"renderer.{name}")
     small_names = set(dict(small.named_parameters()))
+    if len(big.decoder) > len(small.decoder):  # a new projection to phi: it passes the old top level's channels on
+        project = big.decoder[-1]
+        project.weight.zero_()
+        project.bias.zero_()
+        project.weight[:, :small.phi_channels, 0, 0] = torch.eye(small.phi_channels)
+        new_names.append(f"decoder.{len(big.decoder) - 1}")
     for name, module in big.decoder.named_modules():
         if isinstance(module, ResnetBlock) and f"decoder.{name}.conv1.weight" not in small_names:
             if module.nin_shortcut is not None:
