@@ -12,6 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from infd_core import configs
+from infd_core.checkpoint import read_config
 from infd_core.pipeline import Pipeline
 from training import default_model, evaluate, photoset
 
@@ -77,9 +78,9 @@ def test_v2_export_evaluation_and_card(tmp_path: Path) -> None:
     stranger.cfg.diffusion = None
     stranger.save(tmp_path / "stranger")
     with pytest.raises(ValueError, match="different encoders"):
-        default_model.export_v2(tmp_path / "stranger", tmp_path / "dm", out)
+        default_model.export_stages(tmp_path / "stranger", tmp_path / "dm", out)
 
-    default_model.export_v2(tmp_path / "decoder", tmp_path / "dm", out)
+    default_model.export_stages(tmp_path / "decoder", tmp_path / "dm", out)
     model = Pipeline.load(out)
     assert model.cfg.autoencoder == configs.cpu2().autoencoder and model.cfg.diffusion == milestone.cfg.diffusion
     assert model.cfg.meta["decoder"]["stage1_steps"] == 5 and model.cfg.meta["diffusion"]["stage2_steps"] == 3
@@ -93,14 +94,26 @@ def test_v2_export_evaluation_and_card(tmp_path: Path) -> None:
             "--patch-sizes", "128", "256", "--crops", "4", "--grid-sizes", "--no-esrgan"]
     pfids = {"v2": evaluate.main(["--model", str(out), *pfid]),
              "v1": evaluate.main(["--model", str(work / "milestone"), *pfid])}
-    default_model.model_card_v2(out, work, report, pfids)
+    default_model.model_card_continued(out, work, report, pfids, default_model.RECIPES["v2"])
     card = (out / "README.md").read_text()
     assert "{" not in card.split("## Licence")[0]
     assert "PSNR at 256² +2 dB over v1" in card and "φ-grid visibility at 1024²" in card
-    assert "| 5 | 2 | 2 min |" in card and "| 3 | 8 | 1 min |" in card
+    assert "| 5 | 2 | 2 min |" in card and "| 3 | 8 | 1 min |" in card and "ae_cpu2_decoder.json" in card
+    assert "gives φ 16×256×256" in card
     for label, r in pfids.items():
         assert f"| {label} | " + " | ".join(f"{v['samples']:.1f}" for v in r["pfid"]["by_features"][
             next(iter(r["pfid"]["by_features"]))].values()) + " |" in card
+
+    # v3 keeps a model folder's UNet as it is: the export carries that folder's record of it
+    default_model.export_stages(tmp_path / "decoder", out, tmp_path / "v3")
+    assert read_config(tmp_path / "v3").meta["diffusion"] == model.cfg.meta["diffusion"]
+    default_model.model_card_continued(out, work, report, pfids, default_model.RECIPES["v3"])
+    card = (out / "README.md").read_text()
+    assert card.startswith("# infd-cpu-photos — the embedded default model (v3)")
+    assert "{" not in card.split("## Licence")[0] and "+2 dB" not in card
+    assert "ae_cpu3_decoder.json" in card and "UNet as it is" in card and "--compare runs/default/milestone-v2" in card
+    mean = report["reconstruction"]["mean"]
+    assert f"PSNR at 256² {mean['model']['256']['psnr'] - mean['compare']['256']['psnr']:+.2f} dB over v2" in card
 
 
 def test_v2_manifest_credits_the_milestones_photos_once(tmp_path: Path) -> None:
@@ -108,9 +121,9 @@ def test_v2_manifest_credits_the_milestones_photos_once(tmp_path: Path) -> None:
     v1.write_text("# Offline photo set\n\n- train: 30 files\n| a.jpg | GPL-2+ |\n")
     nature = tmp_path / "nature.md"
     nature.write_text("# Offline photo set\n\n- train: 123 files\n| b.jpg | CC0 |\n")
-    v2 = default_model.manifest_v2(nature, v1)
+    v2 = default_model.manifest_continued(nature, v1)
     assert v2.startswith(nature.read_text().rstrip()) and v2.endswith(v1.read_text())
     # a v2 milestone (its manifest already begins with this set's) is passed on as it is, not nested
     (tmp_path / "v2.md").write_text(v2)
-    assert default_model.manifest_v2(nature, tmp_path / "v2.md") == v2
-    assert default_model.manifest_v2(nature, tmp_path / "missing.md") == nature.read_text()
+    assert default_model.manifest_continued(nature, tmp_path / "v2.md") == v2
+    assert default_model.manifest_continued(nature, tmp_path / "missing.md") == nature.read_text()

@@ -32,7 +32,7 @@ from . import autoencoder as stage1
 from . import diffusion as stage2
 from .common import load_json_config
 from .data import ImageFolder
-from .default_model import CONFIGS, DEFAULT_OUT, export_v2
+from .default_model import CONFIGS, DEFAULT_OUT, export_stages
 
 PACK_QUALITY = 92
 
@@ -126,7 +126,7 @@ def train(data: Path, out: Path, minutes: float, device: str, milestone: Path, s
     shutil.copyfile(probe / "dm" / "latents.safetensors", out / "dm" / "latents.safetensors")
     dm_run(dm_steps, out / "dm", dm_over)
     shutil.rmtree(probe, ignore_errors=True)
-    export_v2(out / "decoder" / "model", out / "dm" / "model", out / "model")
+    export_stages(out / "decoder" / "model", out / "dm" / "model", out / "model")
     print(f"wrote {out / 'model'} in {(time.perf_counter() - start) / 60:.1f} min (budget {minutes:g})")
     return out / "model"
 
