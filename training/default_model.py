@@ -235,17 +235,17 @@ class Continuation:
     """A recipe that continues from a committed milestone model on the nature set, on the
     milestone's frozen encoder (the latents stay the milestone's): stage 1 trains a decoder and
     renderer (``ae_config``; grown from the milestone's when its family is larger, continued when
-    it is the same); stage 2 fine-tunes the milestone's UNet on the nature latents (``dm_config``),
-    or keeps it as it is (``train_unet=False``: the photos and latents did not change).
+    it is the same); stage 2 fine-tunes the milestone's UNet on the nature latents (``dm_config``,
+    run in ``WORK/<diffusion>``), or keeps it as it is (``diffusion=None``: the photos and latents
+    did not change).
     Its runs are the folders ``WORK/<milestone>``, ``WORK/<autoencoder>``, ... ."""
 
     name: str
     before: str  # what the milestone is called in the card
     ae_config: str
-    train_unet: bool
     milestone: str  # the milestone's copy, made before the export overwrites the shipped folder
     autoencoder: str  # stage-1 run
-    diffusion: str  # stage-2 run (unused without train_unet)
+    diffusion: str | None  # stage-2 run (None: the milestone's UNet is kept)
     strips: str
     history: str  # the card's paragraph on where the model comes from
     psnr_gain: float | None = None  # the card's target for the PSNR gain over the milestone (None: reported only)
@@ -254,18 +254,18 @@ class Continuation:
 
 RECIPES = {
     "v2": Continuation(
-        "v2", "v1", "ae_cpu2_decoder.json", True, "milestone", "decoder2", "dm2", "strips", psnr_gain=2.0,
+        "v2", "v1", "ae_cpu2_decoder.json", "milestone", "decoder2", "dm2", "strips", psnr_gain=2.0,
         history="""v2 continues from the v1 model (the milestone, git history of this folder; rebuilt from scratch
 by `python -m training.default_model --recipe v1`, ~2.6 CPU-hours): its encoder (frozen, so the
 latents do not change), its decoder and renderer, grown into larger ones that start out computing
 v1's φ (`training/grow.py`), and its UNet."""),
     "v3": Continuation(
-        "v3", "v2", "ae_cpu3_decoder.json", False, "milestone-v2", "decoder3", "dm3", "strips-v3",
+        "v3", "v2", "ae_cpu3_decoder.json", "milestone-v2", "decoder3", None, "strips-v3",
         history="""v3 continues from the v2 model (the milestone, git history of this folder; `--recipe v2` rebuilds
 it from v1): its encoder (frozen, so the latents do not change), its decoder and renderer, grown
 into `cpu3`'s (a 256² level twice as wide, projected to the same φ; `training/grow.py`), and its
 UNet as it is. Fine-tuning the encoder too was measured and gained nothing (an optimal latent per
-image gains +0.8 dB at 256², +0.4 dB at 1024²): the decoder's finest level is what limits detail."""),
+image gains only +0.8 dB at 256², +0.4 dB at 1024²)."""),
 }
 
 
@@ -386,7 +386,7 @@ def model_card_continued(out: Path, work: Path, report: dict, pfids: dict[str, d
     dec, dm = cfg.meta.get("decoder", {}), cfg.meta.get("diffusion", {})
     latent = (f"{a.z_channels}×{a.latent_size}×{a.latent_size} (KL; the mean is the image's 4×4-average thumbnail "
               "plus a learned residual)" if a.thumbnail_skip else f"{a.z_channels}×{a.latent_size}×{a.latent_size}")
-    dm_what = ("the milestone's UNet fine-tuned on the nature latents" if recipe.train_unet else
+    dm_what = ("the milestone's UNet fine-tuned on the nature latents" if recipe.diffusion else
                "the milestone's UNet as it is (the latents did not change); it was fine-tuned on the nature latents")
     text = CARD_CONTINUED.format(
         name=recipe.name, family=cfg.name, history=recipe.history, ae_config=recipe.ae_config,
@@ -425,14 +425,15 @@ def main_continued(args: argparse.Namespace, recipe: Continuation) -> None:
         shutil.copytree(args.milestone, milestone)
     train = [str(photos / "train")]
     ae_run = args.work / recipe.autoencoder
-    unet = args.work / recipe.diffusion / "model" if recipe.train_unet else milestone
+    unet = args.work / recipe.diffusion / "model" if recipe.diffusion else milestone
     if not args.skip_training:
-        dec = load_json_config(stage1.AETrainConfig, CONFIGS / recipe.ae_config, [])
-        same = read_config(milestone).autoencoder == stage1.model_config(dec.model).autoencoder
-        overrides = [f"init_encoder={milestone}", f"{'init' if same else 'grow'}={milestone}"]  # continue, or grow
-        dec = load_json_config(stage1.AETrainConfig, CONFIGS / recipe.ae_config, overrides)
+        dec = load_json_config(stage1.AETrainConfig, CONFIGS / recipe.ae_config, [f"init_encoder={milestone}"])
+        if read_config(milestone).autoencoder == stage1.model_config(dec.model).autoencoder:
+            dec.init = str(milestone)  # the same family: continue the milestone's decoder
+        else:  # a smaller family: its decoder and renderer grown, starting from the same phi
+            dec.grow = str(milestone)
         stage1.train(dec, train, ae_run, resume=True, steps=args.decoder_steps)
-        if recipe.train_unet:
+        if recipe.diffusion:
             dm = load_json_config(stage2.DMTrainConfig, CONFIGS / recipe.dm_config, [f"init={milestone}"])
             stage2.train(dm, milestone, train, unet.parent, resume=True, steps=args.dm_steps)
     export_stages(ae_run / "model", unet, args.out)
