@@ -71,9 +71,13 @@ class AppContext:
         return render_tile(self.pipe, field_, view.pyramid, level, x, y)
 
     @staticmethod
-    def tile_key(session: Session, view: View, level: int, x: int, y: int) -> tuple:
-        """The key of a tile in the cache and in the tile pool."""
-        return (session.key, view.gen, level, x, y)
+    def tile_key(view: View, level: int, x: int, y: int) -> tuple:
+        """The key of a tile in the cache and in the tile pool: what its pixels are, i.e. the picture,
+        the size of the whole render (the level's) and the tile's pixels in it. Views of one picture
+        share every level of the same size: a canvas switch (level 11 of a 4096² canvas is the
+        whole 2048² canvas) or an undo shows tiles already rendered."""
+        width, height = view.pyramid.level_size(level)
+        return (view.picture.uid, width, height, view.pyramid.tile_range(level, x, y))
 
     def prerender(self, session: Session, view: View) -> int:
         """Decode ``view``'s field now and queue renders of the tiles the viewer's view needs
@@ -87,9 +91,8 @@ class AppContext:
         self.store.field(session, view, self.pipe)
         queued = 0
         for level, x, y in session.showing:
-            key = self.tile_key(session, view, level, x, y)
             try:
-                view.pyramid.tile_range(level, x, y)
+                key = self.tile_key(view, level, x, y)
             except ValueError:  # the canvas changed since
                 continue
             if self.cache.get(key) is not None:

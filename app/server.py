@@ -107,7 +107,7 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
             view.pyramid.tile_range(level, x, y)
         except ValueError as e:
             raise HTTPException(404, str(e), headers=NO_STORE) from None
-        cache_key = ctx.tile_key(session, view, level, x, y)
+        cache_key = ctx.tile_key(view, level, x, y)
         data = ctx.cache.get(cache_key)
         if data is None:
             data = await _wait_for_tile(request, ctx, cache_key, lambda: ctx.tile_png(session, view, level, x, y))

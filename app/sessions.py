@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
@@ -38,9 +39,11 @@ class SessionNotFound(KeyError):
 
 class Picture:
     """A latent ``[1, 3, h, w]`` (64 x 64, or a panorama's extent) and its decoded :class:`Field`,
-    computed on first use and droppable."""
+    computed on first use and droppable. ``uid`` names the picture for good (tile caches key on it:
+    the views of one picture at several canvas sizes, or again after an undo, share tiles)."""
 
     def __init__(self, latent: Tensor, seed: int | None = None, label: str = ""):
+        self.uid = uuid.uuid4().hex
         self.latent = latent.detach().cpu().float()
         self.seed = seed
         self.label = label

@@ -81,6 +81,29 @@ def test_tile_is_the_matching_part_of_a_whole_render_and_cached_immutably(server
     assert client.get(tile_url(s, 10, 1, 2)).content == r.content and len(ctx.cache) == hits
 
 
+def test_views_of_one_picture_share_the_tiles_of_equal_levels(server):
+    """Level 10 of a 1024² canvas is level 10 of a 2048² one (the whole picture at 1024²): after a
+    canvas switch, and again after an undo, the new view's tiles come from the cache, and they are
+    still exact parts of the whole render. Another picture never gets them."""
+    client, ctx = server
+    s = new_session(ctx, seed=8)
+    first = client.get(tile_url(s, 10, 1, 2)).content
+    s.set_canvas(2048, 2048)
+    assert s.view.pyramid.max_level == 11
+    hits = len(ctx.cache)
+    assert client.get(tile_url(s, 10, 1, 2)).content == first and len(ctx.cache) == hits
+    field = ctx.pipe.field(s.state.picture.latent)
+    assert np.array_equal(png(first), ctx.pipe.render(field, 1024, 1024)[511:769, 255:513])
+    picture = s.state.picture
+    z = torch.randn((1, *ctx.pipe.latent_shape), generator=torch.Generator().manual_seed(9))
+    s.commit(State(Picture(z, seed=9)))
+    other = client.get(tile_url(s, 10, 1, 2)).content
+    assert other != first and len(ctx.cache) == hits + 1
+    s.undo()
+    assert s.view.picture is picture
+    assert client.get(tile_url(s, 10, 1, 2)).content == first and len(ctx.cache) == hits + 1
+
+
 def test_png_tiles_decode_to_the_rendered_pixels():
     rnd = np.random.default_rng(0)
     for shape in [(258, 258, 3), (1, 1, 3), (3, 130, 3), (130, 2, 3)]:
@@ -129,14 +152,14 @@ def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
     ctx.workers.yield_to_tiles(max_wait=60)
     field = ctx.pipe.field(view.picture.latent)
     for level, x, y in shown:
-        data = ctx.cache.get(ctx.tile_key(s, view, level, x, y))
+        data = ctx.cache.get(ctx.tile_key(view, level, x, y))
         assert data is not None, (level, x, y)
         side = view.pyramid.level_size(level)[0]
         rng = view.pyramid.tile_range(level, x, y)
         assert np.array_equal(png(data), ctx.pipe.render(field, side, side, rng))
         assert client.get(tile_url(s, level, x, y, gen=view.gen)).content == data
-    assert ctx.cache.get(ctx.tile_key(s, view, 10, 0, 0)) is None  # only what was shown
-    assert ctx.cache.get(ctx.tile_key(s, view, 9, 0, 0)) is None  # not the coarser levels either
+    assert ctx.cache.get(ctx.tile_key(view, 10, 0, 0)) is None  # only what was shown
+    assert ctx.cache.get(ctx.tile_key(view, 9, 0, 0)) is None  # not the coarser levels either
 
 
 def test_view_reports_are_bounded_and_checked(server):
