@@ -11,9 +11,12 @@ Measured from the page's own clock (``performance.now()``, sampled every 5 ms in
   (OpenSeadragon's 1.2 s zoom animation included: what the user waits for), the end of the zoom
   animation to sharp, and how many tiles the browser fetched for it.
 * **full 2048² view**: a large window (2900×2300; the viewer gets 1356×2130 of it, the Gradio
-  column beside it the rest), fit view; a new picture at 4096², then the canvas set to 2048² (a
-  new, cold view of it): from choosing 2048² to the view sharp. The fit view shows the canvas at
-  0.66 scale, drawn from the 64 tiles of level 11 (a new version loads only its view's level).
+  column beside it the rest), fit view of a 2048² canvas: 0.66 scale, drawn from the 64 tiles of
+  level 11 (a new version loads only its view's level). *Cold*: a new picture, from its last step
+  to the view sharp (64 tiles never rendered before). *Canvas switch*: the same picture's canvas set
+  to 4096² and back, from choosing the size to the fit view sharp; level 11 of the 4096² canvas is
+  the whole 2048² canvas, tiles the server has rendered already (its cache keys tiles by picture
+  and level size).
 
 ``python bench/browser.py [--reps 3] [--steps 10] [--baseline DIR --rounds 2]``: with
 ``--baseline`` (another checkout, e.g. ``git archive fab5283 | tar -x -C /tmp/base``) both are
@@ -191,18 +194,23 @@ def child(args: argparse.Namespace) -> None:
             print(json.dumps({"what": "one_to_one", **one_to_one(page)}), flush=True)
         page.set_viewport_size(LARGE)  # the viewer keeps the image's size on screen (preserveImageSizeOnResize) ...
         home(page)  # ... until the fit view is asked for
+        gen = page.evaluate("infd.state.value.image.gen")
+        set_canvas(page, "2048²")
+        wait_new_view(page, gen)
         for _ in range(args.reps):
             seed += 1
-            generate(page, seed, args.steps)  # on 4096²
-            gen = page.evaluate("infd.state.value.image.gen")
-            t0 = set_canvas(page, "2048²")
-            new = wait_new_view(page, gen)
-            sharp = sharp_time(page, new)
-            n = len(tiles_since(page, t0))
-            print(json.dumps({"what": "full_2048", "full_2048_view_s": (sharp - t0) / 1000, "tiles_fetched": n}),
-                  flush=True)
-            set_canvas(page, "4096²")
-            wait_new_view(page, new)
+            t0 = page.evaluate("performance.now()")
+            row = generate(page, seed, args.steps)  # on 2048²
+            cold = len(tiles_since(page, t0))
+            switches = {}
+            for label in ("4096²", "2048²"):
+                gen = page.evaluate("infd.state.value.image.gen")
+                t0 = set_canvas(page, label)
+                sharp = sharp_time(page, wait_new_view(page, gen))
+                switches[label] = ((sharp - t0) / 1000, len(tiles_since(page, t0)))
+            print(json.dumps({"what": "full_2048", "cold_s": row["last_step_to_sharp_s"], "cold_tiles": cold,
+                              "to_4096_s": switches["4096²"][0], "to_2048_s": switches["2048²"][0],
+                              "to_2048_tiles": switches["2048²"][1]}), flush=True)
         browser.close()
 
 
@@ -214,8 +222,11 @@ FIGURES = [("generate", "first_tile_s", "first tile after Generate"),
            ("one_to_one", "one_to_one_4096_s", "1:1 on 4096² (key 1 to sharp)"),
            ("one_to_one", "after_animation_s", "  of which after the zoom animation"),
            ("one_to_one", "tiles_fetched", "  tiles fetched for it"),
-           ("full_2048", "full_2048_view_s", "full 2048² view (fit, 0.66 scale, cold)"),
-           ("full_2048", "tiles_fetched", "  tiles fetched for it")]
+           ("full_2048", "cold_s", "full 2048² view (fit, 0.66 scale), cold: last step to sharp"),
+           ("full_2048", "cold_tiles", "  tiles fetched for it (whole run, previews included)"),
+           ("full_2048", "to_4096_s", "  canvas switch to 4096² (fit, its level 11) to sharp"),
+           ("full_2048", "to_2048_s", "  canvas switch back to 2048² to sharp"),
+           ("full_2048", "to_2048_tiles", "  tiles fetched for it")]
 
 
 def main() -> None:
