@@ -8,7 +8,7 @@ Measured from the page's own clock (``performance.now()``, sampled every 5 ms in
   loaded); the view sharp to "Done" on the status line; Generate to "Done". "Done" to sharp is
   ``max(0, sharp - Done)``: the app says Done only once the view is sharp, so 0 by construction.
 * **1:1 on 4096²**: a new picture on a 4096² canvas, fit view; key **1** to the 1:1 view sharp
-  (OpenSeadragon's 1.2 s zoom animation included: what the user waits for), the end of the zoom
+  (the viewer's 0.6 s zoom animation included: what the user waits for), the end of the zoom
   animation to sharp, and how many tiles the browser fetched for it.
 * **full 2048² view**: a large window (2900×2300; the viewer gets 1356×2130 of it, the Gradio
   column beside it the rest), fit view of a 2048² canvas: 0.66 scale, drawn from the 64 tiles of

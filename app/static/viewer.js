@@ -60,6 +60,10 @@
       maxTilesPerFrame: 64,
       timeout: 120000,          // tiles may wait behind a busy CPU
       blendTime: 0.15,
+      // zoom and pan animations: half OpenSeadragon's default 1.2 s. The tiles of the destination
+      // load from the start of an animation; 1:1 on a 4096² canvas (key 1) was sharp after 2.1 s
+      // with 1.2 s, 1.4 s with 0.6 s (medians of 3, 2-core CPU).
+      animationTime: 0.6,
       // 2D canvas: GPU-composited where there is a GPU, and ~15 ms a frame where there is none;
       // the default WebGL drawer under software GL (no GPU, e.g. a VM) took ~200 ms a frame and
       // starts at most one tile download per frame.
