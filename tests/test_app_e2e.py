@@ -310,7 +310,7 @@ def test_canvas_end_to_end(live, browser_page):
 
 
 def test_tile_timings(live):
-    """Tile timings over HTTP, like the viewer (4 requests at a time), written to artifacts/app-timings.json.
+    """Tile timings over HTTP, like the viewer (6 requests at a time), written to artifacts/app-timings.json.
 
     * time to the first tile of a new picture (its field is decoded first) and to a whole 2048² view
       at 1:1 (64 tiles of 256²), both cold;
@@ -330,7 +330,7 @@ def test_tile_timings(live):
             t = time.perf_counter()
             assert client.get(url).status_code == 200
             return time.perf_counter() - t
-        with ThreadPoolExecutor(4) as pool:
+        with ThreadPoolExecutor(6) as pool:
             return list(pool.map(one, urls))
 
     results: dict[str, list[float]] = {}
