@@ -54,7 +54,6 @@ import numpy as np
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from infd_core import configs
 from infd_core.checkpoint import read_config, write_config
 from infd_core.configs import ModelConfig
 from infd_core.geometry import PixelRange
