@@ -104,10 +104,9 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
     async def tile(request: Request, key: str, gen: int, level: int, x: int, y: int) -> Response:
         session, view = _lookup(ctx, key, gen)
         try:
-            view.pyramid.tile_range(level, x, y)
+            cache_key = ctx.tile_key(view, level, x, y)  # a tile outside the pyramid: ValueError
         except ValueError as e:
             raise HTTPException(404, str(e), headers=NO_STORE) from None
-        cache_key = ctx.tile_key(view, level, x, y)
         data = ctx.cache.get(cache_key)
         if data is None:
             data = await _wait_for_tile(request, ctx, cache_key, lambda: ctx.tile_png(session, view, level, x, y))

@@ -55,7 +55,7 @@
       preserveImageSizeOnResize: true,
       visibilityRatio: 0.2,
       maxZoomPixelRatio: 4,
-      // Tile requests in flight: see loaderLimit. A view's tiles are queued at once, not a few per frame.
+      // Tile requests in flight: see FEW_LOADS. A view's tiles are queued at once, not a few per frame.
       imageLoaderLimit: FEW_LOADS,
       maxTilesPerFrame: 64,
       timeout: 120000,          // tiles may wait behind a busy CPU
@@ -215,13 +215,14 @@
         st.pending = null;
       }
       st.pendingKey = key;
-      viewer.imageLoader.jobLimit = img && viewer.world.getItemCount() > 0 ? ALL_LOADS : FEW_LOADS;
       if (!img) {                             // e.g. the first generation undone
         viewer.world.removeAll();
         st.shownKey = null;
+        viewer.imageLoader.jobLimit = FEW_LOADS;
         return;
       }
       const first = viewer.world.getItemCount() === 0;
+      viewer.imageLoader.jobLimit = first ? FEW_LOADS : ALL_LOADS;  // a hidden version: its whole view at once
       viewer.addTiledImage({
         tileSource: tileSource(img, v.session, !first),
         opacity: first ? 1 : 0,
