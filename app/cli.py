@@ -2,6 +2,7 @@
 ``$GRADIO_SERVER_NAME``:``$GRADIO_SERVER_PORT`` when set (a Hugging Face Space sets them).
 
     python app.py [--model DIR] [--device auto] [--precision auto] [--host 127.0.0.1] [--port 7860] [--share]
+                     [--max-export 8192x8192] [--max-canvas-side 65536] [--scorer SPEC]
     infd-app ...                     (the same, once installed with pip)
 """
 from __future__ import annotations
@@ -34,6 +35,17 @@ def parse_size(text: str) -> int:
     if len(parts) > 2 or min(parts) <= 0:
         raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT or a pixel count, got {text!r}")
     return parts[0] * parts[-1] if len(parts) == 2 else parts[0]
+
+
+def parse_side(text: str) -> int:
+    """``"8192"`` -> 8192: a canvas side in pixels, at least 16 (the smallest canvas side the app takes)."""
+    try:
+        side = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a side in pixels, got {text!r}") from None
+    if side < 16:
+        raise argparse.ArgumentTypeError(f"a canvas side must be at least 16 px, got {side}")
+    return side
 
 
 def env_address(environ: Mapping[str, str]) -> tuple[str, int]:
@@ -78,6 +90,9 @@ def parse_args(argv: list[str] | None, environ: Mapping[str, str]) -> argparse.N
     p.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
     p.add_argument("--max-export", type=parse_size, default=Limits.max_export_pixels, metavar="WxH",
                    help="largest export, as WIDTHxHEIGHT or a pixel count (default: 8192x8192)")
+    p.add_argument("--max-canvas-side", type=parse_side, default=Limits.max_canvas_side, metavar="PX",
+                   help="longest canvas side a user may choose, load from a session file or export "
+                        f"(default: {Limits.max_canvas_side})")
     p.add_argument("--scorer", default=environ.get("INFD_SCORER") or None,
                    help="guidance scorer spec for infd_core.scorers.load_scorer, e.g. clip:ViT-B-32:openai "
                         "(default: $INFD_SCORER, else the loader's default)")
@@ -95,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if note:
         print(f"* No trained model installed: serving the cpu preset with {note} (images will be noise).")
-    app = create_app(pipe, limits=Limits(max_export_pixels=args.max_export), scorer=args.scorer, model_note=note)
+    limits = Limits(max_export_pixels=args.max_export, max_canvas_side=args.max_canvas_side)
+    app = create_app(pipe, limits=limits, scorer=args.scorer, model_note=note)
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning"))
     if args.share:
         threading.Thread(target=share_link, args=(server, args.host, args.port), daemon=True).start()

@@ -20,7 +20,7 @@ LOAD_WAIT = 10.0  # seconds a session file waits for a free loading slot
 
 @dataclass(frozen=True)
 class Limits:
-    """Server limits (``app.py`` flags set the first two)."""
+    """Server limits (``app.py`` flags set the first two: --max-export, --max-canvas-side)."""
 
     max_export_pixels: int = 8192 * 8192
     max_canvas_side: int = 65536

@@ -24,6 +24,7 @@ from setuptools import find_packages
 
 from app import gpu
 from app.cli import env_address, parse_args
+from app.context import Limits
 from infd_core.pipeline import pick_device, resolve_device
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,6 +57,17 @@ def test_flags_override_the_environment():
     assert (args.host, args.port, args.device, args.scorer) == ("0.0.0.0", 7861, "auto", "offline")
     args = parse_args(["--host", "127.0.0.1", "--port", "9000", "--scorer", "auto"], environ)
     assert (args.host, args.port, args.scorer) == ("127.0.0.1", 9000, "auto")
+
+
+def test_limit_flags(capsys):
+    args = parse_args([], {})
+    assert (args.max_export, args.max_canvas_side) == (Limits.max_export_pixels, Limits.max_canvas_side)
+    args = parse_args(["--max-export", "4096x2048", "--max-canvas-side", "8192"], {})
+    assert (args.max_export, args.max_canvas_side) == (4096 * 2048, 8192)
+    for bad in (["--max-canvas-side", "8"], ["--max-canvas-side", "big"], ["--max-export", "0x5"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad, {})
+        assert "argument --max-" in capsys.readouterr().err
 
 
 def _free_port() -> int:
