@@ -1,4 +1,4 @@
-"""The v2 family trained against a wall-clock budget, e.g. on one CUDA GPU in 10 minutes:
+"""The embedded model's family (``cpu3``) trained within a wall-clock budget, e.g. 10 minutes on one CUDA GPU:
 
     python -m training.fast pack --data runs/default/photos-nature/train --out runs/packed   # <= 48 MB of 512² JPEGs
     python -m training.fast train --data runs/packed --out runs/fast --minutes 10 --device cuda
@@ -8,11 +8,11 @@ sub-images of each photo (a fraction in ``--scale`` of its short side, so the se
 as well as whole views), resized to ``--size``² (LANCZOS) and stored as JPEG (quality 92), deterministic
 for a seed; it stops adding crops when the next one would pass ``--max-mb`` and says so.
 
-``train`` runs the two v2 stages of :mod:`training.default_model` (a ``cpu2`` decoder + renderer on
-the milestone's frozen encoder, then the milestone's UNet fine-tuned on the new latents) with the
-same presets, but sizes each stage's step count to the budget: a short calibration run measures
-the seconds per step on this device (batch sizes from ``--ae-batch`` / ``--dm-batch``: larger on a
-GPU), then the stage trains ``share x budget / seconds-per-step`` steps, so its cosine schedule ends
+``train`` runs the two stages of :mod:`training.default_model`'s continued recipes (a ``cpu3``
+decoder + renderer on the milestone's frozen encoder, then the milestone's UNet fine-tuned on the
+new latents) with the same presets (``ae_cpu3_decoder.json``, ``dm_cpu2.json``), but sizes each
+stage's step count to the budget: a short calibration run measures the seconds per step on this
+device (batch sizes from ``--ae-batch`` / ``--dm-batch``: larger on a GPU), then the stage trains ``share x budget / seconds-per-step`` steps, so its cosine schedule ends
 when its time does. ``--share`` splits the budget (default: 70 % decoder, 30 % UNet). The model
 folder (``OUT/model``) is exported like the default model's (UNet in fp16).
 """
@@ -94,7 +94,7 @@ def calibrate(run: Callable[[int], None], calib: int) -> float:
 def train(data: Path, out: Path, minutes: float, device: str, milestone: Path, share: float = 0.7,
           ae_batch: int | None = None, dm_batch: int | None = None, calib: int = 5,
           ae_set: list[str] = (), dm_set: list[str] = ()) -> Path:
-    """The two v2 stages within ``minutes`` of wall time (calibration included); returns ``out/model``.
+    """The two stages within ``minutes`` of wall time (calibration included); returns ``out/model``.
     ``ae_set`` / ``dm_set``: ``key=value`` overrides of the stages' presets."""
     budget = minutes * 60
     start = time.perf_counter()
@@ -106,7 +106,7 @@ def train(data: Path, out: Path, minutes: float, device: str, milestone: Path, s
     folders = [str(data)]
 
     def ae_run(steps: int, where: Path, over: list[str]) -> None:
-        cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu2_decoder.json",
+        cfg = load_json_config(stage1.AETrainConfig, CONFIGS / "ae_cpu3_decoder.json",
                                over + [f"steps={steps}", f"disc_start={steps // 2}", "workers=0"])
         stage1.train(cfg, folders, where, device=device, resume=True, steps=steps, progress=False)
 
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--scale", type=float, nargs=2, default=(0.35, 1.0))
     p.add_argument("--max-mb", type=float, default=48.0)
     p.add_argument("--seed", type=int, default=0)
-    t = sub.add_parser("train", help="train the v2 stages within a wall-clock budget")
+    t = sub.add_parser("train", help="train the two stages within a wall-clock budget")
     t.add_argument("--data", type=Path, required=True, help="a packed set (or any photo folder)")
     t.add_argument("--out", type=Path, required=True)
     t.add_argument("--minutes", type=float, default=10.0)
