@@ -2,7 +2,7 @@
 step at most 150 ms, each in its faster precision; a 256² tile no slower than the v1 family's
 renderer in the same precision, timed in the same run.
 
-    python bench/budgets.py [--model DIR] [--reference DIR|cpu] [--reps 5]
+    python bench/budgets.py [--model DIR] [--reference DIR|cpu] [--reps 5] [--rounds 4]
 
 ``--model``: the model under test (default: the shipped one). ``--reference``: the renderer to
 compare tiles with (default ``cpu``: the v1 preset, randomly initialised -- weights do not change
@@ -41,11 +41,14 @@ def main() -> None:
     ap.add_argument("--model", default=str(default_model_dir()))
     ap.add_argument("--reference", default="cpu")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=4,
+                    help="model and reference timed alternately this many times; the best of each counts "
+                         "(a shared VM's speed can change 2x between rounds)")
     args = ap.parse_args()
     model, ref = load(args.model), load(args.reference)
     print(f"# budgets: model={args.model} ({model.cfg.name}) reference={args.reference} torch={torch.__version__} "
           f"threads={torch.get_num_threads()} fp32 matmul {matmul_gflops():.0f} GFLOP/s")
-    rounds = [(timings(model, args.reps), timings(ref, args.reps)) for _ in range(2)]  # interleaved
+    rounds = [(timings(model, args.reps), timings(ref, args.reps)) for _ in range(args.rounds)]  # interleaved
     best = lambda i, part, prec: min(r[i][part][prec] for r in rounds)  # noqa: E731
     rows = []
     dec = min(best(0, "decoder", p) for p in ("fp32", "bf16"))
