@@ -275,6 +275,30 @@ def test_thumbnail_skip_starts_as_thumbnail_in_and_upsampled_latent_out() -> Non
         assert torch.allclose(ae.features(z)[:, :3] - ae.decoder(z)[:, :3], up, atol=1e-5)
 
 
+def test_decode_pad_decodes_the_reflected_latent_and_crops_phi(tmp_path) -> None:
+    """``decode_pad = k``: phi is the decoder's output for the latent with k cells of reflection on
+    every side, cropped back to 4 phi cells per latent cell (any extent); saved and loaded with the model."""
+    torch.manual_seed(0)
+    cfg = configs.cpu3()
+    padded = Pipeline.from_config(dataclasses.replace(cfg, autoencoder=dataclasses.replace(cfg.autoencoder, decode_pad=2)),
+                                  seed=0)
+    plain = Pipeline.from_config(cfg, seed=0)
+    plain.autoencoder.load_state_dict(padded.autoencoder.state_dict())
+    for cells in ((64, 64), (64, 128)):
+        z = torch.randn(1, 3, *cells) * 0.5
+        with torch.no_grad():
+            phi = padded.autoencoder.decode(z)
+            want = plain.autoencoder.features(torch.nn.functional.pad(z, (2, 2, 2, 2), mode="reflect"))[..., 8:-8, 8:-8]
+            unpadded = plain.autoencoder.decode(z)
+        assert phi.shape == unpadded.shape == (1, 16, 4 * cells[0], 4 * cells[1])
+        assert torch.allclose(phi, want, atol=1e-6)
+        assert (phi - unpadded)[..., :8, :].abs().mean() > 10 * (phi - unpadded)[..., 100:140, 100:140].abs().mean()
+    padded.save(tmp_path / "m")
+    assert Pipeline.load(tmp_path / "m").cfg.autoencoder.decode_pad == 2
+    with pytest.raises(ValueError, match="decode_pad must be 0 to 4"):
+        dataclasses.replace(cfg.autoencoder, decode_pad=5)
+
+
 def test_configs_written_before_a_field_existed_load_as_before(model_copy) -> None:
     """Older model folders (and the authors' paper preset): no skip, no renderer base, φ = the decoder's top level,
     ε-prediction, no clamp."""
@@ -282,6 +306,7 @@ def test_configs_written_before_a_field_existed_load_as_before(model_copy) -> No
     del data["autoencoder"]["thumbnail_skip"]
     del data["autoencoder"]["renderer"]["base"]
     del data["autoencoder"]["phi_channels"]
+    data["autoencoder"].pop("decode_pad", None)
     data["diffusion"] = dataclasses.asdict(configs.cpu().diffusion)
     del data["diffusion"]["prediction"]
     del data["diffusion"]["latent_range"]
@@ -291,6 +316,7 @@ def test_configs_written_before_a_field_existed_load_as_before(model_copy) -> No
     assert cfg.diffusion.prediction == "epsilon" == configs.paper().diffusion.prediction
     assert cfg.diffusion.latent_range is None
     assert cfg.autoencoder.phi_channels is None  # phi is the decoder's top level
+    assert cfg.autoencoder.decode_pad == 0  # the decoder's own zero padding at the borders
     with pytest.raises(ValueError, match="phi_channels must be at least 3"):
         configs.ModelConfig.from_json({**data, "autoencoder": {**data["autoencoder"], "phi_channels": 2}})
     with pytest.raises(ValueError, match="thumbnail_skip needs z_channels == 3"):

@@ -101,13 +101,17 @@ def test_v2_export_evaluation_and_card(tmp_path: Path) -> None:
     assert "PSNR at 256² +2 dB over v1" in card and "φ-grid visibility at 1024²" in card
     assert "| 5 | 2 | 2 min |" in card and "| 3 | 8 | 1 min |" in card and "ae_cpu2_decoder.json" in card
     assert "gives φ 16×256×256" in card
+    side, cast = max(report["border"]["mean"]["model"].items(), key=lambda kv: kv[1])
+    assert f"no coloured band along a border (mean cast at 1024² ≤ 3/255 on every side): " \
+           f"{'met' if cast <= 3 else 'not met'} (worst: {side} {cast:.1f})" in card and "### Colour bands" in card
     for label, r in pfids.items():
         assert f"| {label} | " + " | ".join(f"{v['samples']:.1f}" for v in r["pfid"]["by_features"][
             next(iter(r["pfid"]["by_features"]))].values()) + " |" in card
 
     # v3 keeps a model folder's UNet as it is: the export carries that folder's record of it
-    default_model.export_stages(tmp_path / "decoder", out, tmp_path / "v3")
+    default_model.export_stages(tmp_path / "decoder", out, tmp_path / "v3", decode_pad=default_model.RECIPES["v3"].decode_pad)
     assert read_config(tmp_path / "v3").meta["diffusion"] == model.cfg.meta["diffusion"]
+    assert read_config(tmp_path / "v3").autoencoder.decode_pad == 2 and model.cfg.autoencoder.decode_pad == 0
     default_model.model_card_continued(out, work, report, pfids, default_model.RECIPES["v3"])
     card = (out / "README.md").read_text()
     assert card.startswith("# infd-cpu-photos — the embedded default model (v3)")

@@ -15,7 +15,7 @@ from infd_core import configs
 from infd_core.pipeline import Pipeline
 from training import features
 from training.data import ImageFolder
-from training.evaluate import (Settings, _labels, baselines, encoder_input_size, evaluate_image, grid_visibility, frechet_distance, main, patch_label, psnr,
+from training.evaluate import (Settings, border_cast, _labels, baselines, encoder_input_size, evaluate_image, grid_visibility, frechet_distance, main, patch_label, psnr,
                                random_crops, square, targets)
 from training.losses import offline_lpips
 
@@ -178,3 +178,18 @@ def test_realesrgan_rows_and_comparison_strip(pipe: Pipeline, photos: Path) -> N
     strip = comparison_strip(ImageFolder(photos)[0], pipe, upscaler, size=512, crop=96, gap=4)
     assert strip.shape == (96, 4 * 96 + 3 * 4, 3) and strip.dtype == np.uint8
     assert (strip[:, 96:100] == 255).all()  # white gaps between the panels
+
+
+def test_border_cast_finds_a_band_and_ignores_content() -> None:
+    """A +20 red band along the top border (16 px) of an otherwise noisy reconstruction: the top
+    side reads about (+20, 0, 0); the other sides, where only noise differs, read about 0."""
+    rng = np.random.default_rng(0)
+    truth = rng.integers(0, 256, (512, 512, 3)).astype(np.float64)
+    img = truth + rng.normal(0, 5, truth.shape)
+    img[:16, :, 0] += 20
+    cast = border_cast(img, truth, 16)
+    assert set(cast) == {"top", "bottom", "left", "right"}
+    assert np.allclose(cast["top"], [20, 0, 0], atol=0.5)
+    assert all(np.abs(cast[side]).max() < 0.5 for side in ("bottom", "left", "right"))
+    flipped = border_cast(img[::-1, ::-1], truth[::-1, ::-1], 16)  # the band is now along the bottom
+    assert np.allclose(flipped["bottom"], cast["top"]) and np.allclose(flipped["right"], cast["left"])

@@ -48,7 +48,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -251,6 +251,7 @@ class Continuation:
     psnr_gain: float | None = None  # the card's target for the PSNR gain over the baseline (None: reported only)
     dm_config: str = "dm_cpu2.json"
     baseline: str | None = None  # the PSNR target's baseline: the milestone of this earlier recipe (None: ours)
+    decode_pad: int = 0  # the exported model's AutoencoderConfig.decode_pad (its decoder was trained without)
 
 
 RECIPES = {
@@ -262,19 +263,23 @@ latents do not change), its decoder and renderer, grown into larger ones that st
 v1's φ (`training/grow.py`), and its UNet."""),
     "v3": Continuation(
         "v3", "v2", "ae_cpu3_decoder.json", "milestone-v2", "decoder3", None, "strips-v3", psnr_gain=2.0, baseline="v2",
+        decode_pad=2,
         history="""v3 continues from the v2 model (the milestone, git history of this folder; `--recipe v2` rebuilds
 it from v1): its encoder (frozen, so the latents do not change), its decoder and renderer, grown
 into `cpu3`'s (a 256² level twice as wide, projected to the same φ; `training/grow.py`), and its
 UNet as it is. Fine-tuning the encoder too was measured and gained nothing (an optimal latent per
-image gains only +0.8 dB at 256², +0.4 dB at 1024²)."""),
+image gains only +0.8 dB at 256², +0.4 dB at 1024²). It decodes with 2 latent cells of reflection
+around the latent (`decode_pad`): trained without, the decoder left a colour cast along the top
+border (the top 16 px of 4096² renders −23/255 in red on the held-out photos); with it every border
+is as close to the photo as the inside, and PSNR is unchanged."""),
 }
 
 
-def export_stages(decoder: Path, dm: Path, out: Path) -> None:
+def export_stages(decoder: Path, dm: Path, out: Path, decode_pad: int | None = None) -> None:
     """A model folder from a continuation's stages: the autoencoder of ``decoder`` (the stage-1 run)
     and the UNet of ``dm`` (a stage-2 run's EMA UNet, or a model folder's), fp16 on disk, trained on
     latents of the same encoder -- checked weight for weight, since a UNet is only valid on its
-    encoder's latents."""
+    encoder's latents. ``decode_pad``: set the autoencoder's (None: the run's)."""
     ae, unet = read_config(decoder), read_config(dm)
     ae_w, dm_w = load_file(str(decoder / "autoencoder.safetensors")), load_file(str(dm / "autoencoder.safetensors"))
     enc = [k for k in ae_w if k.startswith("encoder.")]
@@ -284,7 +289,8 @@ def export_stages(decoder: Path, dm: Path, out: Path) -> None:
             "diffusion": unet.meta.get("diffusion")  # a model folder's UNet: its own record
             or {k: unet.meta.get(k) for k in ("stage2_init", "stage2_steps", "stage2_seconds", "stage2_config")}}
     out.mkdir(parents=True, exist_ok=True)
-    write_config(out, ModelConfig(name=ae.name, autoencoder=ae.autoencoder, diffusion=unet.diffusion, meta=meta))
+    autoencoder = ae.autoencoder if decode_pad is None else replace(ae.autoencoder, decode_pad=decode_pad)
+    write_config(out, ModelConfig(name=ae.name, autoencoder=autoencoder, diffusion=unet.diffusion, meta=meta))
     shutil.copyfile(decoder / "autoencoder.safetensors", out / "autoencoder.safetensors")
     save_file({k: v.half() for k, v in load_file(str(dm / "unet.safetensors")).items()}, str(out / "unet.safetensors"))
 
@@ -327,6 +333,9 @@ this campaign's photos, then those of the milestone it continues).
 """
 
 
+BAND_LIMIT = 3.0  # /255: about the smallest uniform colour shift one sees along an edge of a natural image
+
+
 def baseline_psnr(report: dict, earlier: dict | None) -> dict[str, float]:
     """PSNR by size of the model the PSNR targets are measured against: this evaluation's milestone,
     or (``earlier``: the evaluation of the recipe that made that milestone) the milestone's own
@@ -367,6 +376,10 @@ def status_continued(report: dict, recipe: Continuation, earlier: dict | None = 
         checks.append((f"φ-grid visibility at {s}² at or below bicubic's", g <= gb, f"{g:.2f} vs {gb:.2f}"))
     worst = min(report["scale_consistency"]["per_image_db"]["model"].values())
     checks.append(("scale consistency ≥ 35 dB on every photo", worst >= 35, f"min {worst:.2f} dB"))
+    if "border" in report:
+        side, cast = max(report["border"]["mean"]["model"].items(), key=lambda kv: kv[1])
+        checks.append((f"no coloured band along a border (mean cast at {report['border']['size']}² ≤ {BAND_LIMIT:g}/255 "
+                       "on every side)", cast <= BAND_LIMIT, f"worst: {side} {cast:.1f}"))
     line = "; ".join(facts + [f"{t}: {'met' if ok else 'not met'} ({v})" for t, ok, v in checks])
     head = "Meets" if all(ok for _, ok, _ in checks) else "Not yet at all"
     chain = "" if earlier is None else (f" The PSNR gains over {base_name} add the {recipe.baseline} evaluation's "
@@ -457,7 +470,8 @@ def main_continued(args: argparse.Namespace, recipe: Continuation) -> None:
     unet = args.work / recipe.diffusion / "model" if recipe.diffusion else milestone
     if not args.skip_training:
         dec = load_json_config(stage1.AETrainConfig, CONFIGS / recipe.ae_config, [f"init_encoder={milestone}"])
-        if read_config(milestone).autoencoder == stage1.model_config(dec.model).autoencoder:
+        family = replace(read_config(milestone).autoencoder, decode_pad=0)  # decode_pad: set at export
+        if family == stage1.model_config(dec.model).autoencoder:
             dec.init = str(milestone)  # the same family: continue the milestone's decoder
         else:  # a smaller family: its decoder and renderer grown, starting from the same phi
             dec.grow = str(milestone)
@@ -465,7 +479,7 @@ def main_continued(args: argparse.Namespace, recipe: Continuation) -> None:
         if recipe.diffusion:
             dm = load_json_config(stage2.DMTrainConfig, CONFIGS / recipe.dm_config, [f"init={milestone}"])
             stage2.train(dm, milestone, train, unet.parent, resume=True, steps=args.dm_steps)
-    export_stages(ae_run / "model", unet, args.out)
+    export_stages(ae_run / "model", unet, args.out, decode_pad=recipe.decode_pad)
     strips = args.work / recipe.strips
     report = evaluate.main(["--model", str(args.out), "--compare", str(milestone), "--data", str(photos / "holdout"),
                             "--grid-sizes", "2048", "4096", "--no-pfid", "--strips", str(strips),

@@ -29,7 +29,10 @@ Prints a markdown report (for the model card) and writes it as JSON with ``--out
    (default c = 1024), per photo and mean. **φ-grid visibility** (:func:`grid_visibility`) at 1024²
    and 2048²: how much the renderer's nearest-cell fetch shows as blocks when zooming; references:
    the resized photos (about 1) and bicubic upsampling of the 256² input (whose slopes peak between
-   input pixels, on the same grid). 3. **Patch-FID "P/1K"** (paper §5.1): the Fréchet distance
+   input pixels, on the same grid). **Colour bands along the borders** (:func:`border_cast`) at the
+   largest grid size: the mean error of a φ cell's width along each border minus that just inside,
+   signed, averaged over photos (a band has one sign everywhere; content and noise cancel out).
+   3. **Patch-FID "P/1K"** (paper §5.1): the Fréchet distance
    between features of random P×P crops (the whole image for P = 1K) of ground-truth and generated
    images at 1024². Ground truth: the ``--fid-data`` photos (default: ``--data``) resized to 1024².
    "reconstruction" (the baseline: what the autoencoder alone reaches): the model's 1024²
@@ -76,8 +79,8 @@ from .data import ImageFolder
 from .losses import offline_lpips
 
 __all__ = [
-    "Settings", "ImageResult", "baselines", "baseline_labels", "refined", "grid_visibility", "psnr", "square",
-    "lpips_regions", "lpips_distance", "reconstruct",
+    "Settings", "ImageResult", "baselines", "baseline_labels", "refined", "grid_visibility", "border_cast", "psnr",
+    "square", "lpips_regions", "lpips_distance", "reconstruct",
     "scale_consistency", "evaluate_image", "reconstruction_pairs", "generate", "random_crops",
     "frechet_distance", "patch_label", "patch_fid", "evaluate", "markdown", "main",
     "Upscaler", "ESRGAN", "esrgan_of", "esrgan_scales", "esrgan_labels", "default_upscaler", "comparison_strip",
@@ -272,6 +275,20 @@ def grid_visibility(img: np.ndarray, period: int) -> float:
     return float(across / max(within, 1e-12))
 
 
+BORDER_SIDES = ("top", "bottom", "left", "right")
+
+
+def border_cast(img: np.ndarray, reference: np.ndarray, edge: int) -> dict[str, list[float]]:
+    """The colour cast of a band along each border of ``img [s, s, 3]``: per side, the mean error
+    against ``reference`` (per channel, in /255) in the ``edge`` pixels along the border minus that
+    in the next ``3 * edge`` pixels inward. Content cancels out; a band (say a cyan line along the
+    top) shows as the same sign on every photo, so :func:`evaluate` averages it over photos."""
+    err = img.astype(np.float64) - reference.astype(np.float64)
+    across = err.transpose(1, 0, 2)
+    views = {"top": err, "bottom": err[::-1], "left": across, "right": across[::-1]}
+    return {side: (v[:edge].mean((0, 1)) - v[edge:4 * edge].mean((0, 1))).tolist() for side, v in views.items()}
+
+
 def seam_visibility(img: np.ndarray, columns: Sequence[int] = (), rows: Sequence[int] = (),
                     period: int | None = None) -> float:
     """How visible seams at given pixel boundaries are in ``img [H, W, 3]``: the mean absolute grey
@@ -301,6 +318,7 @@ class ImageResult:
     rows: list[dict[str, Any]]  # {method, scale, psnr, lpips}
     consistency: dict[str, float]  # model name -> dB
     grid: dict[str, dict[int, float]]  # "gt", "bicubic" and model names -> side -> grid_visibility
+    border: dict[str, dict[str, list[float]]]  # "bicubic" and model names -> border_cast at the largest grid size
     images: dict[str, dict[int, np.ndarray]]  # "gt", "bicubic", model names -> scale -> [s, s, 3] uint8
 
 
@@ -320,10 +338,12 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
         thumb = inp.resize((n, n), LANCZOS)
         images[f"bicubic-{n}"] = {s: square(thumb, s, BICUBIC) for s in settings.scales}
     consistency = {}
-    grid = {}  # the references first: the photo and bicubic of the input (reusing renders at shared sizes)
+    grid, levels = {}, {}  # the references first: the photo and bicubic of the input (reusing renders at shared sizes)
     for ref, src, resample in (("gt", img, LANCZOS), ("bicubic", inp, BICUBIC)):
-        grid[ref] = {s: grid_visibility(images[ref][s] if s in images[ref] else square(src, s, resample), s // PHI_SIDE)
-                     for s in settings.grid_sizes}
+        levels[ref] = {s: images[ref][s] if s in images[ref] else square(src, s, resample) for s in settings.grid_sizes}
+        grid[ref] = {s: grid_visibility(levels[ref][s], s // PHI_SIDE) for s in settings.grid_sizes}
+    big = max(settings.grid_sizes, default=None)  # border_cast is measured there, a φ cell wide
+    border = {} if big is None else {"bicubic": border_cast(levels["bicubic"][big], levels["gt"][big], big // PHI_SIDE)}
     c = settings.consistency_size
     for name, pipe in models.items():
         z = encode_photo(pipe, inp)  # the same encoder input as the bicubic baseline
@@ -340,10 +360,12 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
             renders[s] = pipe.render(field, s, s)
         consistency[name] = scale_consistency(pipe, field, c, renders[c], renders[2 * c])
         grid[name] = {s: grid_visibility(renders[s], s // field.phi.shape[-1]) for s in settings.grid_sizes}
+        if big is not None:
+            border[name] = border_cast(renders[big], levels["gt"][big], big // PHI_SIDE)
     gt = images["gt"]
     rows = [{"method": m, "scale": s, "psnr": psnr(gt[s], out[s]), "lpips": lpips_distance(lpips_net, gt[s], out[s])}
             for s in settings.scales for m, out in images.items() if m != "gt" and s in out]
-    return ImageResult(rows, consistency, grid, images)
+    return ImageResult(rows, consistency, grid, border, images)
 
 
 def reconstruction_pairs(pipe: Pipeline, images: ImageFolder, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -444,7 +466,7 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
     lpips_net = offline_lpips(pipe.device)
     names = [str(p.relative_to(images.root)) for p in images.paths]
     reuse = reference is None and fid in settings.scales  # pFID pairs come out of the photo loop
-    rows, consistency, grid, gts, recons = [], defaultdict(dict), defaultdict(dict), [], []
+    rows, consistency, grid, border, gts, recons = [], defaultdict(dict), defaultdict(dict), defaultdict(dict), [], []
     for i, name in enumerate(tqdm(names, desc="photos", leave=False)):
         res = evaluate_image(images[i], models, settings, lpips_net, upscaler)
         if strips is not None and upscaler is not None:
@@ -455,6 +477,8 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
             consistency[m][name] = v
         for m, v in res.grid.items():
             grid[m][name] = {str(s): x for s, x in v.items()}
+        for m, v in res.border.items():
+            border[m][name] = v
         if reuse and extractors:
             gts.append(res.images["gt"][fid])
             recons.append(res.images["model"][fid])
@@ -492,6 +516,11 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
                           for m, per in grid.items()},
                  "per_image": grid},
     }
+    if border:  # a band has one sign on every photo: average the signed casts, then take the worst channel
+        report["border"] = {"size": max(settings.grid_sizes), "edge": max(settings.grid_sizes) // PHI_SIDE,
+                            "mean": {m: {side: float(np.abs(np.mean([v[side] for v in per.values()], 0)).max())
+                                         for side in BORDER_SIDES} for m, per in border.items()},
+                            "per_image": border}
     if extractors:
         if not reuse:
             gts, recons = reconstruction_pairs(pipe, reference or images, fid)
@@ -566,6 +595,13 @@ def markdown(report: dict[str, Any]) -> str:
         for m, v in g["mean"].items():
             label = "ground truth (photo resized)" if m == "gt" else methods[m]
             out.append(f"| {label} | " + " | ".join(f"{v[str(s)]:.2f}" for s in g["sizes"]) + " |")
+    if "border" in report:
+        b = report["border"]
+        out += ["", f"### Colour bands along the borders at {b['size']}²: mean error (/255, worst channel, mean over the "
+                f"photos) of the {b['edge']} px along each border minus that of the next {3 * b['edge']} px", "",
+                "| image | " + " | ".join(BORDER_SIDES) + " |", "|---|" + "---:|" * len(BORDER_SIDES)]
+        for m, v in b["mean"].items():
+            out.append(f"| {methods[m]} | " + " | ".join(f"{v[side]:.1f}" for side in BORDER_SIDES) + " |")
     if "pfid" in report:
         pf = report["pfid"]
         fid = _side(report["settings"]["fid_size"])
