@@ -32,10 +32,10 @@ Prints a markdown report (for the model card) and writes it as JSON with ``--out
    input pixels, on the same grid). **Colour bands along the borders** (:func:`border_cast`) at the
    largest grid size: the mean error of a φ cell's width along each border minus that just inside,
    signed, averaged over photos (a band has one sign everywhere; content and noise cancel out).
-   3. **Patch-FID "P/1K"** (paper §5.1): the Fréchet distance
-   between features of random P×P crops (the whole image for P = 1K) of ground-truth and generated
-   images at 1024². Ground truth: the ``--fid-data`` photos (default: ``--data``) resized to 1024².
-   "reconstruction" (the baseline: what the autoencoder alone reaches): the model's 1024²
+   3. **Patch-FID "P/1K"** (paper §5.1): the Fréchet distance between features of random P×P
+   crops (the whole image for P = 1K) of ground-truth and generated images at 1024². Ground truth:
+   the ``--fid-data`` photos (default: ``--data``) resized to 1024². "reconstruction" (the
+   baseline: what the autoencoder alone reaches): the model's 1024²
    reconstructions of those photos, cropped at the same positions. "samples": ``--samples`` latents
    drawn with seeds 0..N-1, rendered at 1024². The default features are EfficientNet-Lite0's
    (installs offline; see :mod:`training.features`), labelled "pFID-EffNetLite0 (not Inception-
