@@ -270,8 +270,8 @@ into `cpu3`'s (a 256² level twice as wide, projected to the same φ; `training/
 UNet as it is. Fine-tuning the encoder too was measured and gained nothing (an optimal latent per
 image gains only +0.8 dB at 256², +0.4 dB at 1024²). It decodes with 2 latent cells of reflection
 around the latent (`decode_pad`): trained without, the decoder left a colour cast along the top
-border (the top 16 px of 4096² renders −23/255 in red on the held-out photos); with it every border
-is as close to the photo as the inside, and PSNR is unchanged."""),
+border (the top 16 px of 4096² renders −23/255 in red on the held-out photos); with it no side's
+cast exceeds 3/255 (see the border table below), and PSNR is unchanged."""),
 }
 
 
