@@ -275,6 +275,11 @@ cast exceeds 3/255 (see the border table below), and PSNR is unchanged."""),
 }
 
 
+def evaluation_file(work: Path, recipe: str) -> Path:
+    """Where a continued recipe's evaluation against its milestone is kept (a later recipe reads it)."""
+    return work / f"evaluation-{recipe}.json"
+
+
 def export_stages(decoder: Path, dm: Path, out: Path, decode_pad: int | None = None) -> None:
     """A model folder from a continuation's stages: the autoencoder of ``decoder`` (the stage-1 run)
     and the UNet of ``dm`` (a stage-2 run's EMA UNet, or a model folder's), fp16 on disk, trained on
@@ -359,7 +364,7 @@ def status_continued(report: dict, recipe: Continuation, earlier: dict | None = 
     mean = report["reconstruction"]["mean"]
     base = baseline_psnr(report, earlier)
     base_name = RECIPES[recipe.baseline].before if earlier is not None else recipe.before
-    targeted = recipe.psnr_gain is not None and (recipe.baseline is None or earlier is not None)
+    targeted = recipe.psnr_gain is not None and (recipe.baseline is None or earlier is not None)  # no baseline read: no target
     checks, facts = [], []
     for s in ("256", "1024"):
         gain = mean["model"][s]["psnr"] - base[s]
@@ -408,8 +413,8 @@ def model_card_continued(out: Path, work: Path, report: dict, pfids: dict[str, d
     """The card of a continued model; a recipe with a ``baseline`` reads that recipe's evaluation
     (``WORK/evaluation-<baseline>.json``; without it, the PSNR gains over our milestone are reported
     without a target)."""
-    earlier_file = work / f"evaluation-{recipe.baseline}.json"
-    earlier = json.loads(earlier_file.read_text()) if recipe.baseline and earlier_file.exists() else None
+    earlier_file = evaluation_file(work, recipe.baseline) if recipe.baseline else None
+    earlier = json.loads(earlier_file.read_text()) if earlier_file and earlier_file.exists() else None
     cfg = read_config(out)
     pipe = Pipeline.load(out)
     d = pipe.describe()
@@ -483,7 +488,7 @@ def main_continued(args: argparse.Namespace, recipe: Continuation) -> None:
     strips = args.work / recipe.strips
     report = evaluate.main(["--model", str(args.out), "--compare", str(milestone), "--data", str(photos / "holdout"),
                             "--grid-sizes", "2048", "4096", "--no-pfid", "--strips", str(strips),
-                            "--out", str(args.work / f"evaluation-{recipe.name}.json")])
+                            "--out", str(evaluation_file(args.work, recipe.name))])
     pfids = {}
     for name, label, model in ((recipe.name, f"{recipe.name} (this model)", args.out),
                                (recipe.before, f"{recipe.before} (the milestone)", milestone)):
