@@ -102,8 +102,12 @@ def wait_settled(page, timeout: float = 120_000) -> None:
 
 
 def wait_status(page, text: str, timeout: float = 180_000) -> None:
-    page.wait_for_function("t => document.querySelector('#infd-status').innerText.includes(t)", arg=text,
-                           timeout=timeout)
+    """Until the status line says ``text``; on a timeout, the error says what it said instead."""
+    try:
+        page.wait_for_function("t => document.querySelector('#infd-status').innerText.includes(t)", arg=text,
+                               timeout=timeout)
+    except Exception as e:
+        raise AssertionError(f"status never said {text!r}; it says {page.inner_text('#infd-status')!r}") from e
 
 
 def tiles_of(page, gen: int) -> dict[tuple[int, int, int], bytes]:

@@ -92,7 +92,8 @@ def test_v2_export_evaluation_and_card(tmp_path: Path) -> None:
     report = evaluate.main(["--model", str(out), "--compare", str(work / "milestone"), "--data", holdout, "--no-pfid",
                             "--no-esrgan", "--scales", "256", "1024", "--consistency-size", "64", "--grid-sizes", "1024"])
     pfid = ["--data", holdout, "--samples", "2", "--steps", "2", "--scales", "256", "--fid-size", "256",
-            "--patch-sizes", "128", "256", "--crops", "4", "--grid-sizes", "--no-esrgan"]
+            "--patch-sizes", "128", "256", "--crops", "4", "--grid-sizes", "--no-esrgan", "--consistency-size", "64",
+            "--thumbnails"]  # the card reads only their pFID
     pfids = {"v2": evaluate.main(["--model", str(out), *pfid]),
              "v1": evaluate.main(["--model", str(work / "milestone"), *pfid])}
     default_model.model_card_continued(out, work, report, pfids, default_model.RECIPES["v2"])
@@ -148,3 +149,14 @@ def test_v2_manifest_credits_the_milestones_photos_once(tmp_path: Path) -> None:
     (tmp_path / "v2.md").write_text(v2)
     assert default_model.manifest_continued(nature, tmp_path / "v2.md") == v2
     assert default_model.manifest_continued(nature, tmp_path / "missing.md") == nature.read_text()
+
+
+def test_a_recipe_refuses_a_milestone_of_another_family(tmp_path: Path) -> None:
+    """On a fresh checkout the shipped folder is v3: continuing it as v3's milestone (v2) would label
+    the v3 model "v2" in the card; the recipe refuses it and says where v2 is."""
+    with pytest.raises(SystemExit, match=r"continues from v2 \(a cpu2 model\), but .* is a cpu3 model"):
+        default_model.check_milestone(default_model.DEFAULT_OUT, default_model.RECIPES["v3"])
+    Pipeline.from_config(configs.cpu2(), seed=0).save(tmp_path / "v2")
+    default_model.check_milestone(tmp_path / "v2", default_model.RECIPES["v3"])
+    with pytest.raises(SystemExit, match="a cpu model"):
+        default_model.check_milestone(tmp_path / "v2", default_model.RECIPES["v2"])

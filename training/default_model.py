@@ -242,6 +242,7 @@ class Continuation:
 
     name: str
     before: str  # what the milestone is called in the card
+    before_family: str  # the milestone's family (its config name): checked, a newer model is refused
     ae_config: str
     milestone: str  # the milestone's copy, made before the export overwrites the shipped folder
     autoencoder: str  # stage-1 run
@@ -256,13 +257,13 @@ class Continuation:
 
 RECIPES = {
     "v2": Continuation(
-        "v2", "v1", "ae_cpu2_decoder.json", "milestone", "decoder2", "dm2", "strips", psnr_gain=2.0,
+        "v2", "v1", "cpu", "ae_cpu2_decoder.json", "milestone", "decoder2", "dm2", "strips", psnr_gain=2.0,
         history="""v2 continues from the v1 model (the milestone, git history of this folder; rebuilt from scratch
 by `python -m training.default_model --recipe v1`, ~2.6 CPU-hours): its encoder (frozen, so the
 latents do not change), its decoder and renderer, grown into larger ones that start out computing
 v1's φ (`training/grow.py`), and its UNet."""),
     "v3": Continuation(
-        "v3", "v2", "ae_cpu3_decoder.json", "milestone-v2", "decoder3", None, "strips-v3", psnr_gain=2.0, baseline="v2",
+        "v3", "v2", "cpu2", "ae_cpu3_decoder.json", "milestone-v2", "decoder3", None, "strips-v3", psnr_gain=2.0, baseline="v2",
         decode_pad=2,
         history="""v3 continues from the v2 model (the milestone, git history of this folder; `--recipe v2` rebuilds
 it from v1): its encoder (frozen, so the latents do not change), its decoder and renderer, grown
@@ -464,8 +465,20 @@ def manifest_continued(photos: Path, milestone: Path) -> str:
     return own.rstrip() + "\n\n# The milestone's photos (its encoder and UNet, which this model continues, saw these)\n\n" + before
 
 
+def check_milestone(folder: Path, recipe: Continuation) -> None:
+    """Refuse a milestone of another family than the recipe continues: on a fresh checkout the
+    shipped folder is the newest model, not this recipe's starting point."""
+    family = read_config(folder).name
+    if family != recipe.before_family:
+        raise SystemExit(
+            f"--recipe {recipe.name} continues from {recipe.before} (a {recipe.before_family} model), but {folder} is a "
+            f"{family} model. Pass --milestone a copy of {recipe.before}, e.g. from the git history of "
+            f"{DEFAULT_OUT} (git log -- {DEFAULT_OUT}), or run the recipe that made {recipe.before} first.")
+
+
 def main_continued(args: argparse.Namespace, recipe: Continuation) -> None:
     photos, milestone = args.work / "photos-nature", args.work / recipe.milestone
+    check_milestone(milestone if (milestone / "config.json").exists() else args.milestone, recipe)
     if not (photos / "manifest.json").exists():
         photoset.main(["--out", str(photos), "--set", "nature"])
     if not (milestone / "config.json").exists():  # before the export overwrites it (--out is often --milestone)
