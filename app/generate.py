@@ -108,7 +108,9 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
                                                callback=on_step, should_stop=should_stop)
         else:
             z = pipe.sample(seed, steps=steps, cells=cells, callback=on_step, should_stop=should_stop)
-        return Picture(z[:1], seed=seed, label=f"{'guided, ' if guided else ''}seed {seed}, {steps} steps"), report
+        aspect = state.picture.photo_aspect if layout is not None and state.picture is not None else None
+        return Picture(z[:1], seed=seed, label=f"{'guided, ' if guided else ''}seed {seed}, {steps} steps",
+                       photo_aspect=aspect), report  # guided from a photo: still that photo's aspect
 
     return _run(ctx, session, work)
 
@@ -144,6 +146,7 @@ def open_photo(ctx: AppContext, session: Session, image: Image.Image, name: str 
     """Encode ``image`` (any size, RGB; squashed to the encoder's square input like in training),
     refine its latent for ``refine`` steps (:mod:`infd_core.inversion`), and commit it as the
     session's picture: then it zooms, exports and guides (``keep`` boxes) like a generated one.
+    The canvas takes the photo's aspect (its longest side kept), so the photo is seen unsquashed.
 
     Events, errors and cancelling as :func:`generate`; a cancelled refinement keeps nothing.
     """
@@ -153,7 +156,7 @@ def open_photo(ctx: AppContext, session: Session, image: Image.Image, name: str 
         if should_stop():
             raise Cancelled()
         label = f"{name}, refined {refine} steps" if refine else name
-        return Picture(z[:1], label=label), None
+        return Picture(z[:1], label=label, photo_aspect=image.width / image.height), None
 
     return _run(ctx, session, work)
 

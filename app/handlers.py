@@ -92,6 +92,15 @@ LoadOut = NamedTuple("LoadOut", [*Panel.__annotations__.items(), ("canvas", Any)
                                  ("seed", Any), ("status", Any)])
 
 
+def canvas_fields(width: int, height: int) -> tuple[str, Any, Any]:
+    """The canvas dropdown and its custom width/height fields showing a ``width x height`` canvas
+    the server chose (a loaded session's, an opened photo's aspect): a preset, else "custom"."""
+    values = {v for _, v in CANVAS_PRESETS}
+    preset = next((v for v in (str(width) if width == height else "", f"{width}x{height}") if v in values), "custom")
+    custom = preset == "custom"
+    return preset, gr.update(visible=custom, value=width), gr.update(visible=custom, value=height)
+
+
 def discard_upload(path: str) -> None:
     """Delete an upload Gradio cached, once read (only files under Gradio's cache directory)."""
     cache = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
@@ -447,7 +456,8 @@ class Handlers:
             yield [viewer_value(s), "Cancelled; the previous image is back.", gr.skip(), gr.skip()]
 
     def open_photo(self, key: str, path: str | None, refine: Any) -> Iterator[list[Any]]:
-        """Open an uploaded photo as the session's picture: yields [viewer, status]."""
+        """Open an uploaded photo as the session's picture: yields [viewer, status, canvas, canvas
+        width, canvas height, export width, export height] (the canvas takes the photo's aspect)."""
         s = self.session(key)
         if not path:
             raise user_error("No image received.")
@@ -459,18 +469,22 @@ class Handlers:
             raise user_error(f"Could not open the photo: {str(e).replace(str(path), name)}") from None
         finally:
             discard_upload(path)
+        unchanged = [gr.skip()] * 5
         try:
-            yield [gr.skip(), f"Encoding {name}…"]
+            yield [gr.skip(), f"Encoding {name}…", *unchanged]
             for event in open_photo(self.ctx, s, image, name, refine=steps):
                 if isinstance(event, Finished):
                     s.shown_status = (event.view.gen, f"Opened {event.view.picture.label}.")
-                    yield [viewer_value(s), f"Encoded {event.view.picture.label}; loading the view…"]
+                    w, h = event.view.pyramid.width, event.view.pyramid.height
+                    yield [viewer_value(s), f"Encoded {event.view.picture.label}; loading the view…",
+                           *canvas_fields(w, h), w, h]
                 else:
-                    yield [viewer_value(s, (event.step, event.total)), f"Refining {event.step}/{event.total}"]
+                    yield [viewer_value(s, (event.step, event.total)), f"Refining {event.step}/{event.total}",
+                           *unchanged]
         except Busy as e:
             raise user_error(str(e)) from None
         except Cancelled:
-            yield [viewer_value(s), "Cancelled; the previous image is back."]
+            yield [viewer_value(s), "Cancelled; the previous image is back.", *unchanged]
         except Exception as e:
             log.exception("opening a photo failed")
             raise user_error(f"Opening the photo failed: {e}") from None
@@ -525,8 +539,6 @@ class Handlers:
             s.commit(loaded.state)
         for warning in loaded.warnings:
             gr.Warning(warning)
-        w, h = loaded.canvas
-        values = {v for _, v in CANVAS_PRESETS}
-        preset = next((v for v in (str(w) if w == h else "", f"{w}x{h}") if v in values), "custom")
-        return LoadOut(*self.panel(s, "all"), canvas=preset, canvas_w=w, canvas_h=h,
+        preset, canvas_w, canvas_h = canvas_fields(*loaded.canvas)
+        return LoadOut(*self.panel(s, "all"), canvas=preset, canvas_w=canvas_w, canvas_h=canvas_h,
                        seed=loaded.seed if loaded.seed is not None else gr.skip(), status="Session loaded.")

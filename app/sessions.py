@@ -40,13 +40,18 @@ class SessionNotFound(KeyError):
 class Picture:
     """A latent ``[1, 3, h, w]`` (64 x 64, or a panorama's extent) and its decoded :class:`Field`,
     computed on first use and droppable. ``uid`` names the picture for good (tile caches key on it:
-    the views of one picture at several canvas sizes, or again after an undo, share tiles)."""
+    the views of one picture at several canvas sizes, or again after an undo, share tiles).
+    ``photo_aspect``: width / height of the photo an opened picture encodes (its latent holds it
+    squashed square, like in training); None for a generated picture."""
 
-    def __init__(self, latent: Tensor, seed: int | None = None, label: str = ""):
+    def __init__(self, latent: Tensor, seed: int | None = None, label: str = "", photo_aspect: float | None = None):
+        if photo_aspect is not None and not (isinstance(photo_aspect, (int, float)) and 1 / 64 <= photo_aspect <= 64):
+            raise ValueError(f"photo_aspect must be a number from 1/64 to 64, got {photo_aspect!r}")
         self.uid = uuid.uuid4().hex
         self.latent = latent.detach().cpu().float()
         self.seed = seed
         self.label = label
+        self.photo_aspect = None if photo_aspect is None else float(photo_aspect)
         self.last_used = time.monotonic()
         self._field: Field | None = None
         self._lock = threading.Lock()
@@ -68,6 +73,12 @@ class Picture:
     def cells(self) -> tuple[int, int]:
         """The latent's extent ``(h, w)`` in cells."""
         return int(self.latent.shape[-2]), int(self.latent.shape[-1])
+
+    @property
+    def aspect(self) -> float:
+        """Width / height it is meant to be seen at: its photo's, else its cells'."""
+        h, w = self.cells
+        return self.photo_aspect if self.photo_aspect is not None else w / h
 
     @property
     def field_bytes(self) -> int:
@@ -191,7 +202,7 @@ class Session:
         picture's pixel density when the two differ: after an extension, or its undo) under a new
         generation number."""
         with self.lock:
-            self._fit_canvas(picture)
+            self._fit_canvas(picture, preview)
             self.gen += 1
             view = View(self.gen, picture, Pyramid(*self.canvas), preview)
             self.views[view.gen] = view
@@ -199,17 +210,26 @@ class Session:
                 self.views.popitem(last=False)
             return view
 
-    def _fit_canvas(self, picture: Picture) -> None:
+    def _fit_canvas(self, picture: Picture, preview: bool = False) -> None:
         """A picture of another extent than the shown one (an extension, or its undo) gets a canvas of
-        its aspect at the shown picture's pixels per cell. A canvas the user picked is left alone."""
+        its aspect at the shown picture's pixels per cell. A picture of the same extent but another
+        :attr:`Picture.aspect` (an opened photo, or the undo of its opening; not a preview) gets one of
+        its aspect with the same longest side. A canvas the user picked is left alone."""
         w, h = self.canvas
         cells, shown = picture.cells, self.view
-        if shown is None or shown.picture.cells == cells or cells_aspect_matches(cells, h, w):
+        if shown is not None and shown.picture.cells != cells:
+            if cells_aspect_matches(cells, h, w):
+                return
+            per_cell = shown.pyramid.height / shown.picture.cells[0]
+            height, width = canvas_size(cells, max(1, round(per_cell * 64)))
+            shrink = max(1.0, max(height, width) / self.max_side)
+            self.canvas = (max(16, round(width / shrink)), max(16, round(height / shrink)))
             return
-        per_cell = shown.pyramid.height / shown.picture.cells[0]
-        height, width = canvas_size(cells, max(1, round(per_cell * 64)))
-        shrink = max(1.0, max(height, width) / self.max_side)
-        self.canvas = (max(16, round(width / shrink)), max(16, round(height / shrink)))
+        same = shown.picture.aspect == picture.aspect if shown is not None else picture.photo_aspect is None
+        if preview or same or abs(picture.aspect - w / h) * min(w, h) <= 1.0:
+            return
+        side, a = max(w, h), picture.aspect
+        self.canvas = (side, max(16, round(side / a))) if a >= 1 else (max(16, round(side * a)), side)
 
     def show_tiles(self, tiles: list[tuple[int, int, int]]) -> None:
         """The viewer's view needs these tile positions (any picture at this canvas size): a new

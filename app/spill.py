@@ -97,7 +97,7 @@ def encode(session: _s.Session) -> bytes:
             if id(p) not in pictures:
                 pictures[id(p)] = len(pictures)
                 zf.writestr(f"pictures/{pictures[id(p)]}.safetensors", latent_bytes(p.latent))
-                meta["pictures"].append({"seed": p.seed, "label": p.label})
+                meta["pictures"].append({"seed": p.seed, "label": p.label, "photo_aspect": p.photo_aspect})
             return pictures[id(p)]
 
         def box_json(b: Region) -> dict[str, Any]:
@@ -130,7 +130,8 @@ def decode(key: str, data: bytes, last_seen: float, max_side: int) -> _s.Session
         meta = json.loads(zf.read("session.json"))
         if meta.get("format") != FORMAT or meta.get("version") != VERSION:
             raise ValueError("not a spilled session of this version")
-        pictures = [_s.Picture(latent_from_bytes(zf.read(f"pictures/{i}.safetensors")), seed=p["seed"], label=p["label"])
+        pictures = [_s.Picture(latent_from_bytes(zf.read(f"pictures/{i}.safetensors")), seed=p["seed"], label=p["label"],
+                                 photo_aspect=p.get("photo_aspect"))
                     for i, p in enumerate(meta["pictures"])]
         images: dict[int, np.ndarray] = {}
 

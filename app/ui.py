@@ -142,8 +142,9 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                         url = gr.Textbox(visible="hidden", elem_id="infd-url")
                     with gr.Tab("Photo", elem_id="infd-photo-tab"):
                         gr.Markdown("Open a photo to zoom into it or export it at any size; guided generation "
-                                    "then starts from it (*keep* boxes keep what they cover). It is squashed to the "
-                                    "model's 256² square input, like in training. Refining fits the latent to "
+                                    "then starts from it (*keep* boxes keep what they cover). The model sees it squashed "
+                                    "to its 256² square input, like in training; the canvas takes the photo's "
+                                    "shape (its longest side kept). Refining fits the latent to "
                                     "the photo (about 0.7 s a step on 2 CPU cores): sharper, but slower to open.")
                         with gr.Row():
                             refine = gr.Number(0, label="Refine steps", precision=0, minimum=0, maximum=MAX_REFINE,
@@ -203,7 +204,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         run_outputs = list(RunOut(viewer=viewer, status=status, report=report, tabs=tabs))
         gen_evt = gen_btn.click(on.generate, run_inputs, run_outputs, **model)
         guided_evt = guided_btn.click(on.guided, run_inputs, run_outputs, **model)
-        photo_evt = photo_btn.upload(on.open_photo, [key, photo_btn, refine], [viewer, status], **model)
+        photo_evt = photo_btn.upload(on.open_photo, [key, photo_btn, refine],
+                                     [viewer, status, canvas, canvas_w, canvas_h, export_w, export_h], **model)
         extend_evt = extend_btn.click(on.extend, [key, extend_side, extend_cells, seed, steps],
                                       [viewer, status, export_w, export_h], **model)
         # cancels= drops a run still waiting for the model; a running one stops via the session's flag

@@ -7,7 +7,7 @@ guided generation, undo, export. Screenshots go to ``artifacts/`` (gitignored); 
 timings of the second test to ``artifacts/app-timings.json``. The README's screenshots are
 ``INFD_E2E_STEPS=30 pytest tests/test_app_e2e.py`` then ``app-05-guided.png``,
 ``app-03-zoomed-1to1.png`` and ``app-07-photo.png`` copied (256-colour PNG) to
-``assets/screenshots/app-canvas.png`` / ``app-zoom-1to1.png`` / ``app-photo.png``.
+``assets/screenshots/app-canvas.png`` / ``app-zoom-1to1.png`` / ``app-photo.png`` (the README's first).
 """
 from __future__ import annotations
 
@@ -286,17 +286,32 @@ def test_canvas_end_to_end(live, browser_page):
     wait_status(page, "Session loaded")
     assert [b.prompt for b in session.state.boxes] == ["a red apple"]
 
-    # open a photo (refined 2 steps): it becomes the picture, with new tiles
+    # select the box in the list and delete it
+    page.get_by_role("tab", name="Boxes").click()
+    page.locator("#infd-boxes label").first.click()
+    page.wait_for_function("document.querySelector('#infd-prompt textarea, #infd-prompt input') !== null")
+    page.click("#infd-delete")
+    page.wait_for_function("infd.state.boxes.length === 0")
+    assert session.state.boxes == ()
+
+    # open a 3:2 photo (refined 2 steps): it becomes the picture, with new tiles, on a canvas of its shape
     loaded = shown_gen(page)
     page.get_by_role("tab", name="Photo").click()
+    page.wait_for_selector("#infd-refine input", state="visible")
+    page.wait_for_timeout(1000)  # the tab's first render settles (a fill before it is lost)
     page.fill("#infd-refine input", "2")
-    photo = ARTIFACTS / "coffee.jpg"
-    Image.fromarray(data.coffee()).save(photo)
+    page.press("#infd-refine input", "Tab")  # the number reaches Gradio's state before the upload reads it
+    page.wait_for_timeout(500)
+    photo = ARTIFACTS / "chelsea.jpg"
+    Image.fromarray(data.chelsea()).save(photo, quality=95)  # 451 x 300
     page.set_input_files("input[type=file][accept='image/*']", str(photo))
-    wait_status(page, "Opened coffee.jpg, refined 2 steps", timeout=120_000)
+    wait_status(page, "Opened chelsea.jpg, refined 2 steps", timeout=120_000)
     opened, differs = new_tiles(page, loaded)
     assert opened > loaded and differs and all(differs)
-    assert session.state.picture.label == "coffee.jpg, refined 2 steps"
+    assert session.state.picture.label == "chelsea.jpg, refined 2 steps"
+    assert session.canvas == (2048, 1362) and page.evaluate("infd.state.value.image.height") == 1362
+    assert page.input_value("#infd-canvas input") == "custom" and page.input_value("#infd-canvas-h input") == "1362"
+    wait_settled(page)
     shot(page, "07-photo")
 
     # a custom canvas size: the fields show six digits, and a size applies when the field loses focus
@@ -309,7 +324,7 @@ def test_canvas_end_to_end(live, browser_page):
     width.fill("3000")
     page.keyboard.press("Tab")
     page.wait_for_function("infd.state.value.image.width === 3000")
-    assert session.canvas == (3000, 2048)
+    assert session.canvas == (3000, 1362)
     assert page.outside == [], f"the page tried to reach the internet: {page.outside}"
 
 

@@ -22,7 +22,7 @@ from PIL import Image
 from skimage import data
 from safetensors.torch import save as save_tensors
 
-from app import sessionfile
+from app import sessionfile, spill
 from app.context import Limits
 from app.deepzoom import Pyramid, encode_png
 from app.generate import Cancelled, Finished, PreviewPacer, Progress, extend_picture, generate, open_photo
@@ -522,6 +522,43 @@ def test_open_photo_encodes_refines_commits_and_cancels(server):
     cancel_after_first_event(s, run)
     assert s.state.picture is refined and s.view.picture is refined
     assert s.undo() and s.state.picture is first  # opening a photo is an undo step
+
+
+def test_an_opened_photo_gets_a_canvas_of_its_shape(server, tmp_path):
+    """A 3:2 photo opened on a square canvas: the canvas becomes 3:2 with the same longest side (the
+    photo is seen unsquashed); guided generation from it keeps that shape; a canvas the user then
+    picks is left alone; undoing the opening brings the square back, redo the photo's; a spilled
+    session keeps the shape; the handler shows the new canvas in the canvas and export fields."""
+    _, ctx = server
+    s = ctx.store.create(canvas=(512, 512))
+    list(generate(ctx, s, seed=1, steps=1))
+    square = s.state.picture
+    assert square.photo_aspect is None and square.aspect == 1.0
+    list(open_photo(ctx, s, Image.fromarray(data.chelsea()), "cat.png"))  # 451 x 300
+    cat = s.state.picture
+    assert cat.photo_aspect == pytest.approx(451 / 300) and cat.cells == (64, 64)
+    assert s.canvas == (512, 341) and (s.view.pyramid.width, s.view.pyramid.height) == (512, 341)
+    s.commit(s.state.with_box(Region(Box(0.0, 0.0, 0.25, 0.25), kind="color", color=(1.0, 0.0, 0.0), id="red")))
+    list(generate(ctx, s, seed=2, steps=1, guided=True, scale=0.5))
+    guided = s.state.picture
+    assert guided.photo_aspect == cat.photo_aspect and s.canvas == (512, 341)
+    s.set_canvas(400, 400)
+    assert s.canvas == (400, 400) and s.view.picture is guided
+    s.set_canvas(512, 341)
+    assert s.undo() and s.undo() and s.state.picture is cat and s.canvas == (512, 341)
+    assert s.undo() and s.state.picture is square and s.canvas == (512, 512)
+    assert s.redo() and s.state.picture is cat and s.canvas == (512, 341)
+    back = spill.decode(s.key, spill.encode(s), time.time(), 65536)
+    assert [p.photo_aspect for p in (st.picture for st in back.history) if p is not None][:2] == [None, cat.photo_aspect]
+    with pytest.raises(ValueError, match="photo_aspect"):
+        Picture(cat.latent, photo_aspect=0.0)
+
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (300, 200), (40, 90, 160)).save(wide)
+    s2 = ctx.store.create(canvas=(2048, 2048))
+    *_, last = Handlers(ctx).open_photo(s2.key, str(wide), 0)
+    assert s2.canvas == (2048, 1365) and last[2] == "custom" and last[5:] == [2048, 1365]
+    assert (last[3]["value"], last[3]["visible"], last[4]["value"]) == (2048, True, 1365)
 
 
 def test_uploaded_photos_are_checked(server, tmp_path):

@@ -74,6 +74,7 @@
     const st = {
       value: null,
       shownKey: null,     // "session/gen" of the image on screen
+      aspect: null,       // width / height of the newest image added (a new shape is fitted to the window)
       pendingKey: null,   // the one loading behind it at opacity 0
       pending: null,
       boxes: [],
@@ -231,6 +232,11 @@
           const item = e.item;
           if (st.pendingKey !== key) { viewer.world.removeItem(item); return; }
           st.pending = item;
+          const aspect = img.width / img.height;
+          if (!first && st.aspect !== null && Math.abs(aspect - st.aspect) > 1e-9) {
+            viewer.viewport.fitBounds(item.getBounds(), true);  // home would fit the old one too, still in the world
+          }
+          st.aspect = aspect;                   // e.g. an opened photo's shape: fit it, its tiles load for that view
           const reveal = () => {
             if (st.pending !== item) return;
             allLevels(item, img);
