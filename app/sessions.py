@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from torch import Tensor
 
-from infd_core.geometry import canvas_size, cells_aspect_matches
+from infd_core.geometry import aspect_matches, aspect_size, canvas_size, cells_aspect_matches
 from infd_core.layout import MAX_PROMPT, MAX_REGIONS, Region
 from infd_core.pipeline import Field, Pipeline
 
@@ -226,10 +226,10 @@ class Session:
             self.canvas = (max(16, round(width / shrink)), max(16, round(height / shrink)))
             return
         same = shown.picture.aspect == picture.aspect if shown is not None else picture.photo_aspect is None
-        if preview or same or abs(picture.aspect - w / h) * min(w, h) <= 1.0:
+        if preview or same or aspect_matches(picture.aspect, h, w):
             return
-        side, a = max(w, h), picture.aspect
-        self.canvas = (side, max(16, round(side / a))) if a >= 1 else (max(16, round(side * a)), side)
+        height, width = aspect_size(picture.aspect, max(w, h))
+        self.canvas = (max(16, width), max(16, height))
 
     def show_tiles(self, tiles: list[tuple[int, int, int]]) -> None:
         """The viewer's view needs these tile positions (any picture at this canvas size): a new

@@ -27,10 +27,10 @@ from PIL import Image
 from tqdm import tqdm
 
 from .authors import import_authors
-from .checkpoint import CheckpointError, load_latent, save_latent
+from .checkpoint import CheckpointError, latent_metadata, load_latent, save_latent
 from .configs import PRESETS, preset
 from .diffusion import DEFAULT_STRIDE, METHODS
-from .geometry import Box, box_to_pixels, canvas_size, cells_aspect_matches, check_cells
+from .geometry import Box, aspect_matches, aspect_size, box_to_pixels, canvas_size, cells_aspect_matches, check_cells
 from .images import read_photo
 from .pipeline import Pipeline, check_size
 from .tiling import RENDER_MODES
@@ -62,11 +62,14 @@ def _size_arg(text: str) -> str:
     return text
 
 
-def _size(args: argparse.Namespace, cells: tuple[int, int] | None = None) -> tuple[int, int]:
+def _size(args: argparse.Namespace, cells: tuple[int, int] | None = None,
+          aspect: float | None = None) -> tuple[int, int]:
     """The output ``(height, width)``: ``--size WIDTHxHEIGHT`` (x first, like image sizes), or
     ``--size N``: N pixels per 64 latent cells (N x N for a square latent; a 64x192-cell panorama at
     ``--size 2048`` is 6144 x 2048), or ``--height``/``--width``. A size whose aspect does not
-    match the latent's cells (pixels would be stretched) is refused."""
+    match the latent's cells (pixels would be stretched) is refused. ``aspect`` (width / height of
+    an encoded photo, its latent squashed square): ``--size N`` is its longer side, and a
+    ``WIDTHxHEIGHT`` must have that shape instead."""
     text = str(args.size).lower()
     if "x" in text:
         try:
@@ -79,10 +82,13 @@ def _size(args: argparse.Namespace, cells: tuple[int, int] | None = None) -> tup
         except ValueError:
             raise ValueError(f"--size must be N or WIDTHxHEIGHT pixels, got {args.size!r}") from None
         check_size(n, n)
-        h, w = canvas_size(cells or (64, 64), n)
+        h, w = canvas_size(cells or (64, 64), n) if aspect is None else aspect_size(aspect, n)
     h, w = args.height or h, args.width or w
     check_size(h, w)
-    if cells is not None and "x" in text and not cells_aspect_matches(cells, h, w):
+    if aspect is not None and "x" in text and not aspect_matches(aspect, h, w):
+        raise ValueError(f"--size {w}x{h} (width x height) does not have the photo's shape ({aspect:.4g}:1); "
+                         f"e.g. --size {w}x{round(w / aspect)}, or --size N for N pixels on its longer side")
+    if aspect is None and cells is not None and "x" in text and not cells_aspect_matches(cells, h, w):
         raise ValueError(f"--size {w}x{h} (width x height) does not have the aspect of {cells[0]}x{cells[1]} cells "
                          f"(rows x columns); e.g. --size {w}x{round(w * cells[0] / cells[1])}, or --size N for "
                          f"N pixels per 64 cells")
@@ -106,8 +112,8 @@ def _region(args: argparse.Namespace, h: int, w: int):
     return box_to_pixels(Box(x0, y0, x1, y1).check_inside(), h, w)
 
 
-def _write_image(pipe: Pipeline, z: torch.Tensor, args: argparse.Namespace) -> None:
-    h, w = _size(args, tuple(z.shape[-2:]))
+def _write_image(pipe: Pipeline, z: torch.Tensor, args: argparse.Namespace, aspect: float | None = None) -> None:
+    h, w = _size(args, tuple(z.shape[-2:]), aspect)
     region = _region(args, h, w)
     field = pipe.field(z)
     n_tiles = None
@@ -194,19 +200,22 @@ def cmd_encode(args: argparse.Namespace) -> None:
     if args.refine < 0:
         raise ValueError(f"--refine must be >= 0, got {args.refine}")
     image = read_photo(args.image)
+    aspect = image.width / image.height  # rendered in the photo's shape, its latent squashed square
     pipe = _pipeline(args)
-    _size(args)
+    _size(args, aspect=aspect)
     with tqdm(total=args.refine, desc="refine", unit="step", disable=args.quiet or not args.refine) as bar:
         z = encode_photo(pipe, image, args.refine, lr=args.lr,
                          callback=lambda i, n, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
     save_latent(Path(args.out).with_suffix(".latent.safetensors"), z,
-                {"model": pipe.cfg.name, "image": Path(args.image).name, "refine": args.refine})
-    _write_image(pipe, z, args)
+                {"model": pipe.cfg.name, "image": Path(args.image).name, "refine": args.refine, "aspect": aspect})
+    _write_image(pipe, z, args, aspect)
 
 
 def cmd_render(args: argparse.Namespace) -> None:
     pipe = _pipeline(args)
-    _write_image(pipe, load_latent(args.latent), args)
+    z = load_latent(args.latent)
+    aspect = latent_metadata(args.latent).get("aspect")  # a photo's latent (encode): the photo's shape
+    _write_image(pipe, z, args, None if aspect is None else float(aspect))
 
 
 def cmd_info(args: argparse.Namespace) -> None:
@@ -284,9 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resample", type=int, default=0, help="harmonising passes per step (each one more UNet call)")
     p.set_defaults(fn=cmd_extend)
 
-    p = sub.add_parser("encode", help="encode a photo (resized to 256²) into a latent and render it at any size")
+    p = sub.add_parser("encode", help="encode a photo (resized to 256²) into a latent and render it at any size "
+                       "in the photo's shape (--size N: its longer side)")
     model_args(p), image_args(p)
-    p.add_argument("image", help="the photo (any size; squashed to a square like in training)")
+    p.add_argument("image", help="the photo (any size; squashed to a square like in training, "
+                   "rendered in its own shape)")
     p.add_argument("--refine", type=int, default=0,
                    help="refine the encoder's latent by this many gradient steps (about 0.7 s each on 2 CPU cores)")
     p.add_argument("--lr", type=float, default=0.01, help="refinement step size")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_tensors
@@ -103,6 +103,16 @@ def latent_from_bytes(raw: bytes, name: str = "latent file") -> Tensor:
         if key in tensors:
             return tensors[key]  # dtype and shape as stored: Autoencoder.check_latent judges them
     raise ValueError(f"{name} is not a latent file (expected a tensor named {LATENT_KEY!r}, found {sorted(tensors)})")
+
+
+def latent_metadata(path: str | Path) -> dict[str, str]:
+    """A latent file's metadata (e.g. ``aspect``: width / height of the photo it encodes); ValueError
+    if the file cannot be read as safetensors."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except (OSError, SafetensorError) as e:
+        raise ValueError(f"{path}: not a latent file ({e})") from None
 
 
 def load_latent(path: str | Path) -> Tensor:

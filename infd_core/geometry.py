@@ -230,9 +230,23 @@ def cells_aspect_matches(cells: tuple[int, int], height: int, width: int) -> boo
     """Whether a ``height x width`` level shows ``cells`` with square pixels, to a pixel's rounding
     on the shorter side (e.g. 64x192 cells at 2730 x 8192 px)."""
     h, w = cells
-    if width * h >= height * w:  # the height is the side derived from the other
-        return abs(width * h / w - height) <= 1.0
-    return abs(height * w / h - width) <= 1.0
+    return aspect_matches(w / h, height, width)
+
+
+def aspect_matches(aspect: float, height: int, width: int) -> bool:
+    """Whether ``height x width`` pixels have the shape ``aspect`` (width / height), to a pixel's
+    rounding on the side derived from the other."""
+    if width >= height * aspect:  # the height is the side derived from the other
+        return abs(width / aspect - height) <= 1.0
+    return abs(height * aspect - width) <= 1.0
+
+
+def aspect_size(aspect: float, side: int) -> tuple[int, int]:
+    """Pixels ``(height, width)`` of shape ``aspect`` (width / height) whose longer side is ``side``
+    (the other rounded, at least 1): ``(1362, 2048)`` for a 451 x 300 photo at 2048."""
+    if aspect >= 1:
+        return max(1, round(side / aspect)), side
+    return side, max(1, round(side * aspect))
 
 
 def extend_cells(cells: tuple[int, int], left: int = 0, right: int = 0, up: int = 0,

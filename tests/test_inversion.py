@@ -67,17 +67,19 @@ def test_refinement_rejects_bad_arguments(tiny_pipe: Pipeline, photo: Image.Imag
 
 def test_cli_encode_writes_a_render_and_a_latent_that_render_reproduces(tmp_path: Path) -> None:
     src = tmp_path / "photo.jpg"
-    Image.fromarray(data.chelsea()).save(src)  # 451x300: squashed to 256² like in training
+    Image.fromarray(data.chelsea()).save(src)  # 451x300: squashed to 256² like in training, rendered at 3:2
     out = tmp_path / "zoom.png"
     assert main(["encode", str(src), "--refine", "2", "--size", "320", "--out", str(out), "--quiet"]) == 0
     latent = tmp_path / "zoom.latent.safetensors"
     assert load_latent(latent).shape == (1, 3, 64, 64)
-    again = tmp_path / "again.png"
+    again = tmp_path / "again.png"  # the latent file knows the photo's shape
     assert main(["render", "--latent", str(latent), "--size", "320", "--out", str(again), "--quiet"]) == 0
     a, b = np.asarray(Image.open(out)), np.asarray(Image.open(again))
-    assert a.shape == (320, 320, 3) and np.array_equal(a, b)
+    assert a.shape == (213, 320, 3) and np.array_equal(a, b)
+    assert main(["render", "--latent", str(latent), "--size", "320x320", "--out", str(again), "--quiet"]) == 2
+    assert main(["render", "--latent", str(latent), "--size", "640x426", "--out", str(again), "--quiet"]) == 0
     # the render resembles the photo (a real encoder, not noise)
-    ref = np.asarray(Image.open(src).convert("RGB").resize((320, 320), Image.Resampling.LANCZOS), dtype=float)
+    ref = np.asarray(Image.open(src).convert("RGB").resize((320, 213), Image.Resampling.LANCZOS), dtype=float)
     assert np.abs(a.astype(float) - ref).mean() < 25
 
 

@@ -14,8 +14,8 @@ from PIL import Image
 from infd_core.__main__ import main
 from infd_core.checkpoint import load_latent, save_latent
 from infd_core.diffusion import METHODS, redilated, redilation_convs, window_edges, window_starts, windowed_eps
-from infd_core.geometry import (Box, PixelRange, box_in_extended, canvas_size, cells_aspect_matches, check_cells,
-                                extend_cells)
+from infd_core.geometry import (Box, PixelRange, aspect_matches, aspect_size, box_in_extended, canvas_size,
+                                cells_aspect_matches, check_cells, extend_cells)
 from infd_core.guidance import guided_sample
 from infd_core.layout import Layout, Region, box_cells, place_image, region_mask
 from infd_core.outpaint import extend, grown
@@ -37,6 +37,11 @@ def test_extents_and_pixel_density() -> None:
     assert canvas_size((64, 64), 1024) == (1024, 1024)
     assert cells_aspect_matches((64, 192), 2730, 8192) and cells_aspect_matches((192, 64), 8192, 2731)
     assert not cells_aspect_matches((64, 192), 2730, 2730)
+    # a photo's shape (an opened photo's canvas, the encode CLI): the longer side given
+    assert aspect_size(451 / 300, 2048) == (1362, 2048) and aspect_size(300 / 451, 2048) == (2048, 1362)
+    assert aspect_size(1.0, 512) == (512, 512) and aspect_size(1000.0, 10) == (1, 10)
+    assert aspect_matches(451 / 300, 1362, 2048) and aspect_matches(300 / 451, 2048, 1362)
+    assert not aspect_matches(451 / 300, 1365, 2048) and not aspect_matches(1.5, 2048, 2048)
     new, where = extend_cells((64, 64), left=8, down=16)
     assert new == (80, 72) and where == PixelRange(0, 64, 8, 72)
     b = box_in_extended(Box(0, 0, 1, 1), (64, 64), new, where)
