@@ -432,28 +432,30 @@ class Handlers:
             raise user_error(f"Generation failed: {e}") from None
 
     def extend(self, key: str, side: str, amount: Any, seed: Any, steps: Any) -> Iterator[list[Any]]:
-        """Outpaint the current picture by ``amount`` cells on ``side``: yields [viewer, status, canvas
-        width, canvas height] per step and at the end (the canvas grows at the same pixel density)."""
+        """Outpaint the current picture by ``amount`` cells on ``side``: yields [viewer, status, canvas,
+        canvas width, canvas height, export width, export height] per step and at the end (the canvas
+        grows at the same pixel density)."""
         s = self.session(key)
         seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
         steps_i = int(number(steps, "steps", 1, 1000, whole=True))
         cells = int(number(amount, "cells", 8, 512, whole=True))
+        unchanged = [gr.skip()] * 5
         try:
-            yield [viewer_value(s, (0, steps_i)), f"Extending {side} by {cells} cells…", gr.skip(), gr.skip()]
+            yield [viewer_value(s, (0, steps_i)), f"Extending {side} by {cells} cells…", *unchanged]
             for event in extend_picture(self.ctx, s, side=side, amount=cells, seed=seed_i, steps=steps_i):
                 if isinstance(event, Finished):
                     label = event.view.picture.label
                     s.shown_status = (event.view.gen, f"Done: {label}.")
-                    w, h = s.canvas
-                    yield [viewer_value(s), f"{label[0].upper()}{label[1:]}; loading the view…", w, h]
+                    w, h = event.view.pyramid.width, event.view.pyramid.height
+                    yield [viewer_value(s), f"{label[0].upper()}{label[1:]}; loading the view…",
+                           *canvas_fields(w, h), w, h]
                 else:
-                    yield [viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}",
-                           gr.skip(), gr.skip()]
+                    yield [viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}", *unchanged]
         except (Busy, ValueError) as e:
             gr.Warning(str(e))
-            yield [viewer_value(s), f"Not extended: {e}", gr.skip(), gr.skip()]
+            yield [viewer_value(s), f"Not extended: {e}", *unchanged]
         except Cancelled:
-            yield [viewer_value(s), "Cancelled; the previous image is back.", gr.skip(), gr.skip()]
+            yield [viewer_value(s), "Cancelled; the previous image is back.", *unchanged]
 
     def open_photo(self, key: str, path: str | None, refine: Any) -> Iterator[list[Any]]:
         """Open an uploaded photo as the session's picture: yields [viewer, status, canvas, canvas

@@ -27,6 +27,8 @@ class Runner:
     def __init__(self) -> None:
         self._active = threading.Lock()
         self._cancel = threading.Event()
+        self._ended = threading.Event()  # the active run's end (set once its lock is released)
+        self._ended.set()
 
     @property
     def running(self) -> bool:
@@ -40,6 +42,7 @@ class Runner:
         if not self._active.acquire(blocking=False):
             raise Busy("this session is already generating")
         cancel = self._cancel = threading.Event()  # this run's flag: a stale consumer can stop only its own run
+        ended = self._ended = threading.Event()
         events: queue.Queue = queue.Queue()
 
         def work() -> None:
@@ -51,6 +54,7 @@ class Runner:
                 events.put(e)
             finally:
                 self._active.release()
+                ended.set()
 
         threading.Thread(target=work, name="model-run", daemon=True).start()
         return self._follow(events, cancel)
@@ -77,9 +81,9 @@ class Runner:
         nothing was running."""
         if not self.running:
             return False
+        ended = self._ended
         self._cancel.set()
-        if self._active.acquire(timeout=timeout):
-            self._active.release()
+        ended.wait(timeout)  # not by taking the lock: a new run must find it free the moment this one ends
         return True
 
 

@@ -145,7 +145,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                                     "then starts from it (*keep* boxes keep what they cover). The model sees it squashed "
                                     "to its 256² square input, like in training; the canvas takes the photo's "
                                     "shape (its longest side kept). Refining fits the latent to "
-                                    "the photo (about 0.7 s a step on 2 CPU cores): sharper, but slower to open.")
+                                    "the photo (about 1 s a step on 2 CPU cores): sharper, but slower to open.")
                         with gr.Row():
                             refine = gr.Number(0, label="Refine steps", precision=0, minimum=0, maximum=MAX_REFINE,
                                                min_width=80, elem_id="infd-refine")
@@ -207,7 +207,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         photo_evt = photo_btn.upload(on.open_photo, [key, photo_btn, refine],
                                      [viewer, status, canvas, canvas_w, canvas_h, export_w, export_h], **model)
         extend_evt = extend_btn.click(on.extend, [key, extend_side, extend_cells, seed, steps],
-                                      [viewer, status, export_w, export_h], **model)
+                                      [viewer, status, canvas, canvas_w, canvas_h, export_w, export_h], **model)
         # cancels= drops a run still waiting for the model; a running one stops via the session's flag
         cancel_btn.click(on.cancel, key, [viewer, status], cancels=[gen_evt, guided_evt, photo_evt, extend_evt],
                          **light)

@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("image", help="the photo (any size; squashed to a square like in training, "
                    "rendered in its own shape)")
     p.add_argument("--refine", type=int, default=0,
-                   help="refine the encoder's latent by this many gradient steps (about 0.7 s each on 2 CPU cores)")
+                   help="refine the encoder's latent by this many gradient steps (about 1 s each on 2 CPU cores)")
     p.add_argument("--lr", type=float, default=0.01, help="refinement step size")
     p.set_defaults(fn=cmd_encode)
 

@@ -628,5 +628,8 @@ def test_panorama_canvas_extend_undo_tiles_and_session_file(server):
     assert s.state.picture is pano and s.view.picture is pano and s.canvas == (256, 128)  # previews undone
     with pytest.raises(ValueError, match="multiple of 8"):
         list(extend_picture(ctx, s, side="up", amount=5, seed=0, steps=1))
+    *_, last = Handlers(ctx).extend(s.key, "right", 64, 4, 1)  # the canvas fields show the grown canvas
+    assert s.canvas == (384, 128) and last[2] == "custom" and last[5:] == [384, 128]
+    assert (last[3]["value"], last[3]["visible"], last[4]["value"]) == (384, True, 128)
     with pytest.raises(ValueError, match="extend side"):
         list(extend_picture(ctx, s, side="sideways", amount=8, seed=0, steps=1))
