@@ -10,6 +10,7 @@ Many sessions are kept, within bounds, by :class:`app.store.SessionStore`.
 """
 from __future__ import annotations
 
+import math
 import re
 import threading
 import time
@@ -45,8 +46,8 @@ class Picture:
     squashed square, like in training); None for a generated picture."""
 
     def __init__(self, latent: Tensor, seed: int | None = None, label: str = "", photo_aspect: float | None = None):
-        if photo_aspect is not None and not (isinstance(photo_aspect, (int, float)) and 1 / 64 <= photo_aspect <= 64):
-            raise ValueError(f"photo_aspect must be a number from 1/64 to 64, got {photo_aspect!r}")
+        if photo_aspect is not None and not (isinstance(photo_aspect, (int, float)) and 0 < photo_aspect < math.inf):
+            raise ValueError(f"photo_aspect must be a positive number, got {photo_aspect!r}")
         self.uid = uuid.uuid4().hex
         self.latent = latent.detach().cpu().float()
         self.seed = seed

@@ -552,6 +552,11 @@ def test_an_opened_photo_gets_a_canvas_of_its_shape(server, tmp_path):
     assert [p.photo_aspect for p in (st.picture for st in back.history) if p is not None][:2] == [None, cat.photo_aspect]
     with pytest.raises(ValueError, match="photo_aspect"):
         Picture(cat.latent, photo_aspect=0.0)
+    strip = tmp_path / "strip.png"  # a 200:1 strip: the shorter side stops at the canvas's 16 px
+    Image.new("RGB", (2000, 10), (200, 30, 30)).save(strip)
+    s3 = ctx.store.create(canvas=(1024, 1024))
+    *_, last = Handlers(ctx).open_photo(s3.key, str(strip), 0)
+    assert s3.canvas == (1024, 16) and last[1] == "Encoded strip.png; loading the view…"
 
     wide = tmp_path / "wide.png"
     Image.new("RGB", (300, 200), (40, 90, 160)).save(wide)
