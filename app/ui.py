@@ -32,7 +32,7 @@ VIEWER_HTML = """
     <button type="button" data-action="home" title="Fit the whole image (0)">Fit</button>
   </div>
   <div class="infd-progress"><div class="infd-bar"></div><span class="infd-progress-text"></span></div>
-  <div class="infd-hint"><span>Press <b>Generate</b> (or G) to create an image.</span></div>
+  <div class="infd-hint"><span>Press <b>Generate</b> (or G) to create an image, or open a photo (tab <b>Photo</b>) to zoom into it.</span></div>
 </div>
 """
 # The custom event names must appear quoted in js_on_load for Gradio 6 to expose them as events.

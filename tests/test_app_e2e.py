@@ -180,7 +180,7 @@ def test_canvas_end_to_end(live, browser_page):
     assert settled(page), "Done before the image was on screen"
     first = shown_gen(page)
     levels_fit = levels(page, first)
-    assert page.inner_text(".infd-hint") == "Press Generate (or G) to create an image."
+    assert page.inner_text(".infd-hint") == "Press Generate (or G) to create an image, or open a photo (tab Photo) to zoom into it."
     shot(page, "02-generated")
 
     # guided without a box fails, and the status says so
