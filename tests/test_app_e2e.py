@@ -298,7 +298,7 @@ def test_canvas_end_to_end(live, browser_page):
     loaded = shown_gen(page)
     page.get_by_role("tab", name="Photo").click()
     page.wait_for_selector("#infd-refine input", state="visible")
-    page.wait_for_timeout(1000)  # the tab's first render settles (a fill before it is lost)
+    page.wait_for_timeout(1000)  # its first show after a guided or cancelled run re-mounts its fields within ~100 ms: a fill before is lost
     page.fill("#infd-refine input", "2")
     page.press("#infd-refine input", "Tab")  # the number reaches Gradio's state before the upload reads it
     page.wait_for_timeout(500)
