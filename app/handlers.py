@@ -29,7 +29,7 @@ from infd_core.layout import KINDS, Region
 
 from .context import AppContext
 from .generate import Busy, Cancelled, Finished, extend_picture, generate, open_photo
-from .sessions import Session, SessionNotFound
+from .sessions import Session, SessionNotFound, View
 from .store import TooManySessions
 
 log = logging.getLogger(__name__)
@@ -99,6 +99,25 @@ def canvas_fields(width: int, height: int) -> tuple[str, Any, Any]:
     preset = next((v for v in (str(width) if width == height else "", f"{width}x{height}") if v in values), "custom")
     custom = preset == "custom"
     return preset, gr.update(visible=custom, value=width), gr.update(visible=custom, value=height)
+
+
+class ShapeOut(NamedTuple):
+    """What a run that may change the canvas's shape refreshes (extend, open a photo): the viewer,
+    the status, and the canvas and export fields once the run's view is out."""
+
+    viewer: Any
+    status: Any
+    canvas: Any = gr.skip()
+    canvas_w: Any = gr.skip()
+    canvas_h: Any = gr.skip()
+    export_w: Any = gr.skip()
+    export_h: Any = gr.skip()
+
+    @classmethod
+    def shown(cls, viewer: Any, status: str, view: View) -> list[Any]:
+        """With the fields showing ``view``'s canvas."""
+        w, h = view.pyramid.width, view.pyramid.height
+        return list(cls(viewer, status, *canvas_fields(w, h), w, h))
 
 
 def discard_upload(path: str) -> None:
@@ -432,34 +451,31 @@ class Handlers:
             raise user_error(f"Generation failed: {e}") from None
 
     def extend(self, key: str, side: str, amount: Any, seed: Any, steps: Any) -> Iterator[list[Any]]:
-        """Outpaint the current picture by ``amount`` cells on ``side``: yields [viewer, status, canvas,
-        canvas width, canvas height, export width, export height] per step and at the end (the canvas
-        grows at the same pixel density)."""
+        """Outpaint the current picture by ``amount`` cells on ``side``: yields :class:`ShapeOut` per
+        step and at the end (the canvas grows at the same pixel density)."""
         s = self.session(key)
         seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
         steps_i = int(number(steps, "steps", 1, 1000, whole=True))
         cells = int(number(amount, "cells", 8, 512, whole=True))
-        unchanged = [gr.skip()] * 5
         try:
-            yield [viewer_value(s, (0, steps_i)), f"Extending {side} by {cells} cells…", *unchanged]
+            yield list(ShapeOut(viewer_value(s, (0, steps_i)), f"Extending {side} by {cells} cells…"))
             for event in extend_picture(self.ctx, s, side=side, amount=cells, seed=seed_i, steps=steps_i):
                 if isinstance(event, Finished):
                     label = event.view.picture.label
                     s.shown_status = (event.view.gen, f"Done: {label}.")
-                    w, h = event.view.pyramid.width, event.view.pyramid.height
-                    yield [viewer_value(s), f"{label[0].upper()}{label[1:]}; loading the view…",
-                           *canvas_fields(w, h), w, h]
+                    yield ShapeOut.shown(viewer_value(s), f"{label[0].upper()}{label[1:]}; loading the view…",
+                                         event.view)
                 else:
-                    yield [viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}", *unchanged]
+                    yield list(ShapeOut(viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}"))
         except (Busy, ValueError) as e:
             gr.Warning(str(e))
-            yield [viewer_value(s), f"Not extended: {e}", *unchanged]
+            yield list(ShapeOut(viewer_value(s), f"Not extended: {e}"))
         except Cancelled:
-            yield [viewer_value(s), "Cancelled; the previous image is back.", *unchanged]
+            yield list(ShapeOut(viewer_value(s), "Cancelled; the previous image is back."))
 
     def open_photo(self, key: str, path: str | None, refine: Any) -> Iterator[list[Any]]:
-        """Open an uploaded photo as the session's picture: yields [viewer, status, canvas, canvas
-        width, canvas height, export width, export height] (the canvas takes the photo's aspect)."""
+        """Open an uploaded photo as the session's picture: yields :class:`ShapeOut` (the canvas takes
+        the photo's aspect)."""
         s = self.session(key)
         if not path:
             raise user_error("No image received.")
@@ -471,22 +487,19 @@ class Handlers:
             raise user_error(f"Could not open the photo: {str(e).replace(str(path), name)}") from None
         finally:
             discard_upload(path)
-        unchanged = [gr.skip()] * 5
         try:
-            yield [gr.skip(), f"Encoding {name}…", *unchanged]
+            yield list(ShapeOut(gr.skip(), f"Encoding {name}…"))
             for event in open_photo(self.ctx, s, image, name, refine=steps):
                 if isinstance(event, Finished):
                     s.shown_status = (event.view.gen, f"Opened {event.view.picture.label}.")
-                    w, h = event.view.pyramid.width, event.view.pyramid.height
-                    yield [viewer_value(s), f"Encoded {event.view.picture.label}; loading the view…",
-                           *canvas_fields(w, h), w, h]
+                    yield ShapeOut.shown(viewer_value(s), f"Encoded {event.view.picture.label}; loading the view…",
+                                         event.view)
                 else:
-                    yield [viewer_value(s, (event.step, event.total)), f"Refining {event.step}/{event.total}",
-                           *unchanged]
+                    yield list(ShapeOut(viewer_value(s, (event.step, event.total)), f"Refining {event.step}/{event.total}"))
         except Busy as e:
             raise user_error(str(e)) from None
         except Cancelled:
-            yield [viewer_value(s), "Cancelled; the previous image is back.", *unchanged]
+            yield list(ShapeOut(viewer_value(s), "Cancelled; the previous image is back."))
         except Exception as e:
             log.exception("opening a photo failed")
             raise user_error(f"Opening the photo failed: {e}") from None

@@ -16,7 +16,7 @@ from infd_core.layout import KINDS, MAX_PROMPT, PLACEMENTS
 from .context import AppContext
 from .handlers import (CANVAS_PRESETS, DEFAULT_CANVAS, DEFAULT_COLOR, EXTEND_CELLS, EXTEND_SIDES, MAX_REFINE,
                        NO_REPORT, CanvasOut, Handlers,
-                       HistoryOut, LoadOut, Panel, RunOut)
+                       HistoryOut, LoadOut, Panel, RunOut, ShapeOut)
 
 STATIC = Path(__file__).resolve().parent / "static"
 UPLOAD_TTL = 3600  # seconds an upload may stay in Gradio's cache (photos are deleted as soon as read)
@@ -204,10 +204,11 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         run_outputs = list(RunOut(viewer=viewer, status=status, report=report, tabs=tabs))
         gen_evt = gen_btn.click(on.generate, run_inputs, run_outputs, **model)
         guided_evt = guided_btn.click(on.guided, run_inputs, run_outputs, **model)
-        photo_evt = photo_btn.upload(on.open_photo, [key, photo_btn, refine],
-                                     [viewer, status, canvas, canvas_w, canvas_h, export_w, export_h], **model)
-        extend_evt = extend_btn.click(on.extend, [key, extend_side, extend_cells, seed, steps],
-                                      [viewer, status, canvas, canvas_w, canvas_h, export_w, export_h], **model)
+        shape_outputs = list(ShapeOut(viewer=viewer, status=status, canvas=canvas, canvas_w=canvas_w,
+                                      canvas_h=canvas_h, export_w=export_w, export_h=export_h))
+        photo_evt = photo_btn.upload(on.open_photo, [key, photo_btn, refine], shape_outputs, **model)
+        extend_evt = extend_btn.click(on.extend, [key, extend_side, extend_cells, seed, steps], shape_outputs,
+                                      **model)
         # cancels= drops a run still waiting for the model; a running one stops via the session's flag
         cancel_btn.click(on.cancel, key, [viewer, status], cancels=[gen_evt, guided_evt, photo_evt, extend_evt],
                          **light)

@@ -27,7 +27,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .authors import import_authors
-from .checkpoint import CheckpointError, latent_metadata, load_latent, save_latent
+from .checkpoint import CheckpointError, load_latent, read_latent, save_latent
 from .configs import PRESETS, preset
 from .diffusion import DEFAULT_STRIDE, METHODS
 from .geometry import Box, aspect_matches, aspect_size, box_to_pixels, canvas_size, cells_aspect_matches, check_cells
@@ -213,8 +213,8 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 def cmd_render(args: argparse.Namespace) -> None:
     pipe = _pipeline(args)
-    z = load_latent(args.latent)
-    aspect = latent_metadata(args.latent).get("aspect")  # a photo's latent (encode): the photo's shape
+    z, meta = read_latent(args.latent)
+    aspect = meta.get("aspect")  # a photo's latent (encode): the photo's shape
     _write_image(pipe, z, args, None if aspect is None else float(aspect))
 
 

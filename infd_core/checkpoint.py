@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors
 from safetensors.torch import load_file, save_file
 from safetensors.torch import save as save_tensors
@@ -105,20 +105,18 @@ def latent_from_bytes(raw: bytes, name: str = "latent file") -> Tensor:
     raise ValueError(f"{name} is not a latent file (expected a tensor named {LATENT_KEY!r}, found {sorted(tensors)})")
 
 
-def latent_metadata(path: str | Path) -> dict[str, str]:
-    """A latent file's metadata (e.g. ``aspect``: width / height of the photo it encodes); ValueError
-    if the file cannot be read as safetensors."""
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return dict(f.metadata() or {})
-    except (OSError, SafetensorError) as e:
-        raise ValueError(f"{path}: not a latent file ({e})") from None
-
-
-def load_latent(path: str | Path) -> Tensor:
-    """:func:`latent_from_bytes` of a file; ValueError if it cannot be read."""
+def read_latent(path: str | Path) -> tuple[Tensor, dict[str, str]]:
+    """:func:`latent_from_bytes` of a file, and its metadata (e.g. ``aspect``: width / height of
+    the photo it encodes); ValueError if it cannot be read."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise ValueError(f"{path}: not a latent file ({e.strerror})") from None
-    return latent_from_bytes(raw, str(path))
+    z = latent_from_bytes(raw, str(path))  # checks the format, so the header below is readable
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])  # safetensors: u64 length, JSON header
+    return z, dict(header.get("__metadata__") or {})
+
+
+def load_latent(path: str | Path) -> Tensor:
+    """:func:`read_latent` without the metadata."""
+    return read_latent(path)[0]
