@@ -3,6 +3,7 @@
 Examples::
 
     python -m infd_core sample --seed 0 --size 4096 --out out.png
+    python -m infd_core sample --composition lake --size 2048 --out lake.png        # the model paints a sketch
     python -m infd_core sample --cells 64x192 --size 8192x2730 --out pano.png      # a 3:1 panorama
     python -m infd_core extend --latent pano.latent.safetensors --right 64 --out wider.png
     python -m infd_core sample --preset cpu --seed 0 --size 4096 --out random.png   # untrained
@@ -12,8 +13,12 @@ Examples::
     python -m infd_core import-authors ffhq.pth --out models/ffhq
 
 A layout file is a JSON list of regions, or {"global_prompt": ..., "regions": [...]}; a region is
-{"box": [x0, y0, x1, y1] (fractions of the image), "prompt": "a cat", "kind": "text"|"color"|"keep",
-"weight": 1.0, "color": [r, g, b]} (see infd_core.layout; keep regions hold what --init shows there).
+{"box": [x0, y0, x1, y1] (fractions of the image), "kind": "text"|"image"|"sketch"|"color"|"keep",
+"prompt": "a cat", "weight": 1.0, "color": [r, g, b], "image": "sketch.png", "coarseness": 4}
+(see infd_core.layout; "image" paths are relative to the layout file; keep regions hold what
+--init shows there). A composition from scratch, e.g. a painted landscape held at 4-cell blocks:
+
+    [{"box": [0, 0, 1, 1], "kind": "sketch", "image": "landscape.png"}]
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm import tqdm
@@ -139,12 +145,33 @@ def cmd_sample(args: argparse.Namespace) -> None:
     pipe = _pipeline(args)
     cells = pipe.latent_cells(cells)
     steps = _steps(args, pipe)
+    composition = _composition(args.composition) if args.composition else None
     with tqdm(total=steps, desc=f"{args.sampler} seed {args.seed}", unit="step", disable=args.quiet) as bar:
-        z = pipe.sample(args.seed, steps=steps, sampler=args.sampler, eta=args.eta, cells=cells, method=args.method,
-                        stride=args.stride, callback=lambda s: bar.update(1))
+        kw = dict(seed=args.seed, steps=steps, sampler=args.sampler, eta=args.eta, cells=cells, method=args.method,
+                  stride=args.stride, callback=lambda s: bar.update(1))
+        if composition is not None:
+            from .guidance import guided_sample
+            from .layout import Layout
+
+            z, _ = guided_sample(pipe, Layout((composition,)), **kw)
+        else:
+            z = pipe.sample(kw.pop("seed"), **kw)
     meta = {"model": pipe.cfg.name, "seed": args.seed, "cells": f"{cells[0]}x{cells[1]}", "method": args.method}
+    if args.composition:
+        meta["composition"] = args.composition
     save_latent(Path(args.out).with_suffix(".latent.safetensors"), z, meta)
     _write_image(pipe, z, args)
+
+
+def _composition(spec: str):
+    """``--composition``: an example's name or a picture file, as a whole-canvas sketch region."""
+    from . import compositions
+
+    if spec in compositions.names():
+        return compositions.whole_canvas(compositions.example(spec))
+    if not Path(spec).is_file():
+        raise ValueError(f"--composition: {spec!r} is neither an example ({', '.join(compositions.names())}) nor a file")
+    return compositions.whole_canvas(np.asarray(read_photo(spec)))
 
 
 def cmd_extend(args: argparse.Namespace) -> None:
@@ -171,7 +198,8 @@ def cmd_layout(args: argparse.Namespace) -> None:
     from .scorers import load_scorer
 
     try:
-        layout = Layout.from_json(json.loads(Path(args.layout).read_text()))
+        path = Path(args.layout)
+        layout = Layout.from_json(json.loads(path.read_text()), folder=path.resolve().parent)
     except json.JSONDecodeError as e:
         raise ValueError(f"{args.layout}: malformed JSON ({e})") from e
     cells = _cells(args.cells)
@@ -187,7 +215,7 @@ def cmd_layout(args: argparse.Namespace) -> None:
                                   init_latent=init, cells=cells, stride=args.stride, callback=lambda s: bar.update(1))
     for r in report["regions"]:
         what, result = KINDS[r["kind"]].summarize(r)
-        print(f"  {r['kind']:5s} {r['box']}: {what}: {result}")
+        print(f"  {r['kind']:6s} {r['box']}: {what}: {result}")
     out = Path(args.out)
     save_latent(out.with_suffix(".latent.safetensors"), z, {"model": pipe.cfg.name, "seed": args.seed})
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
@@ -269,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: the model's own)")
     p.add_argument("--sampler", default="ddim", choices=["ddim", "ddpm"])
     p.add_argument("--eta", type=float, default=None, help="DDIM η (default: the model's own)")
+    p.add_argument("--composition", help="hold a composition: an example's name (horizon, hills, lake, coast, "
+                                         "forest-edge) or a picture file (a painted sketch, a photo)")
     p.set_defaults(fn=cmd_sample)
 
     p = sub.add_parser("layout", help="guided generation from a layout file of boxes and prompts")

@@ -160,6 +160,60 @@ class Known:
         return self.until >= 1 or step + 1 <= self.until * total
 
 
+@dataclass
+class LowFreq:
+    """Low frequencies held (ILVR, Choi et al. 2021, in latent space): at every step the predicted
+    clean latent x̂0 gets the ``k x k``-cell block averages of ``x0`` in place of its own, so the
+    sampler paints texture over a given composition. ``x0 [B, C, h, w]`` (the reference; only its
+    block averages matter); ``mask`` ``[h, w]`` in [0, 1] (None: everywhere) says where; ``until``:
+    the fraction of the steps it acts (1.0: to the end, where the final sample's block averages
+    are the reference's exactly on fully masked blocks). Blocks start at cell (0, 0); the last
+    ones of an axis not divisible by ``k`` are shorter."""
+
+    x0: Tensor
+    k: int
+    mask: Tensor | None = None
+    until: float = 1.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= 64:
+            raise ValueError(f"low-frequency block size k must be an integer in [1, 64] cells, got {self.k!r}")
+        if self.mask is not None and (float(self.mask.min()) < 0 or float(self.mask.max()) > 1):
+            raise ValueError("low-frequency mask must lie in [0, 1]")
+        if not 0 < self.until <= 1:
+            raise ValueError(f"until must be in (0, 1], got {self.until}")
+
+    def active(self, step: int, total: int) -> bool:
+        """Whether it acts on the prediction of step ``step`` (0-based) of ``total``."""
+        return self.until >= 1 or step + 1 <= self.until * total
+
+
+def block_means(x: Tensor, k: int) -> Tensor:
+    """``[B, C, h, w] -> [B, C, ceil(h/k), ceil(w/k)]``: the means of ``k x k`` cell blocks (the
+    last block of an axis averages only the cells it has)."""
+    return F.avg_pool2d(x, k, ceil_mode=True)
+
+
+def block_spread(means: Tensor, k: int, size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`block_means` for block-constant latents: each block's value on its cells,
+    cropped to ``size = (h, w)``."""
+    return means.repeat_interleave(k, dim=-2).repeat_interleave(k, dim=-1)[..., :size[0], :size[1]]
+
+
+def hold_low(x: Tensor, low: LowFreq) -> Tensor:
+    """``x`` with its ``k``-cell block means replaced by the reference's, high frequencies untouched.
+    With a mask, a block's mean is over its masked cells (weighted by the mask), and only those
+    move: a block cut by a box's edge gets the box's cells' mean right without pushing the few
+    cells it has inside (a 0/1 mask makes it exact; fractions blend)."""
+    size, k = tuple(x.shape[-2:]), low.k
+    if low.mask is None:
+        return x + block_spread(block_means(low.x0, k) - block_means(x, k), k, size)
+    m = low.mask.to(x.dtype).expand(1, 1, *size)
+    weight = block_means(m, k).clamp_min(1e-6)
+    delta = (block_means(m * low.x0, k) - block_means(m * x, k)) / weight
+    return x + m * block_spread(delta, k, size)
+
+
 def blend_known(x: Tensor, known: Known, alpha_bar: Tensor | None, noise: Tensor | None) -> Tensor:
     """``x`` with the known cells replaced by ``known.x0`` noised to ``alpha_bar`` (None: clean)."""
     target = known.x0 if alpha_bar is None else alpha_bar.sqrt() * known.x0 + (1 - alpha_bar).sqrt() * noise
@@ -323,7 +377,7 @@ def predict_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
 def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *, steps: int = 50, sampler: str = "ddim",
            eta: float = 1.0, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
            x_T: Tensor | None = None, guidance: Guidance | None = None, known: Sequence[Known] = (),
-           resample: int = 0, callback: Callable[[Step], None] | None = None,
+           low: Sequence[LowFreq] = (), resample: int = 0, callback: Callable[[Step], None] | None = None,
            should_stop: Callable[[], bool] | None = None) -> Tensor:
     """Run the reverse process from noise; returns normalised latents ``shape`` (float32).
 
@@ -332,6 +386,9 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
     ``known``: cells held to given clean values (:class:`Known`, applied in order: a later one
     wins where masks overlap); their noise (one draw per step, shared) comes from the same
     generator, after the step's own.
+    ``low``: block means held (:class:`LowFreq`, in order: a later one wins where masks overlap),
+    applied to each step's x̂0 (the step then moves towards it) and to the final sample, before
+    ``known``.
     ``resample``: with ``known``, extra passes per step that re-noise the blended sample to the
     step's level and denoise it again, so the generated cells harmonise with the held ones
     (RePaint's jumps of length 1; each costs one more UNet call per step).
@@ -352,6 +409,7 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
         raise ValueError(f"resample must be an integer in [0, 10], got {resample!r}")
     step_kw = {"eta": eta} if sampler == "ddim" else {}
     known = [Known(k.x0.to(device), k.mask.to(device), k.until) for k in known]
+    low = [LowFreq(l.x0.to(device), l.k, None if l.mask is None else l.mask.to(device), l.until) for l in low]
     n = len(sched.timesteps)
 
     def hold(x: Tensor, i: int) -> Tensor:
@@ -372,9 +430,13 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
             x0 = predict_x0(x_in, eps, alphas[int(t)])
             correction = guidance(x_in, x0, i, n) if guidance is not None else None
         eps, x0 = eps.detach(), x0.detach()
-        if x0_range is not None:  # clamp x0, and step with the ε that matches it
+        lows = [l for l in low if l.active(i, n)]
+        if x0_range is not None or lows:  # clamp x0, hold its block means, and step with the ε that matches it
             a = alphas[int(t)]
-            x0 = x0.clamp(*x0_range)
+            if x0_range is not None:
+                x0 = x0.clamp(*x0_range)
+            for l in lows:
+                x0 = hold_low(x0, l)
             eps = (x.detach() - a.sqrt() * x0) / (1 - a).sqrt()
         # step noise comes from the same CPU generator, so CPU and GPU runs draw alike
         x = sched.step(eps, t, x.detach(), generator=generator, **step_kw).prev_sample
@@ -386,6 +448,10 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
         if should_stop is not None and should_stop():
             raise Cancelled(f"cancelled at step {i} of {n}")
         x, x0 = denoise(x, i, t)
+        if i + 1 == n:  # the final sample's block means are the references' exactly
+            for l in low:
+                if l.active(i, n):
+                    x = hold_low(x, l)
         if any(k.active(i, n) for k in known):
             x = hold(x, i)
             for _ in range(resample if i + 1 < n else 0):

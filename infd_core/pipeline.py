@@ -25,7 +25,7 @@ from torch import Tensor
 from . import checkpoint as ckpt
 from .autoencoder import Autoencoder
 from .configs import ModelConfig
-from .diffusion import DEFAULT_STRIDE, Guidance, Known, Step, build_unet, canvas_eps, sample, unet_eps
+from .diffusion import DEFAULT_STRIDE, Guidance, Known, LowFreq, Step, build_unet, canvas_eps, sample, unet_eps
 from .geometry import Box, PixelRange, box_grid, check_cells, check_level
 from .images import to_tensor
 from .precision import Precision
@@ -167,7 +167,7 @@ class Pipeline:
     def sample(self, seed: int = 0, *, steps: int | None = None, sampler: str = "ddim", eta: float | None = None,
                batch: int = 1, cells: tuple[int, int] | None = None, method: str = "windows",
                stride: int = DEFAULT_STRIDE, guidance: Guidance | None = None, known: Sequence[Known] = (),
-               resample: int = 0, callback: Callable[[Step], None] | None = None,
+               low: Sequence[LowFreq] = (), resample: int = 0, callback: Callable[[Step], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> Tensor:
         """Generate latents ``[batch, 3, h, w]`` (``cells = (h, w)``, default the model's 64 x 64),
         ready for :meth:`field`.
@@ -182,7 +182,8 @@ class Pipeline:
         (None: the model's own, ``DiffusionConfig.steps``, ``.eta``). ``guidance(x_t, x0, step,
         total)`` gets x̂0 as a latent (differentiable w.r.t. ``x_t``) and returns a correction
         direction for x_{t-1} (or None); ``known``: cells held to ``Known.x0`` (a latent) where its
-        ``mask`` is 1, with ``resample`` harmonising passes per step
+        ``mask`` is 1, ``low``: block means held to ``LowFreq.x0``'s (a latent; a composition),
+        with ``resample`` harmonising passes per step
         (:func:`infd_core.diffusion.sample`); ``callback`` sees each :class:`Step` with ``x`` and
         ``x0`` as latents.
         """
@@ -197,6 +198,11 @@ class Pipeline:
             if tuple(k.x0.shape[-2:]) != cells:
                 raise ValueError(f"held cells are {tuple(k.x0.shape[-2:])}, the canvas is {cells} cells")
         known = [Known(d.normalize(k.x0.float().to(self.device)), k.mask, k.until) for k in known]
+        for l in low:
+            self.autoencoder.check_latent(l.x0)
+            if tuple(l.x0.shape[-2:]) != cells:
+                raise ValueError(f"held low frequencies are {tuple(l.x0.shape[-2:])} cells, the canvas is {cells} cells")
+        low = [LowFreq(d.normalize(l.x0.float().to(self.device)), l.k, l.mask, l.until) for l in low]
         shown = None if callback is None else (
             lambda st: callback(Step(st.index, st.total, st.timestep, d.denormalize(st.x), d.denormalize(st.x0))))
         steps = d.steps if steps is None else steps
@@ -204,7 +210,7 @@ class Pipeline:
                          self.latent_shape[-1], method, stride)
         x = sample(eps, d, (batch, self.latent_shape[0], *cells), steps=steps,
                    sampler=sampler, eta=d.eta if eta is None else eta, generator=gen, device=self.device,
-                   guidance=hook, known=known, resample=resample, callback=shown, should_stop=should_stop)
+                   guidance=hook, known=known, low=low, resample=resample, callback=shown, should_stop=should_stop)
         return d.denormalize(x)
 
     @torch.no_grad()

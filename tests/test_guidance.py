@@ -3,15 +3,18 @@ where DPS acts, what a box costs. The shipped model's editing quality: ``test_sh
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from torch import Tensor
 
-from infd_core.diffusion import Known
+from infd_core.diffusion import Known, LowFreq, block_means, block_spread, hold_low
 from infd_core.geometry import Box
-from infd_core.guidance import (MARGIN, Objective, dps_guidance, guided_sample, held_cells, prepare,
-                                render_box_fixed_resolution)
+from infd_core.guidance import (MARGIN, RANGE_LIMIT, Objective, dps_guidance, guided_sample, held_cells, prepare,
+                                range_penalty, render_box_fixed_resolution)
 from infd_core.layout import (KINDS, MAX_REGIONS, Layout, Region, box_cells, check_depth, cutouts, judge_views,
                               region_mask)
 from infd_core.scorers import load_scorer
@@ -35,10 +38,11 @@ def test_region_mask_rows_are_y_and_it_fades_over_the_margin() -> None:
     assert torch.equal(box_cells([Box(0, 0, 0.5, 0.5)], 8, feather=1.0), region_mask([Box(0, 0, 0.5, 0.5)], 8, 1 / 8))
 
 
-def test_dps_acts_only_near_its_box(tiny_pipe) -> None:
-    """One hook call on a top-left colour box: the correction vanishes beyond the margin and has RMS
+def test_dps_acts_only_near_its_box(tiny_pipe, offline) -> None:
+    """One hook call on a top-left text box: the correction vanishes beyond the margin and has RMS
     ``scale`` over the guided cells; with ``margin=None`` it is plain DPS (RMS ``scale`` overall)."""
-    conds = prepare(tiny_pipe, Layout((Region(Box(0.0, 0.0, 0.25, 0.25), "color", color=(1.0, 0.0, 0.0)),)))
+    conds = prepare(tiny_pipe, Layout((Region(Box(0.0, 0.0, 0.25, 0.25), "text", "classes: tabby"),)),
+                    scorer=offline)
     obj = Objective(tiny_pipe, conds)
     x_t = torch.randn(1, *tiny_pipe.latent_shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
     local = dps_guidance(tiny_pipe, obj, scale=0.3, margin=0.125)(x_t, x_t * 0.5, 0, 10)  # x0: any function of x_t
@@ -49,13 +53,24 @@ def test_dps_acts_only_near_its_box(tiny_pipe) -> None:
     assert float(spread.pow(2).mean().sqrt()) == pytest.approx(0.3, rel=1e-4)
 
 
-def test_losses_see_displayed_colours(tiny_pipe) -> None:
-    """A colour loss cannot be met by values outside [-1, 1]: crops are clamped before any loss."""
-    obj = Objective(tiny_pipe, prepare(tiny_pipe, Layout((Region(Box(0, 0, 1, 1), "color", color=(1, 0, 0)),))))
+def test_losses_see_displayed_colours_and_pay_for_leaving_the_range(tiny_pipe, offline) -> None:
+    """Kinds' losses see the box as displayed (clamped to [-1, 1]); a render beyond ±RANGE_LIMIT
+    adds a penalty that pushes it back (DPS from scratch blew pictures out without it)."""
+    seen: list[Tensor] = []
+    cond = prepare(tiny_pipe, Layout((Region(Box(0, 0, 1, 1), "text", "classes: tabby"),)), scorer=offline)[0]
+    kind_loss = cond.loss
+    cond.loss = lambda crop: seen.append(crop) or kind_loss(crop)
+    obj = Objective(tiny_pipe, [cond])
     fld = tiny_pipe.field(torch.zeros(1, *tiny_pipe.latent_shape))
     fld.phi.data.mul_(50)  # a field whose render overshoots far beyond the displayable range
     crop = obj.crops(fld)[0]
-    assert crop.min() >= -1 and crop.max() <= 1
+    assert crop.abs().max() > 1 and range_penalty(crop) > 0
+    assert float(obj.losses(fld)[0]) == pytest.approx(float(kind_loss(crop.clamp(-1, 1)) + range_penalty(crop)))
+    assert seen[0].min() >= -1 and seen[0].max() <= 1
+    assert float(range_penalty(torch.full((1, 3, 8, 8), RANGE_LIMIT))) == 0
+    inside = torch.full((1, 3, 8, 8), 0.9, requires_grad=True)
+    range_penalty(inside).backward()
+    assert (inside.grad > 0).all()  # descending it lowers the overshoot
 
 
 def test_keep_and_locality_hold_latent_cells_exactly(tiny_pipe, init) -> None:
@@ -116,6 +131,7 @@ def test_known_cells_and_until(tiny_pipe) -> None:
 
 def test_held_cells_without_a_picture_or_margin(tiny_pipe, init) -> None:
     conds = prepare(tiny_pipe, Layout((Region(Box(0, 0, 0.5, 0.5), "color", color=(0, 0, 1)),)))
+    assert conds[0].loss is None and conds[0].low is not None  # a colour is held, not steered
     assert held_cells(tiny_pipe, conds, None, MARGIN) == [] and held_cells(tiny_pipe, conds, init, None) == []
     (k,) = held_cells(tiny_pipe, conds, init, MARGIN)
     assert float(k.mask[0, 0]) == 0 and float(k.mask[-1, -1]) == 1
@@ -184,6 +200,9 @@ def test_clip_path_end_to_end(tiny_pipe, tiny_clip_file) -> None:
     (dict(box=[0.1, 0.1, 0.5, 0.5], kind="color", color=[2, 0, 0]), "color"),
     (dict(box=[0.1, 0.1, 0.5, 0.5], prompt="x" * 501), "at most 500"),
     (dict(box=[0.1, 0.1, 0.5, 0.5], kind="image", placement="glued"), "placement"),
+    (dict(box=[0.1, 0.1, 0.5, 0.5], kind="sketch", coarseness=0), "coarseness"),
+    (dict(box=[0.1, 0.1, 0.5, 0.5], kind="sketch", coarseness=2.5), "coarseness"),
+    (dict(box=[0.1, 0.1, 0.5, 0.5], kind="sketch", image="sketch.png"), "relative to the layout file"),
 ])
 def test_bad_regions(region: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
@@ -193,11 +212,12 @@ def test_bad_regions(region: dict, match: str) -> None:
 def test_regions_are_checked_ready_before_guiding() -> None:
     for region, match in ((Region(Box(0, 0, 1, 1), "text", "  "), "needs a prompt"),
                           (Region(Box(0, 0, 1, 1), "color"), "needs a colour"),
-                          (Region(Box(0, 0, 1, 1), "image"), "needs a reference")):
+                          (Region(Box(0, 0, 1, 1), "image"), "needs a reference"),
+                          (Region(Box(0, 0, 1, 1), "sketch"), "needs a picture")):
         with pytest.raises(ValueError, match=f"box 1: .*{match}"):
             Layout((region,)).conditions()
     assert Layout((Region(Box(0, 0, 1, 1), "keep"),)).conditions()  # keep needs nothing more
-    assert set(KINDS) == {"text", "image", "color", "keep"}
+    assert set(KINDS) == {"text", "image", "sketch", "color", "keep"}
 
 
 def test_bad_reference_patches_and_layouts() -> None:
@@ -241,7 +261,8 @@ def test_bad_calls(tiny_pipe, offline) -> None:
 def test_layout_json_round_trip_and_old_box_keys() -> None:
     layout = Layout((Region(Box(0.1, 0.2, 0.3, 0.4), "text", "a cat", 2.0, id="b1"),
                      Region(Box(0, 0, 1, 1), "color", color=(0.1, 0.2, 0.3)),
-                     Region(Box(0, 0, 0.5, 0.5), "image", placement="soft")), global_prompt="a meadow")
+                     Region(Box(0, 0, 0.5, 0.5), "image", placement="soft"),
+                     Region(Box(0.5, 0.5, 1, 1), "sketch", coarseness=8)), global_prompt="a meadow")
     again = Layout.from_json(layout.to_json())
     assert again.to_json() == layout.to_json()
     old = Region.from_json({"id": "a", "x0": 0.1, "y0": 0.2, "x1": 0.3, "y1": 0.4, "kind": "text", "prompt": "p",
@@ -266,3 +287,126 @@ def test_cli_layout_edits_a_latent_file(tmp_path, capsys) -> None:
     assert "color" in printed and "keep" in printed and "held" in printed
     before, after = load_latent(tmp_path / "s.latent.safetensors"), load_latent(tmp_path / "l.latent.safetensors")
     assert torch.equal(after[..., 32:, 32:], before[..., 32:, 32:])  # the keep box's cells
+
+
+# --- compositions: held block means -----------------------------------------------------------
+
+def test_hold_low_sets_block_means_and_keeps_the_rest() -> None:
+    """hold_low replaces k-cell block means (exactly, on fully masked blocks and on short last
+    blocks) and leaves each block's detail (x minus its block mean) as it was."""
+    gen = torch.Generator().manual_seed(0)
+    x, ref = torch.randn(1, 3, 18, 20, generator=gen), torch.randn(1, 3, 18, 20, generator=gen)
+    out = hold_low(x, LowFreq(ref, 4))
+    assert block_means(out, 4).shape == (1, 3, 5, 5)  # 18 x 20 cells: the last row of blocks is 2 cells tall
+    assert torch.allclose(block_means(out, 4), block_means(ref, 4), atol=1e-6)
+    detail = lambda v: v - block_spread(block_means(v, 4), 4, (18, 20))  # noqa: E731
+    assert torch.allclose(detail(out), detail(x), atol=1e-6)
+    mask = torch.zeros(18, 20)
+    mask[:, :10] = 1  # blocks of columns 8-11 are cut by the mask's edge
+    half = hold_low(x, LowFreq(ref, 4, mask))
+    assert torch.equal(half[..., 10:], x[..., 10:])  # nothing moves outside the mask
+    masked_mean = lambda v: v[..., 8:10].mean(dim=(-2, -1))  # noqa: E731  (the cut block's masked cells, rows 0-17)
+    assert torch.allclose(block_means(half[..., :8], 4), block_means(ref[..., :8], 4), atol=1e-6)
+    assert torch.allclose(masked_mean(half[..., :4, :]), masked_mean(ref[..., :4, :]), atol=1e-6)
+    with pytest.raises(ValueError, match="block size"):
+        LowFreq(ref, 0)
+    with pytest.raises(ValueError, match="mask"):
+        LowFreq(ref, 4, mask * 2)
+
+
+def test_held_low_frequencies_are_exact_at_the_last_step(tiny_pipe) -> None:
+    """A sample with a reference's 4-cell block means held ends with exactly those means (to float
+    precision); its finer detail is the sampler's own, and until < 1 lets the sampler drift."""
+    ref = tiny_pipe.sample(7, steps=STEPS)
+    z = tiny_pipe.sample(0, steps=STEPS, low=[LowFreq(ref, 4)])
+    assert torch.allclose(block_means(z, 4), block_means(ref, 4), atol=1e-5)
+    assert not torch.allclose(z, ref, atol=1e-2)
+    free = tiny_pipe.sample(0, steps=STEPS, low=[LowFreq(ref, 4, until=0.5)])
+    assert not torch.allclose(block_means(free, 4), block_means(ref, 4), atol=1e-3)
+    with pytest.raises(ValueError, match="held low frequencies"):
+        tiny_pipe.sample(0, steps=STEPS, cells=(64, 128), low=[LowFreq(ref, 4)])
+
+
+def _flat(rgb: tuple[int, int, int], h: int = 16, w: int = 16) -> np.ndarray:
+    return np.full((h, w, 3), rgb, np.uint8)
+
+
+def test_sketch_regions_hold_their_picture_in_their_box_at_any_extent(tiny_pipe) -> None:
+    """A whole-canvas sketch holds the picture's latent block means everywhere, on a square and on a
+    3:1 panorama; a sketch in a quarter box holds only the blocks inside it, at its own scale, and a
+    later region wins where they overlap."""
+    picture = np.zeros((64, 64, 3), np.uint8)
+    picture[:32] = (90, 140, 210)
+    picture[32:] = (70, 130, 50)
+    for cells in ((64, 64), (64, 192)):
+        layout = Layout((Region(Box(0, 0, 1, 1), "sketch", image=picture),))
+        (cond,) = prepare(tiny_pipe, layout, cells=cells)
+        assert cond.loss is None and cond.low.k == 4 and tuple(cond.low.x0.shape[-2:]) == cells
+        z, report = guided_sample(tiny_pipe, layout, seed=0, steps=STEPS, cells=cells)
+        assert tuple(z.shape[-2:]) == cells and report["held"]
+        assert torch.allclose(block_means(z, 4), block_means(cond.low.x0, 4), atol=1e-5)
+    quarter = Region(Box(0.5, 0.5, 1, 1), "sketch", image=_flat((200, 60, 50)), coarseness=2)
+    layout = Layout((Region(Box(0, 0, 1, 1), "sketch", image=picture), quarter))
+    whole, part = prepare(tiny_pipe, layout)
+    z, _ = guided_sample(tiny_pipe, layout, seed=1, steps=STEPS)
+    assert torch.allclose(block_means(z[..., 32:, 32:], 2), block_means(part.low.x0[..., 32:, 32:], 2), atol=1e-5)
+    # away from the quarter's edge (its mask fades over one cell beyond the box), the whole sketch's blocks
+    assert torch.allclose(block_means(z[..., :28, :], 4), block_means(whole.low.x0[..., :28, :], 4), atol=1e-5)
+    alone, _ = guided_sample(tiny_pipe, Layout((quarter,)), seed=1, steps=STEPS)
+    free = tiny_pipe.sample(1, steps=STEPS)
+    assert torch.allclose(block_means(alone[..., 32:, 32:], 2), block_means(part.low.x0[..., 32:, 32:], 2), atol=1e-5)
+    assert not torch.allclose(alone[..., :24, :24], free[..., :24, :24])  # the rest is sampled freely, not held
+    assert float(part.low.x0[..., 32:, 32:].std(dim=(-2, -1)).max()) < 1e-3  # a flat picture: a flat reference
+
+
+def test_colour_regions_hold_a_flat_colour_and_report_their_mean(tiny_pipe) -> None:
+    red = Region(Box(0, 0, 0.5, 1), "color", color=(0.8, 0.2, 0.2))
+    (cond,) = prepare(tiny_pipe, Layout((red,)))
+    assert cond.low.k == 2 and float(cond.low.mask[:, 40:].max()) == 0
+    flat = tiny_pipe.encode(_flat((204, 51, 51), 256, 256))
+    assert torch.allclose(cond.low.x0[..., :, :31].mean(dim=(-2, -1)), flat.mean(dim=(-2, -1)), atol=1e-3)
+    z, report = guided_sample(tiny_pipe, Layout((red,)), seed=0, steps=STEPS)
+    assert torch.allclose(block_means(z[..., :, :32], 2), block_means(cond.low.x0[..., :, :32], 2), atol=1e-5)
+    assert len(report["regions"][0]["mean_color"]) == 3
+    weak = prepare(tiny_pipe, Layout((replace(red, weight=0.5),)))[0]
+    assert float(weak.low.mask.max()) == 0.5  # a weight below 1 blends
+
+
+def test_layout_files_name_pictures_relative_to_themselves(tmp_path, monkeypatch) -> None:
+    """``"image": "path"`` in a layout file is read relative to the file (the CLI passes its folder),
+    whatever the working directory; a missing or broken file is a clear error."""
+    from infd_core.__main__ import main
+    from infd_core.checkpoint import load_latent
+
+    folder = tmp_path / "work"
+    folder.mkdir()
+    Image.fromarray(_flat((90, 140, 210), 32, 48)).save(folder / "sketch.png")
+    (folder / "sketch.json").write_text('[{"box": [0, 0, 1, 1], "kind": "sketch", "image": "sketch.png"}]')
+    layout = Layout.from_json([{"box": [0, 0, 1, 1], "kind": "sketch", "image": "sketch.png"}], folder=folder)
+    assert layout.regions[0].image.shape == (32, 48, 3)
+    monkeypatch.chdir(tmp_path)  # not the layout's folder
+    out = tmp_path / "out" / "sketched.png"
+    out.parent.mkdir()
+    assert main(["layout", "--preset", "cpu", "--layout", "work/sketch.json", "--steps", "2", "--size", "64",
+                 "--out", str(out), "--quiet"]) == 0
+    assert out.is_file() and load_latent(out.with_suffix(".latent.safetensors")).shape == (1, 3, 64, 64)
+    (folder / "broken.png").write_bytes(b"not a png")
+    for name, match in (("missing.png", "not a readable image"), ("broken.png", "not a readable image")):
+        with pytest.raises(ValueError, match=match):
+            Layout.from_json([{"box": [0, 0, 1, 1], "kind": "sketch", "image": name}], folder=folder)
+
+
+def test_cli_samples_a_composition(tmp_path, capsys) -> None:
+    from infd_core import compositions
+    from infd_core.__main__ import main
+    from infd_core.checkpoint import read_latent
+
+    assert set(compositions.names()) >= {"horizon", "hills", "lake", "coast", "forest-edge"}
+    out = tmp_path / "lake.png"
+    assert main(["sample", "--preset", "cpu", "--composition", "lake", "--steps", "2", "--size", "64",
+                 "--out", str(out), "--quiet"]) == 0
+    _, meta = read_latent(out.with_suffix(".latent.safetensors"))
+    assert meta["composition"] == "lake"
+    assert main(["sample", "--preset", "cpu", "--composition", "nowhere", "--steps", "2", "--size", "64",
+                 "--out", str(out), "--quiet"]) == 2
+    assert "neither an example" in capsys.readouterr().err
