@@ -17,7 +17,9 @@ from typing import Any
 from PIL import Image
 from torch import Tensor
 
-from infd_core import guidance
+import numpy as np
+
+from infd_core import compositions, guidance
 from infd_core.diffusion import Cancelled, Step
 from infd_core.geometry import box_in_extended, cells_for_canvas, extend_cells
 from infd_core.inversion import encode_photo
@@ -66,6 +68,28 @@ class Finished:
     report: dict[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Composition:
+    """What a new picture is composed from: a picture (an example, the user's sketch) and its name."""
+
+    picture: np.ndarray
+    name: str
+
+
+def composition_layout(state: State, composition: Composition) -> Layout:
+    """The composition over the whole canvas, with the session's composition boxes on top (``color``
+    and ``sketch`` boxes that are ready; text, image and keep boxes are for Guided)."""
+    boxes = []
+    for b in state.boxes:
+        try:
+            b.check_ready()
+        except ValueError:
+            continue
+        if b.kind in ("color", "sketch"):
+            boxes.append(b)
+    return Layout((compositions.whole_canvas(composition.picture), *boxes))
+
+
 def build_layout(state: State) -> Layout:
     """The session's boxes and global prompt as a :class:`Layout`, checked ready to guide;
     ValueError names the bad box."""
@@ -79,18 +103,24 @@ ProgressFn = Callable[[int, int, "Callable[[], Tensor] | None"], None]  # (done,
 
 
 def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided: bool = False,
-             scale: float = 1.0, local: bool = True) -> Iterator[Progress | Finished]:
+             scale: float = 1.0, local: bool = True,
+             composition: Composition | None = None) -> Iterator[Progress | Finished]:
     """Sample a new picture for ``session`` and commit it as an undo step.
 
     ``local``: the boxes act near themselves only (``guidance.MARGIN``) and, when there is a
     current picture, everything beyond their margins is held to it; otherwise plain DPS.
+    ``composition`` (a new picture only, not ``guided``): held as the picture's coarse layout
+    (:func:`composition_layout`), at the cost of an unguided run.
 
     Raises :class:`~app.runner.Busy` if the session is already running the model,
     ``Cancelled`` when the run is cancelled, ValueError for an unusable layout; after a cancel or
     an error the canvas shows the previous picture again.
     """
     state = session.state
+    if guided and composition is not None:
+        raise ValueError("a composition is for Generate; Guided edits the current picture")
     layout = build_layout(state) if guided else None  # validate before taking the session
+    composed = composition_layout(state, composition) if composition is not None else None
     pipe = ctx.pipe
     cells = cells_for_canvas(session.canvas[1], session.canvas[0], pipe.latent_shape[-1])  # a new picture's extent
 
@@ -106,10 +136,16 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
                                                scorer=ctx.scorer() if layout.needs_scorer else None,
                                                init_latent=init, cells=None if init is not None else cells,
                                                callback=on_step, should_stop=should_stop)
+        elif composed is not None:
+            z, _ = guidance.guided_sample(pipe, composed, seed=seed, steps=steps, cells=cells, callback=on_step,
+                                          should_stop=should_stop)
         else:
             z = pipe.sample(seed, steps=steps, cells=cells, callback=on_step, should_stop=should_stop)
         aspect = state.picture.photo_aspect if layout is not None and state.picture is not None else None
-        return Picture(z[:1], seed=seed, label=f"{'guided, ' if guided else ''}seed {seed}, {steps} steps",
+        label = f"{'guided, ' if guided else ''}seed {seed}, {steps} steps"
+        if composition is not None:
+            label += f", composed from {composition.name}"
+        return Picture(z[:1], seed=seed, label=label,
                        photo_aspect=aspect), report  # guided from a photo: still that photo's aspect
 
     return _run(ctx, session, work)
@@ -188,4 +224,5 @@ def _run(ctx: AppContext, session: Session,
     return session.runner.run(job, on_error=session.restore_view)
 
 
-__all__ = ["Busy", "Cancelled", "Finished", "PreviewPacer", "Progress", "build_layout", "extend_picture", "generate", "open_photo"]
+__all__ = ["Busy", "Cancelled", "Composition", "Finished", "PreviewPacer", "Progress", "build_layout",
+           "composition_layout", "extend_picture", "generate", "open_photo"]

@@ -23,12 +23,13 @@ from typing import Any, NamedTuple
 import gradio as gr
 import numpy as np
 
+from infd_core import compositions
 from infd_core.geometry import Box
 from infd_core.images import read_photo
-from infd_core.layout import KINDS, Region
+from infd_core.layout import KINDS, MAX_COARSENESS, Region
 
 from .context import AppContext
-from .generate import Busy, Cancelled, Finished, extend_picture, generate, open_photo
+from .generate import Busy, Cancelled, Composition, Finished, extend_picture, generate, open_photo
 from .sessions import Session, SessionNotFound, View
 from .store import TooManySessions
 
@@ -41,6 +42,27 @@ EXTEND_SIDES = [("← left", "left"), ("right →", "right"), ("↑ up", "up"), 
 EXTEND_CELLS = [16, 32, 64]  # latent cells an extension adds (64: one square's worth)
 DEFAULT_CANVAS = 2048
 DEFAULT_COLOR = "#d04030"
+COARSENESS_CHOICES = [c for c in (1, 2, 4, 8, 16) if c <= MAX_COARSENESS]  # a sketch box's block cells
+NO_COMPOSITION, RANDOM_EXAMPLE, MY_SKETCH = "none", "random", "sketch"
+
+
+def composition_choices() -> list[tuple[str, str]]:
+    """The Composition dropdown: none, an example picked by the seed, the user's sketch, each example."""
+    return [("none (the model alone)", NO_COMPOSITION), ("random example (by seed)", RANDOM_EXAMPLE),
+            ("my sketch (tab Sketch)", MY_SKETCH), *((f"example: {n}", n) for n in compositions.names())]
+
+
+def sketch_editor_value(picture: np.ndarray) -> dict[str, Any]:
+    """What the sketch editor (``gr.ImageEditor``) shows to paint over: ``picture`` as its background."""
+    return {"background": picture, "layers": [], "composite": picture}
+
+
+def sketch_from_editor(value: Any) -> np.ndarray:
+    """The painted sketch ``[h, w, 3]`` uint8 from the editor's value (its composite), or ValueError."""
+    picture = value.get("composite") if isinstance(value, dict) else None
+    if not isinstance(picture, np.ndarray) or picture.ndim != 3 or picture.shape[2] < 3:
+        raise ValueError("paint something (or upload a picture) in the sketch editor first")
+    return np.ascontiguousarray(picture[..., :3].astype(np.uint8))
 MAX_REFINE = 500
 NO_REPORT = "The guidance report appears here after a *Guided* run."
 EXPIRED = "Your session has expired (idle too long or the server restarted). Reload the page to start a new one."
@@ -65,6 +87,7 @@ class Panel(NamedTuple):
     color: Any
     image: Any
     placement: Any
+    coarseness: Any
     global_prompt: Any
 
 
@@ -73,6 +96,13 @@ class RunOut(NamedTuple):
     status: Any
     report: Any
     tabs: Any  # the side panel's tabs: the report's tab is selected after a guided run
+
+
+class SketchOut(NamedTuple):
+    """What using a sketch refreshes: the Composition choice (now the sketch) and the status."""
+
+    composition: Any
+    status: Any
 
 
 # undo and redo refresh the panel and say what they did
@@ -222,15 +252,21 @@ def apply_box_edit(s: Session, data: Any) -> bool:
 
 
 def commit_editor(s: Session, box_id: str | None, kind: str, prompt: str, weight: float, color: str,
-                  placement: str = "hard") -> None:
-    """Store the editor fields into box ``box_id`` (one undo step if anything changed)."""
+                  placement: str = "hard", coarseness: Any = None) -> None:
+    """Store the editor fields into box ``box_id`` (one undo step if anything changed). ``coarseness``
+    applies to kinds that have it (None or the kind's default: the default)."""
     with s.lock:
         box = s.state.box(box_id) if box_id else None
         if box is None:
             return
         rgb = hex_to_rgb(color) if kind == "color" else box.color
+        blocks = box.coarseness
+        if "coarseness" in KINDS[kind].fields:
+            blocks = None if coarseness in (None, "") else int(number(coarseness, "coarseness", 1, MAX_COARSENESS,
+                                                                      whole=True))
+            blocks = None if blocks == KINDS[kind].coarseness else blocks
         s.commit(s.state.with_box(replace(box, kind=kind, prompt=(prompt or "").strip(), weight=weight, color=rgb,
-                                          placement=placement or "hard")))
+                                          placement=placement or "hard", coarseness=blocks)))
 
 
 def kind_fields(kind: str, **values: Any) -> dict[str, Any]:
@@ -277,7 +313,8 @@ class Handlers:
         """
         st = s.state
         choices = [(box_label(i, b), b.id) for i, b in enumerate(st.boxes, 1)]
-        out = Panel(viewer_value(s), gr.update(choices=choices, value=s.selected), *[gr.skip()] * 9)
+        out = Panel(*(gr.skip() for _ in Panel._fields))._replace(
+            viewer=viewer_value(s), box_list=gr.update(choices=choices, value=s.selected))
         if refresh == "all":
             out = out._replace(global_prompt=st.global_prompt)
         if refresh == "list":
@@ -288,7 +325,8 @@ class Handlers:
         return out._replace(
             editing=b.id, editor=gr.update(visible=True), kind=b.kind, weight=b.weight,
             **kind_fields(b.kind, prompt=b.prompt, color=rgb_to_hex(b.color) if b.color else DEFAULT_COLOR,
-                          image=b.image, placement=b.placement))
+                          image=b.image, placement=b.placement,
+                          coarseness=b.coarseness or b.spec.coarseness or KINDS["sketch"].coarseness))
 
     # --- page and boxes ---------------------------------------------------------------------------
     def load(self, request: gr.Request) -> tuple[Any, ...]:
@@ -353,10 +391,10 @@ class Handlers:
         return waiting[1]
 
     def editor(self, key: str, box_id: str | None, kind: str, prompt: str, weight: Any, color: str,
-               placement: str) -> Panel:
+               placement: str, coarseness: Any) -> Panel:
         s = self.session(key)
         try:
-            commit_editor(s, box_id, kind, prompt, number(weight, "weight", 0, 100), color, placement)
+            commit_editor(s, box_id, kind, prompt, number(weight, "weight", 0, 100), color, placement, coarseness)
         except ValueError as e:
             raise user_error(f"Box not changed: {e}") from None
         # show the fields that belong to the (possibly new) kind, without touching their values
@@ -411,7 +449,8 @@ class Handlers:
         yield from self._run(*args, guided=True)
 
     def _run(self, key: str, seed: Any, steps: Any, scale: Any, local: Any, box_id: str | None, kind: str,
-             prompt: str, weight: Any, color: str, placement: str, global_: str, guided: bool) -> Iterator[RunOut]:
+             prompt: str, weight: Any, color: str, placement: str, coarseness: Any, global_: str, composition: Any,
+             guided: bool) -> Iterator[RunOut]:
         """Yields the viewer, status and report per step (with previews) and at the end.
 
         The final status says "Done" only once the viewer shows the image (:meth:`view_shown`).
@@ -420,8 +459,9 @@ class Handlers:
         seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
         steps_i = int(number(steps, "steps", 1, 1000, whole=True))
         strength, weight = number(scale, "guidance strength", 0, 20), number(weight, "weight", 0, 100)
+        composed = None if guided else self.composition(s, composition, seed_i)
         try:  # the editor's fields may not have been applied yet (no blur before the click)
-            commit_editor(s, box_id, kind, prompt, weight, color, placement)
+            commit_editor(s, box_id, kind, prompt, weight, color, placement, coarseness)
             with s.lock:
                 s.commit(replace(s.state, global_prompt=(global_ or "").strip()))
             loading = guided and not self.ctx.scorer_loaded
@@ -429,7 +469,7 @@ class Handlers:
                          "Loading the guidance scorer (first time only)…" if loading else "Generating…",
                          gr.skip(), gr.skip())
             for event in generate(self.ctx, s, seed=seed_i, steps=steps_i, guided=guided, scale=strength,
-                                  local=bool(local)):
+                                  local=bool(local), composition=composed):
                 if isinstance(event, Finished):
                     label = event.view.picture.label
                     s.shown_status = (event.view.gen, f"Done: {label}.")
@@ -449,6 +489,44 @@ class Handlers:
             log.exception("generation failed")
             yield RunOut(viewer_value(s), f"Generation failed: {e}", gr.skip(), gr.skip())
             raise user_error(f"Generation failed: {e}") from None
+
+    @staticmethod
+    def composition(s: Session, choice: Any, seed: int) -> Composition | None:
+        """The Composition dropdown's choice for a Generate with ``seed``, or a gr.Error saying why not."""
+        if choice in (None, "", NO_COMPOSITION):
+            return None
+        if choice == MY_SKETCH:
+            sketch = s.state.sketch
+            if sketch is None:
+                raise user_error("There is no sketch yet: paint one in the Sketch tab and press *Use as "
+                                 "composition* (or pick an example composition).")
+            return Composition(sketch, "your sketch")
+        name = compositions.example_for_seed(seed) if choice == RANDOM_EXAMPLE else choice
+        try:
+            return Composition(compositions.example(name), f"the example {name}")
+        except ValueError as e:
+            raise user_error(str(e)) from None
+
+    # --- sketch ------------------------------------------------------------------------------------
+    def use_sketch(self, key: str, value: Any) -> SketchOut:
+        """Keep the editor's picture as the session's sketch (one undo step); Generate then holds it."""
+        s = self.session(key)
+        try:
+            sketch = sketch_from_editor(value)
+            with s.lock:
+                s.commit(replace(s.state, sketch=sketch))
+        except ValueError as e:
+            raise user_error(f"Sketch not used: {e}") from None
+        h, w = sketch.shape[:2]
+        return SketchOut(MY_SKETCH, f"Sketch kept ({w}×{h}): *Generate* paints over it (Composition: my sketch).")
+
+    @staticmethod
+    def sketch_example(name: Any) -> dict[str, Any]:
+        """An example composition in the sketch editor, to paint over."""
+        try:
+            return sketch_editor_value(compositions.example(str(name)))
+        except ValueError as e:
+            raise user_error(str(e)) from None
 
     def extend(self, key: str, side: str, amount: Any, seed: Any, steps: Any) -> Iterator[list[Any]]:
         """Outpaint the current picture by ``amount`` cells on ``side``: yields :class:`ShapeOut` per

@@ -1,4 +1,5 @@
-"""Session files: a zip with ``session.json``, ``latent.safetensors`` and the boxes' reference images.
+"""Session files: a zip with ``session.json``, ``latent.safetensors``, the boxes' reference images and
+the painted sketch (``sketch.png``, the composition Generate may hold).
 
 ``session.json``::
 
@@ -37,7 +38,8 @@ MAX_FILE = 64 << 20     # bytes of the whole upload
 MAX_MEMBER = 32 << 20   # inflated bytes of a reference image or latent member
 MAX_JSON = 1 << 20      # inflated bytes of session.json (boxes hold prompts of at most 500 characters)
 CHUNK = 64 << 10        # members are inflated this many bytes at a time
-MAX_IMAGE_SIDE = 4096   # reference images
+MAX_IMAGE_SIDE = 4096   # reference images and the sketch
+SKETCH = "sketch.png"
 
 
 @dataclass
@@ -62,10 +64,16 @@ def dump(state: State, canvas: tuple[int, int], model: str) -> bytes:
             zf.writestr("latent.safetensors", latent_bytes(pic.latent, {"model": model}))
         for b in state.boxes:
             if b.image is not None:
-                png = io.BytesIO()
-                Image.fromarray(b.image).save(png, format="PNG")
-                zf.writestr(f"boxes/{b.id}.png", png.getvalue())
+                zf.writestr(f"boxes/{b.id}.png", _png(b.image))
+        if state.sketch is not None:
+            zf.writestr(SKETCH, _png(state.sketch))
     return buf.getvalue()
+
+
+def _png(image: np.ndarray) -> bytes:
+    png = io.BytesIO()
+    Image.fromarray(image).save(png, format="PNG")
+    return png.getvalue()
 
 
 def load(data: bytes, pipe: Pipeline, max_canvas_side: int) -> Loaded:
@@ -101,7 +109,8 @@ def load(data: bytes, pipe: Pipeline, max_canvas_side: int) -> Loaded:
         picture = None
         if "latent.safetensors" in zf.namelist():
             picture = Picture(_latent(_read(zf, "latent.safetensors"), pipe), seed=seed, label="loaded")
-    return Loaded(State(picture, specs, prompt), (canvas[0], canvas[1]), seed, warnings)
+        sketch = _picture(zf, SKETCH, "the sketch") if SKETCH in zf.namelist() else None
+    return Loaded(State(picture, specs, prompt, sketch), (canvas[0], canvas[1]), seed, warnings)
 
 
 def _read(zf: zipfile.ZipFile, name: str, limit: int = MAX_MEMBER) -> bytes:
@@ -156,19 +165,24 @@ def _latent(raw: bytes, pipe: Pipeline):
     return z
 
 
+def _picture(zf: zipfile.ZipFile, name: str, what: str) -> np.ndarray:
+    """The PNG member ``name`` as ``[h, w, 3]`` uint8 (``what`` names it in errors)."""
+    raw = _read(zf, name)
+    try:
+        with Image.open(io.BytesIO(raw)) as im:
+            if max(im.size) > MAX_IMAGE_SIDE:
+                raise ValueError(f"{what} is larger than {MAX_IMAGE_SIDE} px")
+            return np.asarray(im.convert("RGB"))
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{what} is damaged: {e}") from None
+
+
 def _box(zf: zipfile.ZipFile, data: Any) -> Region:
     if not isinstance(data, dict):
         raise ValueError("a box must be a JSON object")
     image = None
     if isinstance(data, dict) and data.get("has_image"):
-        raw = _read(zf, f"boxes/{data.get('id')}.png")
-        try:
-            with Image.open(io.BytesIO(raw)) as im:
-                if max(im.size) > MAX_IMAGE_SIDE:
-                    raise ValueError(f"reference image of box {data.get('id')} is larger than {MAX_IMAGE_SIDE} px")
-                image = np.asarray(im.convert("RGB"))
-        except (OSError, Image.DecompressionBombError) as e:
-            raise ValueError(f"reference image of box {data.get('id')} is damaged: {e}") from None
+        image = _picture(zf, f"boxes/{data.get('id')}.png", f"reference image of box {data.get('id')}")
     if not data.get("id"):
         raise ValueError("every box needs an id")
     return Region.from_json(data, image)

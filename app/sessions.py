@@ -18,9 +18,10 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 
+import numpy as np
 from torch import Tensor
 
-from infd_core.geometry import aspect_matches, aspect_size, canvas_size, cells_aspect_matches
+from infd_core.geometry import Box, aspect_matches, aspect_size, canvas_size, cells_aspect_matches
 from infd_core.layout import MAX_PROMPT, MAX_REGIONS, Region
 from infd_core.pipeline import Field, Pipeline
 
@@ -93,18 +94,23 @@ class Picture:
 
 @dataclass(frozen=True)
 class State:
-    """What undo/redo restores."""
+    """What undo/redo restores. ``sketch``: the user's painted composition ``[h, w, 3]`` uint8
+    (Generate can hold it, see :mod:`infd_core.compositions`), never mutated."""
 
     picture: Picture | None = None
     boxes: tuple[Region, ...] = ()  # each with an id (the viewer's handle)
     global_prompt: str = ""
+    sketch: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.global_prompt, str) or len(self.global_prompt) > MAX_PROMPT:
             raise ValueError(f"the global prompt must be a string of at most {MAX_PROMPT} characters")
+        if self.sketch is not None:
+            Region(Box(0, 0, 1, 1), "sketch", image=self.sketch)  # the same checks as a sketch box's picture
 
     def same_as(self, other: State) -> bool:
-        if self.picture is not other.picture or self.global_prompt != other.global_prompt:
+        if (self.picture is not other.picture or self.global_prompt != other.global_prompt
+                or self.sketch is not other.sketch):
             return False
         return len(self.boxes) == len(other.boxes) and all(
             a.same_as(b) for a, b in zip(self.boxes, other.boxes, strict=True))
@@ -269,4 +275,5 @@ class Session:
     def nbytes(self) -> int:
         with self.lock:
             images = {id(b.image): b.image.nbytes for s in self.history for b in s.boxes if b.image is not None}
+            images |= {id(s.sketch): s.sketch.nbytes for s in self.history if s.sketch is not None}
         return sum(p.nbytes for p in self.pictures()) + sum(images.values())

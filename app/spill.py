@@ -100,15 +100,20 @@ def encode(session: _s.Session) -> bytes:
                 meta["pictures"].append({"seed": p.seed, "label": p.label, "photo_aspect": p.photo_aspect})
             return pictures[id(p)]
 
+        def image_index(a: np.ndarray | None) -> int | None:
+            if a is None:
+                return None
+            if id(a) not in images:
+                images[id(a)] = len(images)
+                npy = io.BytesIO()
+                np.save(npy, a, allow_pickle=False)
+                zf.writestr(f"images/{images[id(a)]}.npy", npy.getvalue())
+            return images[id(a)]
+
         def box_json(b: Region) -> dict[str, Any]:
             out = b.to_json()
             if b.image is not None:
-                if id(b.image) not in images:
-                    images[id(b.image)] = len(images)
-                    npy = io.BytesIO()
-                    np.save(npy, b.image, allow_pickle=False)
-                    zf.writestr(f"images/{images[id(b.image)]}.npy", npy.getvalue())
-                out["image"] = images[id(b.image)]
+                out["image"] = image_index(b.image)
             return out
 
         view = session.view
@@ -117,7 +122,8 @@ def encode(session: _s.Session) -> bytes:
             "gen": session.gen, "selected": session.selected, "client_rev": session.client_rev, "pictures": [],
             "view": None}
         meta["history"] = [{"picture": picture_index(st.picture), "global_prompt": st.global_prompt,
-                            "boxes": [box_json(b) for b in st.boxes]} for st in session.history]
+                            "boxes": [box_json(b) for b in st.boxes], "sketch": image_index(st.sketch)}
+                           for st in session.history]
         if view is not None and not view.preview and view.picture is session.state.picture:
             meta["view"] = {"gen": view.gen, "width": view.pyramid.width, "height": view.pyramid.height}
         zf.writestr("session.json", json.dumps(meta))
@@ -143,7 +149,7 @@ def decode(key: str, data: bytes, last_seen: float, max_side: int) -> _s.Session
         history = [_s.State(None if st["picture"] is None else pictures[st["picture"]],
                             tuple(Region.from_json({k: v for k, v in b.items() if k != "image"}, image(b.get("image")))
                                   for b in st["boxes"]),
-                            st["global_prompt"])
+                            st["global_prompt"], image(st.get("sketch")))
                    for st in meta["history"]]
     session = _s.Session(key, canvas=tuple(meta["canvas"]), history=history, index=meta["index"], gen=meta["gen"],
                          selected=meta["selected"], client_rev=meta["client_rev"], last_seen=last_seen,

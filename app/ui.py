@@ -14,9 +14,11 @@ import numpy as np
 from infd_core.layout import KINDS, MAX_PROMPT, PLACEMENTS
 
 from .context import AppContext
-from .handlers import (CANVAS_PRESETS, DEFAULT_CANVAS, DEFAULT_COLOR, EXTEND_CELLS, EXTEND_SIDES, MAX_REFINE,
-                       NO_REPORT, CanvasOut, Handlers,
-                       HistoryOut, LoadOut, Panel, RunOut, ShapeOut)
+from infd_core import compositions
+
+from .handlers import (CANVAS_PRESETS, COARSENESS_CHOICES, DEFAULT_CANVAS, DEFAULT_COLOR, EXTEND_CELLS, EXTEND_SIDES,
+                       MAX_REFINE, NO_REPORT, RANDOM_EXAMPLE, CanvasOut, Handlers, HistoryOut, LoadOut, Panel, RunOut,
+                       ShapeOut, SketchOut, composition_choices, sketch_editor_value)
 
 STATIC = Path(__file__).resolve().parent / "static"
 UPLOAD_TTL = 3600  # seconds an upload may stay in Gradio's cache (photos are deleted as soon as read)
@@ -32,7 +34,7 @@ VIEWER_HTML = """
     <button type="button" data-action="home" title="Fit the whole image (0)">Fit</button>
   </div>
   <div class="infd-progress"><div class="infd-bar"></div><span class="infd-progress-text"></span></div>
-  <div class="infd-hint"><span>Press <b>Generate</b> (or G) to create an image, or open a photo (tab <b>Photo</b>) to zoom into it.</span></div>
+  <div class="infd-hint"><span>Press <b>Generate</b> (or G) to paint a landscape over an example composition, paint your own in tab <b>Sketch</b>, or open a photo (tab <b>Photo</b>) to zoom into it.</span></div>
 </div>
 """
 # The custom event names must appear quoted in js_on_load for Gradio 6 to expose them as events.
@@ -55,6 +57,10 @@ SHORTCUTS = """
 | **1**, **0** | zoom to 1:1 pixels, fit the image |
 | **Esc** | stop drawing, deselect |
 """
+
+
+SKETCH_COLORS = ["#76a2d6", "#b0c6de", "#3a6096", "#2a4e28", "#54893a", "#789c46", "#767470", "#c8b88c",
+                 "#8a6a48", "#e8e4dc"]  # sky, haze, water, forest, grass, meadow, rock, sand, earth, cloud
 
 
 def viewer_head() -> str:
@@ -101,6 +107,10 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                                          elem_id="infd-canvas-w")
                     canvas_h = gr.Number(DEFAULT_CANVAS, label="Canvas height", precision=0, visible=False,
                                          elem_id="infd-canvas-h")
+                composition = gr.Dropdown(composition_choices(), value=RANDOM_EXAMPLE, label="Composition",
+                                          elem_id="infd-composition",
+                                          info="Generate holds its coarse layout and colours (4-cell blocks); the "
+                                               "model paints the texture. None: the model alone (texture, no scene).")
                 with gr.Row():
                     gen_btn = gr.Button("Generate", variant="primary", min_width=80, elem_id="infd-generate")
                     guided_btn = gr.Button("Guided", variant="primary", min_width=80, elem_id="infd-guided")
@@ -124,7 +134,30 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                             placement = gr.Radio(list(PLACEMENTS), value="hard", label="Placement", visible=False,
                                                  info="hard: kept as placed; soft: the sampler may rework it",
                                                  elem_id="infd-placement")
+                            coarseness = gr.Dropdown(COARSENESS_CHOICES, value=KINDS["sketch"].coarseness,
+                                                     label="Coarseness (latent cells a block)", visible=False,
+                                                     info="the box holds its picture's block means; finer is "
+                                                          "closer to the picture, coarser leaves the model more",
+                                                     elem_id="infd-coarseness")
                             delete_btn = gr.Button("Delete box", size="sm", variant="secondary", elem_id="infd-delete")
+                    with gr.Tab("Sketch", elem_id="infd-sketch-tab"):
+                        gr.Markdown("Paint the picture's layout in flat colours (sky, hills, water…), or upload a "
+                                    "picture, then *Use as composition*: Generate keeps its colours in 4-cell blocks "
+                                    "(16 px of a 256² render) and the model paints the texture. Colour and sketch "
+                                    "boxes on the canvas add to it.")
+                        sketch = gr.ImageEditor(sketch_editor_value(compositions.example("horizon")), type="numpy",
+                                                image_mode="RGB", canvas_size=(256, 256), fixed_canvas=True,
+                                                sources=("upload", "clipboard"), transforms=(), layers=False,
+                                                brush=gr.Brush(colors=SKETCH_COLORS, default_size=12,
+                                                               color_mode="defaults"),
+                                                eraser=gr.Eraser(default_size=16), height=340, show_label=False,
+                                                elem_id="infd-sketch")
+                        with gr.Row():
+                            sketch_btn = gr.Button("Use as composition", variant="primary", size="sm",
+                                                   elem_id="infd-use-sketch")
+                            sketch_example = gr.Dropdown(list(compositions.names()), value="horizon",
+                                                         label="Start from an example", min_width=120,
+                                                         elem_id="infd-sketch-example")
                     with gr.Tab("Report", id="report", elem_id="infd-report-tab"):  # selected after a guided run
                         report = gr.Markdown(NO_REPORT, elem_id="infd-report")
                     with gr.Tab("Export", elem_id="infd-export-tab"):
@@ -163,12 +196,13 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                             extend_cells = gr.Dropdown(EXTEND_CELLS, value=64, label="Cells", min_width=70,
                                                        elem_id="infd-extend-cells")
                             extend_btn = gr.Button("Extend", min_width=70, elem_id="infd-extend")
-                    with gr.Tab("Keys"):
-                        gr.Markdown(SHORTCUTS)
+                with gr.Accordion("Keys", open=False):
+                    gr.Markdown(SHORTCUTS)
 
         # --- wiring (UI-only endpoints, api_visibility="private": the model is scriptable via infd_core) -----
         panel = list(Panel(viewer=viewer, box_list=box_list, editing=editing, editor=editor, kind=kind, prompt=prompt,
-                           weight=weight, color=color, image=image, placement=placement, global_prompt=global_prompt))
+                           weight=weight, color=color, image=image, placement=placement, coarseness=coarseness,
+                           global_prompt=global_prompt))
         light = dict(show_progress="hidden", concurrency_limit=None, api_visibility="private")
         ordered = dict(show_progress="hidden", api_visibility="private")  # one at a time, in arrival order
         model = dict(show_progress="minimal", show_progress_on=status, concurrency_id="model", concurrency_limit=1,
@@ -179,7 +213,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         viewer.history(on.history, key, list(HistoryOut(*panel, status=status)), **ordered)
         viewer.view_shown(on.view_shown, key, status, **light)
         box_list.input(on.select, [key, box_list], panel, **light)
-        editor_inputs = [key, editing, kind, prompt, weight, color, placement]
+        editor_inputs = [key, editing, kind, prompt, weight, color, placement, coarseness]
         kind.input(on.editor, editor_inputs, panel, **light)
         prompt.submit(on.editor, editor_inputs, panel, **light)
         prompt.blur(on.editor, editor_inputs, panel, **light)
@@ -187,6 +221,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         weight.blur(on.editor, editor_inputs, panel, **light)
         color.input(on.editor, editor_inputs, panel, **light)
         placement.input(on.editor, editor_inputs, panel, **light)
+        coarseness.input(on.editor, editor_inputs, panel, **light)
         image.input(on.reference_image, [key, editing, image], panel, **light)
         delete_btn.click(on.delete, key, panel, **light)
         global_prompt.submit(on.global_prompt, [key, global_prompt], panel, **light)
@@ -200,7 +235,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             field.submit(on.canvas, canvas_inputs, canvas_outputs, **light)
             field.blur(on.canvas, canvas_inputs, canvas_outputs, **light)
 
-        run_inputs = [key, seed, steps, scale, local, editing, kind, prompt, weight, color, placement, global_prompt]
+        run_inputs = [key, seed, steps, scale, local, editing, kind, prompt, weight, color, placement, coarseness,
+                      global_prompt, composition]
         run_outputs = list(RunOut(viewer=viewer, status=status, report=report, tabs=tabs))
         gen_evt = gen_btn.click(on.generate, run_inputs, run_outputs, **model)
         guided_evt = guided_btn.click(on.guided, run_inputs, run_outputs, **model)
@@ -212,6 +248,10 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         # cancels= drops a run still waiting for the model; a running one stops via the session's flag
         cancel_btn.click(on.cancel, key, [viewer, status], cancels=[gen_evt, guided_evt, photo_evt, extend_evt],
                          **light)
+
+        sketch_btn.click(on.use_sketch, [key, sketch], list(SketchOut(composition=composition, status=status)),
+                         **light)
+        sketch_example.input(on.sketch_example, sketch_example, sketch, **light)
 
         export_btn.click(on.export, [key, export_w, export_h, export_fmt], [url, link], **light).success(
             None, url, None, js=DOWNLOAD_JS)

@@ -25,7 +25,8 @@ from safetensors.torch import save as save_tensors
 from app import sessionfile, spill
 from app.context import Limits
 from app.deepzoom import Pyramid, encode_png
-from app.generate import Cancelled, Finished, PreviewPacer, Progress, extend_picture, generate, open_photo
+from app.generate import (Cancelled, Composition, Finished, PreviewPacer, Progress, composition_layout, extend_picture,
+                          generate, open_photo)
 from app.handlers import Handlers, apply_box_edit, number, report_markdown
 from app.server import create_app
 from app.sessions import KEEP_VIEWS, Picture, Session, State
@@ -310,13 +311,15 @@ def test_session_file_round_trip(server):
     assert np.array_equal(loaded.state.boxes[1].image, ref)
 
 
-def _zip(meta: dict | bytes | None, latent: torch.Tensor | None = None) -> bytes:
+def _zip(meta: dict | bytes | None, latent: torch.Tensor | None = None, **members: bytes) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as zf:
         if meta is not None:
             zf.writestr("session.json", meta if isinstance(meta, bytes) else json.dumps(meta))
         if latent is not None:
             zf.writestr("latent.safetensors", save_tensors({"latent": latent}))
+        for name, raw in members.items():
+            zf.writestr(name.replace("_", "."), raw)
     return buf.getvalue()
 
 
@@ -340,6 +343,8 @@ GOOD = {"format": "infd-session", "version": 1, "model": "x", "seed": 1, "canvas
     (_zip({**GOOD, "boxes": ["box"]}), "JSON object"),
     (_zip(GOOD, torch.zeros(1, 3, 8, 8)), "does not fit this model"),
     (_zip(GOOD, torch.full((1, 3, 64, 64), float("nan"))), "does not fit this model"),
+    (_zip(GOOD, sketch_png=b"not a png"), "the sketch is damaged"),
+    (_zip({**GOOD, "boxes": [{"id": "a", "box": [0, 0, 1, 1], "image": "/etc/passwd"}]}), "relative to the layout"),
 ])
 def test_malformed_session_files_are_refused_with_a_reason(server, data, message):
     _, ctx = server
@@ -638,3 +643,74 @@ def test_panorama_canvas_extend_undo_tiles_and_session_file(server):
     assert (last[3]["value"], last[3]["visible"], last[4]["value"]) == (384, True, 128)
     with pytest.raises(ValueError, match="extend side"):
         list(extend_picture(ctx, s, side="sideways", amount=8, seed=0, steps=1))
+
+
+# --- compositions and the sketch ------------------------------------------------------------------
+
+def test_generate_holds_a_composition_with_the_colour_and_sketch_boxes(server, monkeypatch):
+    """Generate with a composition samples a new picture over it: the composition's 4-cell block
+    means are held (exactly, where no box is), a colour box on top holds its own, a text box is
+    left to Guided; the label says what the picture was composed from."""
+    from infd_core import compositions
+    from infd_core.diffusion import block_means
+
+    _, ctx = server
+    s = ctx.store.create(canvas=(512, 512))
+    red = Region(Box(0.5, 0.5, 1.0, 1.0), kind="color", color=(0.8, 0.2, 0.2), id="red")
+    text = Region(Box(0.0, 0.0, 0.5, 0.5), prompt="a cat", id="cat")
+    s.commit(State(None, boxes=(red, text)))
+    lake = compositions.example("lake")
+    events = list(generate(ctx, s, seed=3, steps=3, composition=Composition(lake, "the example lake")))
+    z = s.state.picture.latent
+    whole, box = guidance.prepare(ctx.pipe, composition_layout(s.state, Composition(lake, "lake")))
+    assert [c.region.kind for c in (whole, box)] == ["sketch", "color"]  # the text box is not composed
+    assert torch.allclose(block_means(z[..., :28, :], 4), block_means(whole.low.x0[..., :28, :], 4), atol=1e-5)
+    assert torch.allclose(block_means(z[..., 32:, 32:], 2), block_means(box.low.x0[..., 32:, 32:], 2), atol=1e-5)
+    assert isinstance(events[-1], Finished) and events[-1].report is None
+    assert s.state.picture.label == "seed 3, 3 steps, composed from the example lake"
+    with pytest.raises(ValueError, match="a composition is for Generate"):
+        next(generate(ctx, s, seed=3, steps=3, guided=True, composition=Composition(lake, "lake")))
+
+
+def test_the_composition_choice_and_the_sketch_editor(server):
+    """The dropdown's choices resolve to a picture (the seed picks a random example), 'my sketch'
+    without a sketch is refused with a reason; a painted sketch is kept as one undo step."""
+    from infd_core import compositions
+
+    _, ctx = server
+    on = Handlers(ctx)
+    s = ctx.store.create(canvas=(512, 512))
+    assert on.composition(s, "none", 0) is None
+    assert on.composition(s, "lake", 0).name == "the example lake"
+    picked = {on.composition(s, "random", seed).name for seed in range(len(compositions.names()))}
+    assert picked == {f"the example {n}" for n in compositions.names()}
+    with pytest.raises(gr.Error, match="no sketch yet"):
+        on.composition(s, "sketch", 0)
+    with pytest.raises(gr.Error, match="unknown example"):
+        on.composition(s, "../../etc/passwd", 0)
+    painted = np.zeros((256, 256, 3), np.uint8)
+    painted[128:] = (60, 120, 40)
+    out = on.use_sketch(s.key, {"background": painted, "layers": [], "composite": painted})
+    assert out.composition == "sketch" and np.array_equal(s.state.sketch, painted)
+    assert np.array_equal(on.composition(s, "sketch", 0).picture, painted)
+    with pytest.raises(gr.Error, match="Sketch not used"):
+        on.use_sketch(s.key, {"background": None, "layers": [], "composite": None})
+    assert s.undo() and s.state.sketch is None  # using a sketch is an undo step
+    shown = on.sketch_example("coast")
+    assert np.array_equal(shown["background"], compositions.example("coast"))
+
+
+def test_the_sketch_survives_session_files_and_spilling(server):
+    _, ctx = server
+    s = new_session(ctx, seed=2)
+    painted = np.random.default_rng(0).integers(0, 256, (64, 96, 3)).astype(np.uint8)
+    box = Region(Box(0.1, 0.1, 0.6, 0.6), kind="sketch", image=painted[:32, :32].copy(), coarseness=8, id="sk")
+    s.commit(replace(s.state, sketch=painted, boxes=(box,)))
+    loaded = sessionfile.load(sessionfile.dump(s.state, s.canvas, ctx.pipe.cfg.name), ctx.pipe, 65536)
+    assert np.array_equal(loaded.state.sketch, painted)
+    assert loaded.state.boxes[0].coarseness == 8 and np.array_equal(loaded.state.boxes[0].image, box.image)
+    back = spill.decode(s.key, spill.encode(s), time.time(), 65536)
+    assert np.array_equal(back.state.sketch, painted) and back.state.boxes[0].coarseness == 8
+    assert back.history[0].sketch is None  # the states before the sketch have none
+    with pytest.raises(ValueError, match="8..4096"):
+        State(sketch=np.zeros((4, 4, 3), np.uint8))
