@@ -95,7 +95,7 @@ class RunOut(NamedTuple):
     viewer: Any
     status: Any
     report: Any
-    tabs: Any  # the side panel's tabs: the report's tab is selected after a guided run
+    report_box: Any  # the report's accordion under the canvas: opened after a guided run
 
 
 class SketchOut(NamedTuple):
@@ -475,7 +475,7 @@ class Handlers:
                     s.shown_status = (event.view.gen, f"Done: {label}.")
                     yield RunOut(viewer_value(s), f"Generated {label}; loading the view…",
                                  report_markdown(event.report) or NO_REPORT,
-                                 gr.Tabs(selected="report") if event.report else gr.skip())
+                                 gr.Accordion(open=True) if event.report else gr.skip())
                 else:
                     yield RunOut(viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}",
                                  gr.skip(), gr.skip())

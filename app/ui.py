@@ -88,6 +88,10 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 viewer = gr.HTML(None, html_template=VIEWER_HTML, js_on_load=VIEWER_JS, head=viewer_head(),
                                  elem_id="infd-viewer", apply_default_css=False)
                 status = gr.Markdown("", elem_id="infd-status")
+                with gr.Accordion("Report", open=False, elem_id="infd-report-box") as report_box:  # opened by a guided run
+                    report = gr.Markdown(NO_REPORT, elem_id="infd-report")
+                with gr.Accordion("Keys", open=False):
+                    gr.Markdown(SHORTCUTS)
             with gr.Column(scale=1, min_width=400, elem_id="infd-side"):
                 with gr.Row():
                     seed = gr.Number(0, label="Seed", precision=0, minimum=0, min_width=80, elem_id="infd-seed")
@@ -99,26 +103,24 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                 with gr.Row():
                     canvas = gr.Dropdown(CANVAS_PRESETS, value=str(DEFAULT_CANVAS), label="Canvas", min_width=110,
                                          elem_id="infd-canvas")
-                    local = gr.Checkbox(True, label="Boxes steer only near themselves", elem_id="infd-local",
-                                        info="Off: a box may restyle the whole picture (plain DPS).", min_width=200,
-                                        scale=2)
+                    composition = gr.Dropdown(composition_choices(), value=RANDOM_EXAMPLE, label="Composition",
+                                              elem_id="infd-composition", min_width=200, scale=2)
                 with gr.Row():  # shown for a custom canvas
                     canvas_w = gr.Number(DEFAULT_CANVAS, label="Canvas width", precision=0, visible=False,
                                          elem_id="infd-canvas-w")
                     canvas_h = gr.Number(DEFAULT_CANVAS, label="Canvas height", precision=0, visible=False,
                                          elem_id="infd-canvas-h")
-                composition = gr.Dropdown(composition_choices(), value=RANDOM_EXAMPLE, label="Composition",
-                                          elem_id="infd-composition",
-                                          info="Generate holds its coarse layout and colours (4-cell blocks); the "
-                                               "model paints the texture. None: the model alone (texture, no scene).")
                 with gr.Row():
                     gen_btn = gr.Button("Generate", variant="primary", min_width=80, elem_id="infd-generate")
                     guided_btn = gr.Button("Guided", variant="primary", min_width=80, elem_id="infd-guided")
                     cancel_btn = gr.Button("Cancel", variant="stop", min_width=60, elem_id="infd-cancel")
-                with gr.Tabs(elem_id="infd-tabs") as tabs:
+                with gr.Tabs(elem_id="infd-tabs"):
                     with gr.Tab("Boxes", id="boxes"):
-                        global_prompt = gr.Textbox(show_label=False, placeholder="Global prompt (whole canvas)", lines=1,
-                                                   max_length=MAX_PROMPT, elem_id="infd-global")
+                        with gr.Row(equal_height=False):
+                            global_prompt = gr.Textbox(show_label=False, placeholder="Global prompt (whole canvas)",
+                                                       lines=1, max_length=MAX_PROMPT, elem_id="infd-global", scale=3)
+                            local = gr.Checkbox(True, label="Boxes act locally", elem_id="infd-local",
+                                                scale=2, min_width=120, container=False)
                         box_list = gr.Radio([], label="Boxes: shift-drag on the canvas to draw one",
                                             elem_id="infd-boxes")
                         with gr.Group(visible=False) as editor:
@@ -141,25 +143,22 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                                                      elem_id="infd-coarseness")
                             delete_btn = gr.Button("Delete box", size="sm", variant="secondary", elem_id="infd-delete")
                     with gr.Tab("Sketch", elem_id="infd-sketch-tab"):
-                        gr.Markdown("Paint the picture's layout in flat colours (sky, hills, water…), or upload a "
-                                    "picture, then *Use as composition*: Generate keeps its colours in 4-cell blocks "
-                                    "(16 px of a 256² render) and the model paints the texture. Colour and sketch "
-                                    "boxes on the canvas add to it.")
+                        gr.Markdown("Paint the layout in flat colours (or upload a picture), then *Use as "
+                                    "composition*. Generate keeps its colours in 4-cell blocks; the model paints "
+                                    "the texture. Colour and sketch boxes add to it.")
                         sketch = gr.ImageEditor(sketch_editor_value(compositions.example("horizon")), type="numpy",
                                                 image_mode="RGB", canvas_size=(256, 256), fixed_canvas=True,
                                                 sources=("upload", "clipboard"), transforms=(), layers=False,
                                                 brush=gr.Brush(colors=SKETCH_COLORS, default_size=12,
                                                                color_mode="defaults"),
-                                                eraser=gr.Eraser(default_size=16), height=340, show_label=False,
+                                                eraser=gr.Eraser(default_size=16), height=270, show_label=False,
                                                 elem_id="infd-sketch")
                         with gr.Row():
                             sketch_btn = gr.Button("Use as composition", variant="primary", size="sm",
                                                    elem_id="infd-use-sketch")
                             sketch_example = gr.Dropdown(list(compositions.names()), value="horizon",
-                                                         label="Start from an example", min_width=120,
+                                                         label="Example", min_width=120,
                                                          elem_id="infd-sketch-example")
-                    with gr.Tab("Report", id="report", elem_id="infd-report-tab"):  # selected after a guided run
-                        report = gr.Markdown(NO_REPORT, elem_id="infd-report")
                     with gr.Tab("Export", elem_id="infd-export-tab"):
                         with gr.Row():
                             export_w = gr.Number(DEFAULT_CANVAS, label="Width", precision=0, elem_id="infd-export-w")
@@ -196,8 +195,6 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
                             extend_cells = gr.Dropdown(EXTEND_CELLS, value=64, label="Cells", min_width=70,
                                                        elem_id="infd-extend-cells")
                             extend_btn = gr.Button("Extend", min_width=70, elem_id="infd-extend")
-                with gr.Accordion("Keys", open=False):
-                    gr.Markdown(SHORTCUTS)
 
         # --- wiring (UI-only endpoints, api_visibility="private": the model is scriptable via infd_core) -----
         panel = list(Panel(viewer=viewer, box_list=box_list, editing=editing, editor=editor, kind=kind, prompt=prompt,
@@ -237,7 +234,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
 
         run_inputs = [key, seed, steps, scale, local, editing, kind, prompt, weight, color, placement, coarseness,
                       global_prompt, composition]
-        run_outputs = list(RunOut(viewer=viewer, status=status, report=report, tabs=tabs))
+        run_outputs = list(RunOut(viewer=viewer, status=status, report=report, report_box=report_box))
         gen_evt = gen_btn.click(on.generate, run_inputs, run_outputs, **model)
         guided_evt = guided_btn.click(on.guided, run_inputs, run_outputs, **model)
         shape_outputs = list(ShapeOut(viewer=viewer, status=status, canvas=canvas, canvas_w=canvas_w,

@@ -2,12 +2,14 @@
 browser download), fully offline, with the shipped model (the walk-through makes the README's
 screenshots).
 
-One browser session walks through what a user does: generate, zoom, draw a box with a prompt,
-guided generation, undo, export. Screenshots go to ``artifacts/`` (gitignored); the tile
-timings of the second test to ``artifacts/app-timings.json``. The README's screenshots are
-``INFD_E2E_STEPS=30 pytest tests/test_app_e2e.py`` then ``app-05-guided.png``,
-``app-03-zoomed-1to1.png`` and ``app-07-photo.png`` copied (256-colour PNG) to
-``assets/screenshots/app-canvas.png`` / ``app-zoom-1to1.png`` / ``app-photo.png`` (the README's first).
+One browser session walks through what a user does: generate (over the seed's example
+composition), zoom, draw a box with a prompt, guided generation, undo, export, open a photo;
+another paints a sketch, generates over it and zooms in. Screenshots go to ``artifacts/``
+(gitignored); the tile timings to ``artifacts/app-timings.json``. The README's screenshots are
+``INFD_E2E_STEPS=30 pytest tests/test_app_e2e.py`` then ``app-09-sketch-generated.png``,
+``app-05-guided.png``, ``app-10-sketch-1to1.png`` and ``app-07-photo.png`` copied (256-colour PNG)
+to ``assets/screenshots/app-sketch.png`` (the README's first) / ``app-canvas.png`` /
+``app-zoom-1to1.png`` / ``app-photo.png``.
 """
 from __future__ import annotations
 
@@ -24,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -180,7 +183,8 @@ def test_canvas_end_to_end(live, browser_page):
     assert settled(page), "Done before the image was on screen"
     first = shown_gen(page)
     levels_fit = levels(page, first)
-    assert page.inner_text(".infd-hint") == "Press Generate (or G) to create an image, or open a photo (tab Photo) to zoom into it."
+    assert page.inner_text(".infd-hint").startswith("Press Generate (or G) to paint a landscape over an example")
+    assert session.state.picture.label == f"seed 0, {STEPS} steps, composed from the example coast"
     shot(page, "02-generated")
 
     # guided without a box fails, and the status says so
@@ -233,7 +237,7 @@ def test_canvas_end_to_end(live, browser_page):
     page.wait_for_function("infd.state.value.progress && infd.state.value.progress.total === 500")
     page.click("#infd-cancel")
     wait_status(page, "Cancelled")
-    assert session.state.picture.label.endswith(f"{STEPS} steps") and not session.runner.running
+    assert session.state.picture.label.startswith(f"seed 0, {STEPS} steps") and not session.runner.running
     page.fill("#infd-steps input", STEPS)
 
     # guided generation replaces the tiles
@@ -256,7 +260,7 @@ def test_canvas_end_to_end(live, browser_page):
     page.keyboard.press("Control+z")
     page.wait_for_function("n => infd.state.value.image.gen > n", arg=guided)
     assert not session.state.picture.label.startswith("guided")
-    wait_status(page, f"Undone: the picture is seed 0, {STEPS} steps.")
+    wait_status(page, f"Undone: the picture is seed 0, {STEPS} steps, composed from the example coast.")
     page.keyboard.press("Control+Shift+z")
     page.wait_for_function("n => infd.state.value.image.gen > n + 1", arg=guided)
     assert session.state.picture.label.startswith("guided")
@@ -325,6 +329,49 @@ def test_canvas_end_to_end(live, browser_page):
     page.keyboard.press("Tab")
     page.wait_for_function("infd.state.value.image.width === 3000")
     assert session.canvas == (3000, 1362)
+    assert page.outside == [], f"the page tried to reach the internet: {page.outside}"
+
+
+def test_a_sketch_is_painted_generated_and_zoomed(live, browser_page):
+    """A new page: paint a stroke over the hills example in the Sketch tab, use it as the
+    composition, Generate over it, zoom to 1:1."""
+    base, ctx = live
+    page = browser_page
+    page.goto(base)
+    page.wait_for_function("window.infd && infd.state.value && infd.state.value.session", timeout=60_000)
+    session = ctx.store.get(page.evaluate("infd.state.value.session"))
+    page.get_by_role("tab", name="Sketch").click()
+    page.click("#infd-sketch-example input")
+    page.get_by_role("option", name="hills").click()
+    page.wait_for_timeout(1500)  # the example reaches the editor's canvas
+    page.click("#infd-sketch button[aria-label='Brush']")
+    canvas = page.locator("#infd-sketch canvas").first.bounding_box()
+    page.mouse.move(canvas["x"] + canvas["width"] * 0.3, canvas["y"] + canvas["height"] * 0.62)
+    page.mouse.down()
+    for i in range(1, 31):  # a stroke across the meadow, in the brush's first colour (sky blue: a stream)
+        page.mouse.move(canvas["x"] + canvas["width"] * (0.3 + 0.014 * i),
+                        canvas["y"] + canvas["height"] * (0.62 + 0.006 * i))
+    page.mouse.up()
+    page.wait_for_timeout(500)
+    shot(page, "08-sketch-painted")
+    page.click("#infd-use-sketch")
+    wait_status(page, "Sketch kept")
+    sketch = session.state.sketch
+    hills = np.asarray(Image.open(ROOT / "assets" / "compositions" / "hills.png").convert("RGB").resize(sketch.shape[1::-1]))
+    painted = np.abs(sketch.astype(int) - hills.astype(int)).max(axis=2) > 40
+    assert 0.002 < painted.mean() < 0.2, painted.mean()  # the stroke, and only the stroke, differs from the example
+    assert page.input_value("#infd-composition input") == "my sketch (tab Sketch)"
+    page.fill("#infd-steps input", STEPS)
+    page.click("#infd-generate")
+    wait_status(page, "Done")
+    assert session.state.picture.label == f"seed 0, {STEPS} steps, composed from your sketch"
+    wait_settled(page)
+    shot(page, "09-sketch-generated")
+    page.evaluate("document.activeElement.blur()")
+    page.keyboard.press("1")
+    page.wait_for_timeout(1500)
+    wait_settled(page)
+    shot(page, "10-sketch-1to1")
     assert page.outside == [], f"the page tried to reach the internet: {page.outside}"
 
 
