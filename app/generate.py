@@ -138,7 +138,7 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
                                                callback=on_step, should_stop=should_stop)
         elif composed is not None:
             z, _ = guidance.guided_sample(pipe, composed, seed=seed, steps=steps, cells=cells, callback=on_step,
-                                          should_stop=should_stop)
+                                          should_stop=should_stop, describe_regions=False)
         else:
             z = pipe.sample(seed, steps=steps, cells=cells, callback=on_step, should_stop=should_stop)
         aspect = state.picture.photo_aspect if layout is not None and state.picture is not None else None

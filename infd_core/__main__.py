@@ -153,7 +153,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             from .guidance import guided_sample
             from .layout import Layout
 
-            z, _ = guided_sample(pipe, Layout((composition,)), **kw)
+            z, _ = guided_sample(pipe, Layout((composition,)), **kw, describe_regions=False)
         else:
             z = pipe.sample(kw.pop("seed"), **kw)
     meta = {"model": pipe.cfg.name, "seed": args.seed, "cells": f"{cells[0]}x{cells[1]}", "method": args.method}
