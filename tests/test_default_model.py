@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from infd_core import configs
+from infd_core import compositions, configs
 from infd_core.checkpoint import read_config
 from infd_core.pipeline import Pipeline
 from training import default_model, evaluate, photoset
@@ -45,6 +45,8 @@ def test_export_pictures_and_card(tmp_path: Path) -> None:
     report = evaluate.main(["--model", str(out), "--data", str(work / "photos" / "holdout"), "--no-pfid",
                             "--scales", "64", "128", "--consistency-size", "64"])
     default_model.pictures(Pipeline.load(out), out, seeds=range(4), steps=2)
+    with Image.open(out / "composition.jpg") as sheet:  # a row per example: sketch, 1024² shown at 384², 1:1 crop
+        assert sheet.size == (3 * 384, 384 * len(compositions.names()))
     default_model.model_card(out, work, report, samples=0, crops=0)
 
     card = (out / "README.md").read_text()

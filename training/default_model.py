@@ -98,10 +98,33 @@ def contact_sheet(pipe: Pipeline, path: Path, seeds: range = range(16), steps: i
     Image.fromarray(np.concatenate(rows, axis=0)).save(path, quality=90)
 
 
+def composition_sheet(pipe: Pipeline, path: Path, seed: int = 0, steps: int = 30, side: int = 384) -> None:
+    """One row per example composition (:mod:`infd_core.compositions`, held as a whole-canvas
+    sketch): the sketch, the picture rendered at 1024² (shown at ``side``²) and the centre
+    ``side``² of that render at 1:1; as one JPEG."""
+    from infd_core import compositions
+    from infd_core.guidance import guided_sample
+    from infd_core.layout import Layout
+
+    rows = []
+    for name in compositions.names():
+        sketch = compositions.example(name)
+        z, _ = guided_sample(pipe, Layout((compositions.whole_canvas(sketch),)), seed=seed, steps=steps,
+                             describe_regions=False)
+        full = pipe.render(pipe.field(z), 1024, 1024)
+        c = (1024 - side) // 2
+        rows.append(np.concatenate([np.asarray(Image.fromarray(sketch).resize((side, side), Image.Resampling.BICUBIC)),
+                                    np.asarray(Image.fromarray(full).resize((side, side), Image.Resampling.BOX)),
+                                    full[c:c + side, c:c + side]], axis=1))
+    Image.fromarray(np.concatenate(rows, axis=0)).save(path, quality=88)
+
+
 def pictures(pipe: Pipeline, out: Path, seeds: range = range(8), zoom_seed: int = 0, steps: int = 50) -> None:
-    """``samples.jpg`` (contact sheet, 256² each) and ``zoom.jpg`` (one sample at 512, 1K, 2K, 4K:
-    the whole image at 512, then the centre 512² crop of each larger render)."""
+    """``samples.jpg`` (contact sheet, 256² each), ``zoom.jpg`` (one sample at 512, 1K, 2K, 4K:
+    the whole image at 512, then the centre 512² crop of each larger render) and ``composition.jpg``
+    (:func:`composition_sheet`)."""
     contact_sheet(pipe, out / "samples.jpg", seeds, steps)
+    composition_sheet(pipe, out / "composition.jpg", steps=steps)
     field = pipe.field(pipe.sample(zoom_seed, steps=steps))
     views = []
     for size in (512, 1024, 2048, 4096):
@@ -151,6 +174,10 @@ Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --da
 
 ## Zoom sequence (seed 0: the whole image at 512², then the centre 512² of renders at 1K, 2K, 4K)
 ![zoom](zoom.jpg)
+
+## Compositions (`infd_core.compositions`: each example sketch held at 4-cell blocks, seed 0, 30 steps: the sketch, the 1024² render, its centre 384² at 1:1)
+The layout and colours are the sketch's (held as the latent's block means); the texture is the model's.
+![composition](composition.jpg)
 
 ## Licence of the training data
 See `MANIFEST.md` beside this card: GPL-2+ (Debian wallpapers), CC0 / public domain (scikit-image),
@@ -332,6 +359,10 @@ Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --co
 
 ## Zoom sequence (seed 0: the whole image at 512², then the centre 512² of renders at 1K, 2K, 4K)
 ![zoom](zoom.jpg)
+
+## Compositions (`infd_core.compositions`: each example sketch held at 4-cell blocks, seed 0, 30 steps: the sketch, the 1024² render, its centre 384² at 1:1)
+The layout and colours are the sketch's (held as the latent's block means); the texture is the model's.
+![composition](composition.jpg)
 
 ## Licence of the training data
 See `MANIFEST.md` beside this card (licence and credit of every photo, as each package states them:
