@@ -36,7 +36,9 @@ class Limits:
     session_bytes: int = 1 << 30
     sessions_per_minute: int = 30  # new sessions per client address
     concurrent_exports: int = 2
+    exports_per_client: int = 1  # of those, for one client address
     export_seconds: float = 1800  # an export still streaming after this is cut off and frees its slot
+    export_stall: float = 15.0  # seconds a client may take no data (stop reading) before its export is cut off
     concurrent_loads: int = 2  # session files being parsed at once
 
 
@@ -56,7 +58,7 @@ class AppContext:
                                   max_canvas_side=lim.max_canvas_side)
         self.cache = ByteLRU(lim.tile_cache_bytes)
         self.workers = TileWorkers(lim.tile_threads, max_queue=lim.tile_queue)
-        self.exports = ExportSlots(lim.concurrent_exports)
+        self.exports = ExportSlots(lim.concurrent_exports, lim.exports_per_client)
         self._loads = threading.BoundedSemaphore(lim.concurrent_loads)
         self._scorer: Any = None
         self._scorer_lock = threading.Lock()

@@ -28,6 +28,8 @@ import numpy as np
 from infd_core.geometry import PixelRange, check_level
 from infd_core.pipeline import Field, Pipeline
 
+from .numbers import whole
+
 TILE = 256
 OVERLAP = 1
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -54,9 +56,15 @@ class Pyramid:
         """The largest level that fits in one tile: the coarsest one worth showing."""
         return max(0, self.max_level - math.ceil(math.log2(max(self.width, self.height) / self.tile)))
 
+    def check_level(self, level: int, lo: int = 0) -> int:
+        """``level`` if it is one of this pyramid's (from ``lo``); ValueError before any arithmetic on it
+        (``2 ** (max_level - level)`` of a crafted level of -1e10 would take gigabytes)."""
+        return whole(level, "level", lo, self.max_level)
+
     def level_size(self, level: int) -> tuple[int, int]:
-        """``(width, height)`` of a level (ceil of the canvas size over ``2 ** (max_level - level)``)."""
-        k = 1 << (self.max_level - level)
+        """``(width, height)`` of a level (ceil of the canvas size over ``2 ** (max_level - level)``);
+        ValueError for a level outside the pyramid."""
+        k = 1 << (self.max_level - self.check_level(level))
         return -(-self.width // k), -(-self.height // k)
 
     def tile_count(self, level: int) -> tuple[int, int]:
@@ -66,9 +74,7 @@ class Pyramid:
 
     def tile_range(self, level: int, x: int, y: int) -> PixelRange:
         """The pixels of tile ``(x, y)`` at ``level``; ValueError if there is no such tile."""
-        if not 0 <= level <= self.max_level:
-            raise ValueError(f"level {level} is outside 0..{self.max_level}")
-        cols, rows = self.tile_count(level)
+        cols, rows = self.tile_count(level)  # checks the level
         if not (0 <= x < cols and 0 <= y < rows):
             raise ValueError(f"tile ({x}, {y}) is outside the {cols}x{rows} tiles of level {level}")
         w, h = self.level_size(level)
@@ -80,9 +86,7 @@ class Pyramid:
         the level) of ``level``, at most ``max_tiles`` (the region is cut to its top-left corner
         beyond): a new version of the picture loads only these behind the one on screen (no
         coarser levels: see viewer.js). ValueError for a level outside the pyramid."""
-        if not self.min_level <= level <= self.max_level:
-            raise ValueError(f"level {level} is outside {self.min_level}..{self.max_level}")
-        cols, rows = self.tile_count(level)
+        cols, rows = self.tile_count(self.check_level(level, self.min_level))
         x0, y0 = max(0, x0), max(0, y0)
         x1, y1 = min(cols - 1, x1, x0 + max_tiles - 1), min(rows - 1, y1)
         y1 = min(y1, y0 + max(1, max_tiles // max(1, x1 - x0 + 1)) - 1)

@@ -12,7 +12,6 @@ viewer's events ``box_edit``, ``box_select`` and ``history`` (see ``static/viewe
 from __future__ import annotations
 
 import logging
-import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -28,6 +27,7 @@ from infd_core.geometry import Box
 from infd_core.images import read_photo
 from infd_core.layout import KINDS, MAX_COARSENESS, Region
 
+from . import numbers
 from .context import AppContext
 from .generate import Busy, Cancelled, Composition, Finished, extend_picture, generate, open_photo
 from .sessions import Session, SessionNotFound, View
@@ -197,17 +197,12 @@ def rgb_to_hex(rgb: tuple[float, float, float]) -> str:
 
 
 def number(value: Any, name: str, lo: float, hi: float, *, whole: bool = False) -> float:
-    """A number in ``[lo, hi]`` (a whole one if ``whole``) from a UI field, or a gr.Error saying what is wrong."""
-    kind = "a whole number" if whole else "a number"
-    if isinstance(value, str):
-        value = value.strip()
+    """A number in ``[lo, hi]`` (a whole one if ``whole``) from a UI field (:mod:`app.numbers`), or a
+    gr.Error saying what is wrong."""
     try:
-        f = float(value)
-    except (TypeError, ValueError):
-        raise user_error(f"{name} must be {kind}, got {value!r}") from None
-    if not math.isfinite(f) or (whole and f != int(f)) or not lo <= f <= hi:
-        raise user_error(f"{name} must be {kind} from {lo:g} to {hi:g}, got {value!r}")
-    return int(f) if whole else f
+        return numbers.whole(value, name, int(lo), int(hi)) if whole else numbers.real(value, name, lo, hi)
+    except ValueError as e:
+        raise user_error(str(e)) from None
 
 
 def apply_box_edit(s: Session, data: Any) -> bool:
@@ -456,7 +451,7 @@ class Handlers:
         The final status says "Done" only once the viewer shows the image (:meth:`view_shown`).
         """
         s = self.session(key)
-        seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
+        seed_i = int(number(seed, "seed", 0, numbers.MAX_SEED, whole=True))
         steps_i = int(number(steps, "steps", 1, 1000, whole=True))
         strength, weight = number(scale, "guidance strength", 0, 20), number(weight, "weight", 0, 100)
         composed = None if guided else self.composition(s, composition, seed_i)
@@ -532,7 +527,7 @@ class Handlers:
         """Outpaint the current picture by ``amount`` cells on ``side``: yields :class:`ShapeOut` per
         step and at the end (the canvas grows at the same pixel density)."""
         s = self.session(key)
-        seed_i = int(number(seed, "seed", 0, 2**32 - 1, whole=True))
+        seed_i = int(number(seed, "seed", 0, numbers.MAX_SEED, whole=True))
         steps_i = int(number(steps, "steps", 1, 1000, whole=True))
         cells = int(number(amount, "cells", 8, 512, whole=True))
         try:
@@ -590,7 +585,7 @@ class Handlers:
         return [viewer_value(s), "Cancelled; the previous image is back."]
 
     # --- files -----------------------------------------------------------------------------------
-    def export(self, key: str, w: Any, h: Any, fmt: str) -> list[str]:
+    def export(self, key: str, w: Any, h: Any, fmt: str, request: gr.Request = None) -> list[str]:
         """Check the request and hand the browser the export route to download: [url, link text]."""
         s = self.session(key)
         view = s.view
@@ -605,8 +600,10 @@ class Handlers:
             self.ctx.check_export(width, height)
         except ValueError as e:
             raise user_error(str(e)) from None
-        if self.ctx.exports.free <= 0:  # the route would answer 429: say so here, where the user sees it
-            raise user_error("Too many exports are running; try again in a moment.")
+        client = request.client.host if request is not None and request.client is not None else None
+        why = self.ctx.exports.refusal(client)  # the route would answer 429: say so here, where the user sees it
+        if why is not None:
+            raise user_error(f"Not exported: {why}.")
         name = "image.png" if fmt == "PNG" else "deepzoom.zip"
         href = f"export/{s.key}/{view.gen}/{name}?width={width}&height={height}"
         return [href, f"Rendering [{name} ({width}×{height})]({href}) tile by tile; the download starts "

@@ -30,6 +30,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from infd_core import configs
+from infd_core.geometry import MAX_SIDE
 from infd_core.pipeline import Pipeline, assets_dir, default_model_dir
 
 from .context import AppContext, Limits
@@ -56,13 +57,16 @@ def _lookup(ctx: AppContext, key: str, gen: int) -> tuple[Session, View]:
     return session, view
 
 
-BUSY_EXPORTING = "too many exports are running; try again in a moment"
+def client_of(request: Request | None) -> str | None:
+    """The client address of a request (what per-client limits count by), None if unknown."""
+    return request.client.host if request is not None and request.client is not None else None
 
 
-def _export_job(ctx: AppContext) -> ExportJob:
-    job = ctx.exports.start(ctx.limits.export_seconds)
+def _export_job(ctx: AppContext, client: str | None) -> ExportJob:
+    job = ctx.exports.start(ctx.limits.export_seconds, client=client, stall_s=ctx.limits.export_stall)
     if job is None:
-        raise HTTPException(429, BUSY_EXPORTING, headers={**NO_STORE, "Retry-After": "10"})
+        why = ctx.exports.refusal(client) or "no export slot is free; try again in a moment"
+        raise HTTPException(429, why, headers={**NO_STORE, "Retry-After": "10"})
     return job
 
 
@@ -124,14 +128,14 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
             raise HTTPException(404, str(e), headers=NO_STORE) from None
         return Response(status_code=204, headers=NO_STORE)
 
-    def export(key: str, gen: int, width: int, height: int, deepzoom: bool) -> StreamingResponse:
+    def export(request: Request, key: str, gen: int, width: int, height: int, deepzoom: bool) -> StreamingResponse:
         session, view = _lookup(ctx, key, gen)
         try:
             ctx.check_export(width, height)
         except ValueError as e:
             raise HTTPException(400, str(e), headers=NO_STORE) from None
         field_ = ctx.store.field(session, view, ctx.pipe)  # cheap (one decoder pass) next to the export
-        job = _export_job(ctx)
+        job = _export_job(ctx, client_of(request))
 
         def before_strip() -> None:  # stop rendering once the response is over; let tiles go first
             job.check()
@@ -149,12 +153,14 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
         return ExportResponse(chunks, job, media_type=media, headers=headers)
 
     @app.get("/export/{key}/{gen}/image.png")
-    def export_png(key: str, gen: int, width: int = Query(gt=0), height: int = Query(gt=0)) -> StreamingResponse:
-        return export(key, gen, width, height, deepzoom=False)
+    def export_png(request: Request, key: str, gen: int, width: int = Query(gt=0, le=MAX_SIDE),
+                   height: int = Query(gt=0, le=MAX_SIDE)) -> StreamingResponse:
+        return export(request, key, gen, width, height, deepzoom=False)
 
     @app.get("/export/{key}/{gen}/deepzoom.zip")
-    def export_deepzoom(key: str, gen: int, width: int = Query(gt=0), height: int = Query(gt=0)) -> StreamingResponse:
-        return export(key, gen, width, height, deepzoom=True)
+    def export_deepzoom(request: Request, key: str, gen: int, width: int = Query(gt=0, le=MAX_SIDE),
+                        height: int = Query(gt=0, le=MAX_SIDE)) -> StreamingResponse:
+        return export(request, key, gen, width, height, deepzoom=True)
 
     @app.get("/session/{key}/infd-session.zip")
     def session_file(key: str) -> Response:

@@ -7,7 +7,9 @@ the painted sketch (``sketch.png``, the composition Generate may hold).
      "canvas": [4096, 4096], "global_prompt": "...", "boxes": [Region.to_json(), ...]}
 
 Version 1 files (boxes with ``x0, y0, x1, y1`` keys) still load. ``latent.safetensors`` is a
-latent file as :mod:`infd_core.checkpoint` defines it (the CLI's ``render --latent`` reads it).
+latent file as :mod:`infd_core.checkpoint` defines it, with the picture's model, seed and photo
+aspect in its metadata (``picture_metadata``; the CLI's ``render --latent`` reads it, and
+renders an opened photo in its shape). A latent beyond the model's range is refused.
 
 Loading validates everything (sizes before decompressing, shapes, ranges) and raises
 ValueError with a message meant for the user; nothing in the file is executed or unpickled.
@@ -23,12 +25,14 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from torch import Tensor
 
-from infd_core.checkpoint import latent_bytes, latent_from_bytes
+from infd_core.checkpoint import aspect_of, latent_and_metadata, latent_bytes, picture_metadata
 from infd_core.layout import Region, check_depth
 from infd_core.pipeline import Pipeline
 
 from .deepzoom import Pyramid
+from .numbers import MAX_SEED, whole
 from .sessions import MAX_BOXES, Picture, State
 
 FORMAT = "infd-session"
@@ -61,7 +65,8 @@ def dump(state: State, canvas: tuple[int, int], model: str) -> bytes:
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("session.json", json.dumps(meta, indent=1))
         if pic is not None:
-            zf.writestr("latent.safetensors", latent_bytes(pic.latent, {"model": model}))
+            zf.writestr("latent.safetensors", latent_bytes(pic.latent, picture_metadata(
+                model=model, seed=pic.seed, aspect=pic.photo_aspect)))
         for b in state.boxes:
             if b.image is not None:
                 zf.writestr(f"boxes/{b.id}.png", _png(b.image))
@@ -95,8 +100,8 @@ def load(data: bytes, pipe: Pipeline, max_canvas_side: int) -> Loaded:
             raise ValueError(f"canvas must be [width, height], positive integers up to {max_canvas_side}")
         Pyramid(*canvas)
         seed = meta.get("seed")
-        if seed is not None and type(seed) is not int:
-            raise ValueError("seed must be an integer or null")
+        if seed is not None:
+            seed = whole(seed, "seed", 0, MAX_SEED)
         prompt = meta.get("global_prompt", "")
         if not isinstance(prompt, str):
             raise ValueError("global_prompt must be a string")
@@ -108,7 +113,8 @@ def load(data: bytes, pipe: Pipeline, max_canvas_side: int) -> Loaded:
             raise ValueError("box ids must be unique")
         picture = None
         if "latent.safetensors" in zf.namelist():
-            picture = Picture(_latent(_read(zf, "latent.safetensors"), pipe), seed=seed, label="loaded")
+            z, aspect = _latent(_read(zf, "latent.safetensors"), pipe)
+            picture = Picture(z, seed=seed, label="loaded", photo_aspect=aspect)
         sketch = _picture(zf, SKETCH, "the sketch") if SKETCH in zf.namelist() else None
     return Loaded(State(picture, specs, prompt, sketch), (canvas[0], canvas[1]), seed, warnings)
 
@@ -154,15 +160,16 @@ def _json(raw: bytes) -> dict[str, Any]:
     return meta
 
 
-def _latent(raw: bytes, pipe: Pipeline):
-    z = latent_from_bytes(raw, "latent.safetensors")
+def _latent(raw: bytes, pipe: Pipeline) -> tuple[Tensor, float | None]:
+    """The picture's latent and its photo's aspect (:func:`~infd_core.checkpoint.picture_metadata`)."""
+    z, meta = latent_and_metadata(raw, "latent.safetensors")
     try:
-        pipe.autoencoder.check_latent(z)
+        pipe.check_latent(z, from_file=True)
     except (TypeError, ValueError) as e:
         raise ValueError(f"latent does not fit this model: {e}") from None
     if z.shape[0] != 1:
         raise ValueError(f"latent must hold one image, got {z.shape[0]}")
-    return z
+    return z, aspect_of(meta)
 
 
 def _picture(zf: zipfile.ZipFile, name: str, what: str) -> np.ndarray:

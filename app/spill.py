@@ -7,10 +7,11 @@ The zip holds what undo/redo and the viewer need:
 
 * ``session.json``: canvas, undo position, generation counter, selection, the browser's box
   revision, and every undo step as ``{"picture": i, "global_prompt", "boxes": [Region.to_json()
-  + {"image": j}]}`` (the same region JSON as session files, :mod:`app.sessionfile`);
-* ``pictures/<i>.safetensors``: each distinct latent once (the latent file format of
-  :mod:`infd_core.checkpoint`), with its seed and label in ``session.json``;
-* ``images/<j>.npy``: each distinct reference image once (read back without pickle).
+  + {"image": j}], "sketch": j}`` (the same region JSON as session files, :mod:`app.sessionfile`);
+* ``pictures/<i>.safetensors``: each distinct latent once, a latent file of
+  :mod:`infd_core.checkpoint` with its seed and photo aspect (``picture_metadata``, as session
+  and CLI latent files), its label in ``session.json``;
+* ``images/<j>.npy``: each distinct reference image and sketch once (read back without pickle).
 
 Pictures and images shared between undo steps stay shared after the round trip. The newest
 view is rebuilt under its old generation number, so the tiles the browser is asking for keep
@@ -31,14 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from infd_core.checkpoint import latent_bytes, latent_from_bytes
+from infd_core.checkpoint import aspect_of, latent_and_metadata, latent_bytes, picture_metadata
 from infd_core.layout import Region
 
 from . import sessions as _s
 from .deepzoom import Pyramid
 
 FORMAT = "infd-spilled-session"
-VERSION = 1
+VERSION = 2  # 2: a picture's seed and photo aspect in its latent file's metadata, the sketch
+READS = (1, 2)
 
 
 class SpillDir:
@@ -96,8 +98,9 @@ def encode(session: _s.Session) -> bytes:
                 return None
             if id(p) not in pictures:
                 pictures[id(p)] = len(pictures)
-                zf.writestr(f"pictures/{pictures[id(p)]}.safetensors", latent_bytes(p.latent))
-                meta["pictures"].append({"seed": p.seed, "label": p.label, "photo_aspect": p.photo_aspect})
+                zf.writestr(f"pictures/{pictures[id(p)]}.safetensors",
+                            latent_bytes(p.latent, picture_metadata(seed=p.seed, aspect=p.photo_aspect)))
+                meta["pictures"].append({"label": p.label})
             return pictures[id(p)]
 
         def image_index(a: np.ndarray | None) -> int | None:
@@ -130,15 +133,22 @@ def encode(session: _s.Session) -> bytes:
     return buf.getvalue()
 
 
+def picture(raw: bytes, entry: dict[str, Any]) -> _s.Picture:
+    """A spilled picture: its latent file (:func:`~infd_core.checkpoint.picture_metadata`) and its
+    entry in ``session.json`` (the label; version 1 kept the seed and aspect there)."""
+    z, meta = latent_and_metadata(raw)
+    seed = meta.get("seed", entry.get("seed"))
+    aspect = aspect_of(meta) if "aspect" in meta else entry.get("photo_aspect")
+    return _s.Picture(z, seed=None if seed is None else int(seed), label=entry["label"], photo_aspect=aspect)
+
+
 def decode(key: str, data: bytes, last_seen: float, max_side: int) -> _s.Session:
     """The session that :func:`encode` wrote, under ``key``; it has no decoded fields yet."""
     with zipfile.ZipFile(io.BytesIO(data)) as zf:
         meta = json.loads(zf.read("session.json"))
-        if meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        if meta.get("format") != FORMAT or meta.get("version") not in READS:
             raise ValueError("not a spilled session of this version")
-        pictures = [_s.Picture(latent_from_bytes(zf.read(f"pictures/{i}.safetensors")), seed=p["seed"], label=p["label"],
-                                 photo_aspect=p.get("photo_aspect"))
-                    for i, p in enumerate(meta["pictures"])]
+        pictures = [picture(zf.read(f"pictures/{i}.safetensors"), p) for i, p in enumerate(meta["pictures"])]
         images: dict[int, np.ndarray] = {}
 
         def image(j: int | None) -> np.ndarray | None:

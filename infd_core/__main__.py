@@ -33,7 +33,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .authors import import_authors
-from .checkpoint import CheckpointError, load_latent, read_latent, save_latent
+from .checkpoint import CheckpointError, aspect_of, load_latent, picture_metadata, read_latent, save_latent
 from .configs import PRESETS, preset
 from .diffusion import DEFAULT_STRIDE, METHODS
 from .geometry import Box, aspect_matches, aspect_size, box_to_pixels, canvas_size, cells_aspect_matches, check_cells
@@ -156,7 +156,8 @@ def cmd_sample(args: argparse.Namespace) -> None:
             z, _ = guided_sample(pipe, Layout((composition,)), **kw, describe_regions=False)
         else:
             z = pipe.sample(kw.pop("seed"), **kw)
-    meta = {"model": pipe.cfg.name, "seed": args.seed, "cells": f"{cells[0]}x{cells[1]}", "method": args.method}
+    meta = {**picture_metadata(model=pipe.cfg.name, seed=args.seed), "cells": f"{cells[0]}x{cells[1]}",
+            "method": args.method}
     if args.composition:
         meta["composition"] = args.composition
     save_latent(Path(args.out).with_suffix(".latent.safetensors"), z, meta)
@@ -179,14 +180,14 @@ def cmd_extend(args: argparse.Namespace) -> None:
 
     z = load_latent(args.latent)
     pipe = _pipeline(args)
-    pipe.autoencoder.check_latent(z)
+    pipe.check_latent(z, from_file=True)
     amounts = {side: getattr(args, side) for side in ("left", "right", "up", "down")}
     steps = _steps(args, pipe)
     with tqdm(total=steps, desc=f"extend seed {args.seed}", unit="step", disable=args.quiet) as bar:
         z2 = extend(pipe, z, **amounts, seed=args.seed, steps=steps, stride=args.stride, resample=args.resample,
                     callback=lambda s: bar.update(1))
     print(f"extended {z.shape[-2]}x{z.shape[-1]} -> {z2.shape[-2]}x{z2.shape[-1]} cells (rows x columns)")
-    meta = {"model": pipe.cfg.name, "seed": args.seed, "cells": f"{z2.shape[-2]}x{z2.shape[-1]}",
+    meta = {**picture_metadata(model=pipe.cfg.name, seed=args.seed), "cells": f"{z2.shape[-2]}x{z2.shape[-1]}",
             "extended_from": Path(args.latent).name, **{k: v for k, v in amounts.items() if v}}
     save_latent(Path(args.out).with_suffix(".latent.safetensors"), z2, meta)
     _write_image(pipe, z2, args)
@@ -217,7 +218,7 @@ def cmd_layout(args: argparse.Namespace) -> None:
         what, result = KINDS[r["kind"]].summarize(r)
         print(f"  {r['kind']:6s} {r['box']}: {what}: {result}")
     out = Path(args.out)
-    save_latent(out.with_suffix(".latent.safetensors"), z, {"model": pipe.cfg.name, "seed": args.seed})
+    save_latent(out.with_suffix(".latent.safetensors"), z, picture_metadata(model=pipe.cfg.name, seed=args.seed))
     out.with_suffix(".report.json").write_text(json.dumps(report, indent=2))
     _write_image(pipe, z, args)
 
@@ -235,15 +236,15 @@ def cmd_encode(args: argparse.Namespace) -> None:
         z = encode_photo(pipe, image, args.refine, lr=args.lr,
                          callback=lambda i, n, loss: (bar.update(1), bar.set_postfix(loss=f"{loss:.4f}")))
     save_latent(Path(args.out).with_suffix(".latent.safetensors"), z,
-                {"model": pipe.cfg.name, "image": Path(args.image).name, "refine": args.refine, "aspect": aspect})
+                {**picture_metadata(model=pipe.cfg.name, aspect=aspect), "image": Path(args.image).name,
+                 "refine": args.refine})
     _write_image(pipe, z, args, aspect)
 
 
 def cmd_render(args: argparse.Namespace) -> None:
     pipe = _pipeline(args)
     z, meta = read_latent(args.latent)
-    aspect = meta.get("aspect")  # a photo's latent (encode): the photo's shape
-    _write_image(pipe, z, args, None if aspect is None else float(aspect))
+    _write_image(pipe, z, args, aspect_of(meta))  # a photo's latent (encode): the photo's shape
 
 
 def cmd_info(args: argparse.Namespace) -> None:

@@ -105,16 +105,44 @@ def latent_from_bytes(raw: bytes, name: str = "latent file") -> Tensor:
     raise ValueError(f"{name} is not a latent file (expected a tensor named {LATENT_KEY!r}, found {sorted(tensors)})")
 
 
+def latent_and_metadata(raw: bytes, name: str = "latent file") -> tuple[Tensor, dict[str, str]]:
+    """:func:`latent_from_bytes`, and the file's metadata (strings; see :func:`picture_metadata`)."""
+    z = latent_from_bytes(raw, name)  # checks the format, so the header below is readable
+    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])  # safetensors: u64 length, JSON header
+    return z, dict(header.get("__metadata__") or {})
+
+
+def picture_metadata(*, model: str | None = None, seed: int | None = None,
+                     aspect: float | None = None) -> dict[str, object]:
+    """The metadata a latent file keeps of its picture, the one serialisation the CLI's latent
+    files, session files and spilled sessions share: ``model`` (its name), ``seed`` and ``aspect``
+    (width / height of the photo it encodes, squashed square like in training; none for a
+    generated picture). Unset ones are left out."""
+    return {k: v for k, v in (("model", model), ("seed", seed), ("aspect", aspect)) if v is not None}
+
+
+def aspect_of(metadata: dict[str, str]) -> float | None:
+    """A latent file's ``aspect`` (:func:`picture_metadata`) as a number; ValueError if it is not a
+    positive finite one (within 1e-4..1e4)."""
+    text = metadata.get("aspect")
+    if text is None:
+        return None
+    try:
+        aspect = float(text)
+    except ValueError:
+        raise ValueError(f"the latent's aspect must be a number, got {text[:40]!r}") from None
+    if not 1e-4 <= aspect <= 1e4:  # also False for nan
+        raise ValueError(f"the latent's aspect must be a positive number (width / height), got {text[:40]!r}")
+    return aspect
+
+
 def read_latent(path: str | Path) -> tuple[Tensor, dict[str, str]]:
-    """:func:`latent_from_bytes` of a file, and its metadata (e.g. ``aspect``: width / height of
-    the photo it encodes); ValueError if it cannot be read."""
+    """:func:`latent_and_metadata` of a file; ValueError if it cannot be read."""
     try:
         raw = Path(path).read_bytes()
     except OSError as e:
         raise ValueError(f"{path}: not a latent file ({e.strerror})") from None
-    z = latent_from_bytes(raw, str(path))  # checks the format, so the header below is readable
-    header = json.loads(raw[8:8 + int.from_bytes(raw[:8], "little")])  # safetensors: u64 length, JSON header
-    return z, dict(header.get("__metadata__") or {})
+    return latent_and_metadata(raw, str(path))
 
 
 def load_latent(path: str | Path) -> Tensor:

@@ -183,7 +183,7 @@ def guided_sample(pipe: Pipeline, layout: Layout, *, seed: int = 0, steps: int |
     if margin is not None and not (isinstance(margin, (int, float)) and math.isfinite(margin) and margin >= 0):
         raise ValueError(f"guidance margin must be a finite number >= 0 or None, got {margin!r}")
     if init_latent is not None:
-        pipe.autoencoder.check_latent(init_latent)
+        pipe.check_latent(init_latent)
         init_latent = init_latent.to(pipe.device).float()
         if cells is not None and tuple(cells) != tuple(init_latent.shape[-2:]):
             raise ValueError(f"the current picture is {tuple(init_latent.shape[-2:])} cells, asked for {tuple(cells)}")

@@ -60,7 +60,7 @@ def refine_latent(pipe: Pipeline, image, steps: int = 100, lr: float = 0.01, *, 
         raise ValueError(f"perceptual_weight must be a finite number >= 0, got {perceptual_weight!r}")
     target = encoder_target(pipe, image)
     z = pipe.encode(target) if z is None else z.detach().to(pipe.device).float()
-    pipe.autoencoder.check_latent(z)
+    pipe.check_latent(z)
     if z.shape[0] != target.shape[0]:
         raise ValueError(f"latent batch {z.shape[0]} does not match image batch {target.shape[0]}")
     if perceptual is None and perceptual_weight > 0:

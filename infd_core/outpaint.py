@@ -48,7 +48,7 @@ def extend(pipe: Pipeline, z: Tensor, *, left: int = 0, right: int = 0, up: int 
     old cells are exactly ``z``'s and whose new cells are sampled (seed ``seed``, ``steps``,
     MultiDiffusion windows ``stride`` cells apart, ``resample`` harmonising passes per step) to
     continue them."""
-    pipe.autoencoder.check_latent(z)
+    pipe.check_latent(z)
     if z.shape[0] != 1:
         raise ValueError(f"extend one latent at a time, got a batch of {z.shape[0]}")
     z = z.to(pipe.device).float()

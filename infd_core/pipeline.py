@@ -36,6 +36,9 @@ from .tiling import (DEFAULT_TILE, iter_tiles, render_authors_patchwise, render_
 
 DEFAULT_MODEL_NAME = "infd-cpu-photos"
 
+LATENT_SLACK = 4.0  # times the training latents' largest magnitude: what a latent from a file may reach
+LATENT_CAP = 1e3  # the same, for a model without a recorded latent range
+
 
 def assets_dir() -> Path:
     """The shipped assets (models, OpenSeadragon): ``infd_core/_assets`` in an installed package
@@ -212,6 +215,21 @@ class Pipeline:
                    sampler=sampler, eta=d.eta if eta is None else eta, generator=gen, device=self.device,
                    guidance=hook, known=known, low=low, resample=resample, callback=shown, should_stop=should_stop)
         return d.denormalize(x)
+
+    def check_latent(self, z: Tensor, *, from_file: bool = False) -> None:
+        """Raise (TypeError/ValueError) unless ``z`` is a latent this model decodes: ``[B, C, h, w]``
+        of an extent :func:`~infd_core.geometry.check_cells` allows, finite. ``from_file``: a latent
+        from outside (a session or latent file) must also lie within ``LATENT_SLACK`` times the
+        largest magnitude of the model's training latents (``DiffusionConfig.latent_range``; without
+        one, ``LATENT_CAP``): a latent of 1e30 is no picture (it renders black)."""
+        self.autoencoder.check_latent(z)
+        if from_file:
+            rng = self.cfg.diffusion.latent_range if self.cfg.diffusion is not None else None
+            bound = LATENT_SLACK * max(abs(v) for v in rng) if rng is not None else LATENT_CAP
+            peak = float(z.abs().max())
+            if peak > bound:
+                raise ValueError(f"latent values reach {peak:.3g}, beyond this model's range (±{bound:.3g}): "
+                                 "not a latent of this model")
 
     @torch.no_grad()
     def encode(self, image: Image.Image | np.ndarray | Tensor) -> Tensor:

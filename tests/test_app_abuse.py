@@ -1,6 +1,9 @@
 """The app under aborts, floods and crafted files (issue 17), against a live uvicorn server on loopback.
 
-* an export whose client goes away frees its slot within seconds; a busy export answers 429;
+* an export whose client goes away, or stops reading, frees its slot within seconds; a busy
+  export answers 429 and says why (all slots taken, or this client's);
+* every number a request carries (tile path parts, query parameters, session JSON, UI fields) is
+  checked before any arithmetic: crafted ones of any magnitude get a 4xx (a property test);
 * a session file whose zip header lies about its size is refused with bounded memory;
 * a flood of new sessions from one address neither evicts nor loses an earlier user's session;
 * tile requests: a full queue answers 503 + Retry-After at once, an abandoned request is dropped,
@@ -10,6 +13,7 @@
 """
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -30,6 +34,8 @@ import numpy as np
 import pytest
 import requests
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from app import sessionfile
 from app.context import Limits
@@ -40,6 +46,7 @@ from app.sessions import Picture, SessionNotFound, State
 from app.store import SessionStore, TooManySessions
 from app.tiles import Overloaded, TileWorkers
 from infd_core import configs
+from infd_core.checkpoint import latent_bytes
 from infd_core.geometry import Box
 from infd_core.layout import Region
 from infd_core.pipeline import Pipeline
@@ -99,7 +106,7 @@ def test_an_aborted_export_frees_its_slot_within_5s(live):
     busy = requests.get(base + path, timeout=30)  # the only slot is taken: a clear 429
     assert busy.status_code == 429 and "too many exports" in busy.json()["detail"]
     assert busy.headers["retry-after"]
-    with pytest.raises(gr.Error, match="Too many exports"):  # the UI says so before starting a download
+    with pytest.raises(gr.Error, match="too many exports"):  # the UI says so before starting a download
         Handlers(ctx).export(s.key, 64, 64, "PNG")
     sock.close()  # the user cancels the download
     released = wait_until(lambda: ctx.exports.free == 1, timeout=5)
@@ -123,6 +130,145 @@ def test_an_export_past_its_deadline_stops_and_frees_its_slot():
     assert slots.free == 1
 
 
+def test_two_slow_readers_do_not_hold_the_export_slots():
+    """Two clients start exports and stop reading after the first bytes: each slot is freed once its
+    client has taken no data for ``export_stall`` s, and a third user's export then runs; one client
+    address holds at most ``exports_per_client`` slots, and the refusal says so."""
+    limits = Limits(concurrent_exports=2, exports_per_client=2, export_stall=1.0, max_export_pixels=4096 * 4096)
+    app = create_app(Pipeline.from_config(configs.cpu(), seed=0), limits=limits)
+    ctx = app.state.ctx
+    with serve(app) as (base, port):
+        s = new_session(ctx)
+        path = f"/export/{s.key}/{s.view.gen}/image.png?width=4096&height=4096"
+        readers = [open_stream(port, path)[0] for _ in range(2)]  # both read the headers and stop
+        assert ctx.exports.free == 0
+        busy = requests.get(base + path, timeout=30)
+        assert busy.status_code == 429 and "too many exports" in busy.json()["detail"]
+        freed = wait_until(lambda: ctx.exports.free == 2, timeout=15)
+        print(f"\nboth slots freed {freed:.2f} s after their clients stopped reading (stall limit 1 s)")
+        r = requests.get(base + f"/export/{s.key}/{s.view.gen}/image.png?width=64&height=48", timeout=60)
+        assert r.status_code == 200 and r.content.startswith(b"\x89PNG")
+        for sock in readers:
+            sock.close()
+    slots = ExportSlots(3, per_client=1)
+    assert slots.acquire("10.0.0.1") and not slots.acquire("10.0.0.1") and slots.acquire("10.0.0.2")
+    assert "you have 1 export running" in slots.refusal("10.0.0.1")
+    assert slots.acquire("10.0.0.3") and "too many exports" in slots.refusal("10.0.0.4")
+    slots.release("10.0.0.1")
+    assert slots.refusal("10.0.0.1") is None
+
+
+# --- crafted numbers ----------------------------------------------------------------------------
+
+HUGE = st.one_of(st.integers(), st.integers(min_value=-(10 ** 30), max_value=10 ** 30),
+                 st.sampled_from([-16_000_000_000, -(2 ** 63), 2 ** 63, 2 ** 80, 10 ** 40, -1]))
+TEXT = st.text(alphabet="0123456789-+.eExa_%/ ", min_size=1, max_size=30)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(level=st.one_of(HUGE, TEXT), x=st.one_of(HUGE, TEXT), y=st.one_of(HUGE, TEXT))
+def test_crafted_tile_coordinates_are_refused_before_any_arithmetic(live, level, x, y):
+    """Any level, column and row (integers of any size and sign, texts): a 4xx, never a 5xx, and
+    the server answers a good tile right after (bench/crafted.py times these and their memory)."""
+    base, _, ctx = live
+    s = _crafted_session(ctx)
+    r = requests.get(f"{base}/tiles/{s.key}/{s.view.gen}/{level}/{x}_{y}.png", timeout=30)
+    tile_exists = (isinstance(level, int) and 0 <= level <= 10 and isinstance(x, int) and isinstance(y, int)
+                   and 0 <= x < 2 ** max(level - 8, 0) and 0 <= y < 2 ** max(level - 8, 0))  # 1024²: 4x4 at 10
+    if all(isinstance(v, int) for v in (level, x, y)):
+        assert r.status_code == 200 if tile_exists else 400 <= r.status_code < 500, (level, x, y, r.status_code)
+    else:  # a text may still parse as a number ("0", "+1"): whatever it is, no server error
+        assert r.status_code in (200, 404, 422), (level, x, y, r.status_code)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(gen=st.one_of(HUGE, TEXT), width=st.one_of(HUGE, TEXT), height=st.one_of(HUGE, TEXT),
+       view=st.lists(HUGE, min_size=5, max_size=5))
+def test_crafted_versions_export_sizes_and_view_reports_are_refused(live, gen, width, height, view):
+    base, _, ctx = live
+    s = _crafted_session(ctx)
+    good_gen = isinstance(gen, int) and gen == s.view.gen
+    for path in (f"/export/{s.key}/{gen}/image.png?width={width}&height={height}",
+                 f"/export/{s.key}/{gen}/deepzoom.zip?width={width}&height={height}",
+                 f"/tiles/{s.key}/{gen}/10/0_0.png"):
+        r = requests.get(base + path, timeout=30)
+        assert r.status_code < 500, (path, r.status_code)
+        if not good_gen and not isinstance(gen, str):
+            assert 400 <= r.status_code < 500, (path, r.status_code)
+    level, x0, y0, x1, y1 = view
+    r = requests.post(f"{base}/view/{s.key}/{s.view.gen}?level={level}&x0={x0}&y0={y0}&x1={x1}&y1={y1}", timeout=30)
+    assert r.status_code == 204 if 8 <= level <= 10 else 400 <= r.status_code < 500
+    assert requests.get(f"{base}/tiles/{s.key}/{s.view.gen}/10/0_0.png", timeout=30).status_code == 200
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=st.one_of(HUGE, TEXT, st.floats(allow_nan=True, allow_infinity=True), st.none(), st.booleans()))
+def test_crafted_ui_fields_and_session_numbers_get_a_reason(value):
+    """A UI field or a session file's seed of any value: accepted within its bounds, else a message."""
+    from app.handlers import number
+    from app.numbers import MAX_SEED, whole
+
+    try:
+        got = number(value, "seed", 0, MAX_SEED, whole=True)
+    except gr.Error as e:
+        assert "seed must be a whole number from 0 to" in str(e)
+    else:
+        assert 0 <= got <= MAX_SEED and isinstance(got, int)
+    try:
+        whole(value, "seed", 0, MAX_SEED)
+    except ValueError as e:
+        assert "seed must be" in str(e) and len(str(e)) < 200  # a huge integer is named by its size
+    data = _session_zip({"seed": value})
+    try:
+        loaded = sessionfile.load(data, _crafted_pipe(), max_canvas_side=8192)
+    except ValueError as e:
+        assert "seed must be" in str(e)
+    else:
+        assert loaded.seed is None or 0 <= loaded.seed <= MAX_SEED
+
+
+def _session_zip(overrides: dict) -> bytes:
+    meta = {"format": "infd-session", "version": 2, "model": "cpu", "seed": 1, "canvas": [1024, 1024],
+            "global_prompt": "", "boxes": [], **overrides}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("session.json", json.dumps(meta))
+    return buf.getvalue()
+
+
+_CRAFTED: dict = {}
+
+
+def _crafted_pipe() -> Pipeline:
+    if "pipe" not in _CRAFTED:
+        _CRAFTED["pipe"] = Pipeline.from_config(configs.cpu(), seed=0)
+    return _CRAFTED["pipe"]
+
+
+def _crafted_session(ctx):
+    """One session (a 1024² canvas: levels 8-10 have tiles) for all the generated requests."""
+    s = _CRAFTED.get(id(ctx))
+    if s is None or s.key not in ctx.store._sessions:
+        s = _CRAFTED[id(ctx)] = new_session(ctx, canvas=(1024, 1024))
+    return s
+
+
+def test_session_files_with_out_of_range_numbers_or_latents_are_refused(live):
+    """A seed beyond what the browser can be sent back, a latent of 1e30: clear errors, nothing loaded."""
+    _, _, ctx = live
+    for overrides, message in (({"seed": 2 ** 80}, "seed must be a whole number from 0 to 4294967295"),
+                               ({"seed": -1}, "seed must be"), ({"canvas": [2 ** 80, 10]}, "canvas must be")):
+        with pytest.raises(ValueError, match=message):
+            sessionfile.load(_session_zip(overrides), ctx.pipe, max_canvas_side=8192)
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("session.json", json.dumps({"format": "infd-session", "version": 2, "model": "cpu", "seed": 1,
+                                                "canvas": [1024, 1024], "global_prompt": "", "boxes": []}))
+        zf.writestr("latent.safetensors", latent_bytes(torch.full((1, 3, 64, 64), 1e30)))
+    with pytest.raises(ValueError, match="beyond this model's range"):
+        sessionfile.load(buf.getvalue(), ctx.pipe, max_canvas_side=8192)
+
+
 # --- session files ----------------------------------------------------------------------------------
 
 def lying_zip(inflated: int = 1 << 30, claimed: int = 1000) -> bytes:
@@ -141,6 +287,7 @@ def lying_zip(inflated: int = 1 << 30, claimed: int = 1000) -> bytes:
 MEASURE = """
 import json, sys, types
 from app import sessionfile
+from infd_core.checkpoint import latent_bytes
 data = open(sys.argv[1], "rb").read()
 pipe = types.SimpleNamespace(cfg=types.SimpleNamespace(name="x"))  # refused before the model is needed
 def status(field):
