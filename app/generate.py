@@ -145,8 +145,8 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
         label = f"{'guided, ' if guided else ''}seed {seed}, {steps} steps"
         if composition is not None:
             label += f", composed from {composition.name}"
-        return Picture(z[:1], seed=seed, label=label,
-                       photo_aspect=aspect), report  # guided from a photo: still that photo's aspect
+        return Picture(z[:1], seed=seed, label=label, photo_aspect=aspect,  # guided from a photo: its aspect still
+                       report=report), report
 
     return _run(ctx, session, work)
 

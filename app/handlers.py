@@ -105,8 +105,8 @@ class SketchOut(NamedTuple):
     status: Any
 
 
-# undo and redo refresh the panel and say what they did
-HistoryOut = NamedTuple("HistoryOut", [*Panel.__annotations__.items(), ("status", Any)])
+# undo and redo refresh the panel, say what they did and show the report of the picture they come back to
+HistoryOut = NamedTuple("HistoryOut", [*Panel.__annotations__.items(), ("status", Any), ("report", Any)])
 
 
 class CanvasOut(NamedTuple):
@@ -117,9 +117,9 @@ class CanvasOut(NamedTuple):
     export_h: Any
 
 
-# loading a session file refreshes the panel and the canvas and seed fields
+# loading a session file refreshes the panel, the canvas, export and seed fields
 LoadOut = NamedTuple("LoadOut", [*Panel.__annotations__.items(), ("canvas", Any), ("canvas_w", Any), ("canvas_h", Any),
-                                 ("seed", Any), ("status", Any)])
+                                 ("export_w", Any), ("export_h", Any), ("seed", Any), ("status", Any)])
 
 
 def canvas_fields(width: int, height: int) -> tuple[str, Any, Any]:
@@ -362,6 +362,7 @@ class Handlers:
             before = s.state.picture
             moved = s.redo() if redo else s.undo()
             after = s.state.picture
+            k, n = s.picture_number()
         word = "Redone" if redo else "Undone"
         if not moved:
             status = "Nothing to redo." if redo else "Nothing to undo."
@@ -371,8 +372,9 @@ class Handlers:
         elif after is None:
             status = f"{word}: the canvas is empty."
         else:
-            status = f"{word}: the picture is {after.label}."
-        return HistoryOut(*self.panel(s, "all"), status=status)
+            status = f"{word}: the picture is {after.label} (picture {k} of {n} in the history)."
+        report = report_markdown(after.report) if after is not None and after.report else NO_REPORT
+        return HistoryOut(*self.panel(s, "all"), status=status, report=report)
 
     def view_shown(self, key: str, evt: gr.EventData) -> Any:
         """The viewer has a finished image fully on screen: the status a run left for that moment, if any."""
@@ -631,4 +633,5 @@ class Handlers:
             gr.Warning(warning)
         preset, canvas_w, canvas_h = canvas_fields(*loaded.canvas)
         return LoadOut(*self.panel(s, "all"), canvas=preset, canvas_w=canvas_w, canvas_h=canvas_h,
+                       export_w=loaded.canvas[0], export_h=loaded.canvas[1],
                        seed=loaded.seed if loaded.seed is not None else gr.skip(), status="Session loaded.")

@@ -44,9 +44,11 @@ class Picture:
     computed on first use and droppable. ``uid`` names the picture for good (tile caches key on it:
     the views of one picture at several canvas sizes, or again after an undo, share tiles).
     ``photo_aspect``: width / height of the photo an opened picture encodes (its latent holds it
-    squashed square, like in training); None for a generated picture."""
+    squashed square, like in training); None for a generated picture. ``report``: the guidance
+    report of the run that made it (shown again when undo or redo comes back to it)."""
 
-    def __init__(self, latent: Tensor, seed: int | None = None, label: str = "", photo_aspect: float | None = None):
+    def __init__(self, latent: Tensor, seed: int | None = None, label: str = "", photo_aspect: float | None = None,
+                 report: dict | None = None):
         if photo_aspect is not None and not (isinstance(photo_aspect, (int, float)) and 0 < photo_aspect < math.inf):
             raise ValueError(f"photo_aspect must be a positive number, got {photo_aspect!r}")
         self.uid = uuid.uuid4().hex
@@ -54,6 +56,7 @@ class Picture:
         self.seed = seed
         self.label = label
         self.photo_aspect = None if photo_aspect is None else float(photo_aspect)
+        self.report = report
         self.last_used = time.monotonic()
         self._field: Field | None = None
         self._lock = threading.Lock()
@@ -265,6 +268,17 @@ class Session:
             self.views.clear()  # e.g. the first generation undone: an empty canvas
         elif force or view is None or view.picture is not pic:
             self.publish(pic)
+
+    def picture_number(self) -> tuple[int, int]:
+        """``(k, n)``: the current picture is the k-th of the n distinct pictures in the undo history
+        (0 if there is none), so that two pictures of one label can be told apart."""
+        with self.lock:
+            seen: list[Picture] = []
+            for st in self.history:
+                if st.picture is not None and all(st.picture is not p for p in seen):
+                    seen.append(st.picture)
+            pic = self.state.picture
+            return (next((i + 1 for i, p in enumerate(seen) if p is pic), 0), len(seen))
 
     def pictures(self) -> set[Picture]:
         with self.lock:

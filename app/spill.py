@@ -100,7 +100,7 @@ def encode(session: _s.Session) -> bytes:
                 pictures[id(p)] = len(pictures)
                 zf.writestr(f"pictures/{pictures[id(p)]}.safetensors",
                             latent_bytes(p.latent, picture_metadata(seed=p.seed, aspect=p.photo_aspect)))
-                meta["pictures"].append({"label": p.label})
+                meta["pictures"].append({"label": p.label, "report": p.report})
             return pictures[id(p)]
 
         def image_index(a: np.ndarray | None) -> int | None:
@@ -139,7 +139,8 @@ def picture(raw: bytes, entry: dict[str, Any]) -> _s.Picture:
     z, meta = latent_and_metadata(raw)
     seed = meta.get("seed", entry.get("seed"))
     aspect = aspect_of(meta) if "aspect" in meta else entry.get("photo_aspect")
-    return _s.Picture(z, seed=None if seed is None else int(seed), label=entry["label"], photo_aspect=aspect)
+    return _s.Picture(z, seed=None if seed is None else int(seed), label=entry["label"], photo_aspect=aspect,
+                      report=entry.get("report"))
 
 
 def decode(key: str, data: bytes, last_seen: float, max_side: int) -> _s.Session:

@@ -41,6 +41,7 @@ VIEWER_HTML = """
 VIEWER_JS = "InfdViewer.mount(element, props, trigger, watch, ['box_edit', 'box_select', 'history', 'view_shown']);"
 DOWNLOAD_JS = """(url) => {
   if (!url) return;
+  if (window.infd) infd.state.downloadAt = Date.now();  // following the link does not leave the page
   const a = document.createElement('a');
   a.href = url; a.download = ''; document.body.appendChild(a); a.click(); a.remove();
 }"""
@@ -207,7 +208,7 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         demo.load(on.load, None, [key, *panel], **light)
         viewer.box_edit(on.box_edit, key, panel, **ordered)
         viewer.box_select(on.box_select, key, panel, **light)
-        viewer.history(on.history, key, list(HistoryOut(*panel, status=status)), **ordered)
+        viewer.history(on.history, key, list(HistoryOut(*panel, status=status, report=report)), **ordered)
         viewer.view_shown(on.view_shown, key, status, **light)
         box_list.input(on.select, [key, box_list], panel, **light)
         editor_inputs = [key, editing, kind, prompt, weight, color, placement, coarseness]
@@ -216,7 +217,9 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         prompt.blur(on.editor, editor_inputs, panel, **light)
         weight.submit(on.editor, editor_inputs, panel, **light)
         weight.blur(on.editor, editor_inputs, panel, **light)
-        color.input(on.editor, editor_inputs, panel, **light)
+        color.input(on.editor, editor_inputs, panel, **light)  # the gradient
+        color.submit(on.editor, editor_inputs, panel, **light)  # a typed #rrggbb and Enter
+        color.blur(on.editor, editor_inputs, panel, **light)
         placement.input(on.editor, editor_inputs, panel, **light)
         coarseness.input(on.editor, editor_inputs, panel, **light)
         image.input(on.reference_image, [key, editing, image], panel, **light)
@@ -254,5 +257,6 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             None, url, None, js=DOWNLOAD_JS)
         save_btn.click(on.save, key, [url, link], **light).success(None, url, None, js=DOWNLOAD_JS)
         load_btn.upload(on.open, [key, load_btn], list(LoadOut(*panel, canvas=canvas, canvas_w=canvas_w,
-                                                               canvas_h=canvas_h, seed=seed, status=status)), **light)
+                                                               canvas_h=canvas_h, export_w=export_w, export_h=export_h,
+                                                               seed=seed, status=status)), **light)
     return demo

@@ -81,12 +81,17 @@ def browser_page(live):
         context.route("**/*", only_local)
         page = context.new_page()
         page.tiles, page.outside = {}, outside  # url -> PNG bytes of every tile loaded (read in tiles_of)
+        page.missing, page.errors = [], []  # tile URLs answered 404 (outside the pyramid); console errors
 
         def on_response(response):
             if TILE.search(response.url) and response.status == 200:
                 page.tiles[response.url] = None  # the viewer reads tiles as blobs, which playwright cannot replay
+            if TILE.search(response.url) and response.status == 404:
+                page.missing.append(response.url)
 
         page.on("response", on_response)
+        page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: page.errors.append(str(e)))
         yield page
         browser.close()
 
@@ -163,6 +168,10 @@ def assert_fits(page, selectors: list[str]) -> None:
         assert b is not None and 0 <= b["y"] and b["y"] + b["height"] <= height, (sel, b, height)
 
 
+PREVIEW_SHOWN = """() => { const v = infd.state.value;
+    return !!(v && v.image && v.image.preview && infd.state.shownKey === `${v.session}/${v.image.gen}`); }"""
+
+
 def shown_gen(page) -> int:
     return int(page.evaluate("infd.state.shownKey").split("/")[1])
 
@@ -173,6 +182,8 @@ def test_canvas_end_to_end(live, browser_page):
     page.goto(base)
     page.wait_for_function("window.infd && infd.state.value && infd.state.value.session", timeout=60_000)
     assert page.locator(".infd-hint").is_visible()
+    page.wait_for_timeout(1000)
+    assert page.errors == [], f"the page logged errors on load: {page.errors}"
     shot(page, "01-loaded")
     session = ctx.store.get(page.evaluate("infd.state.value.session"))
 
@@ -235,6 +246,7 @@ def test_canvas_end_to_end(live, browser_page):
     page.fill("#infd-steps input", "500")
     page.click("#infd-generate")
     page.wait_for_function("infd.state.value.progress && infd.state.value.progress.total === 500")
+    page.wait_for_function(PREVIEW_SHOWN, timeout=60_000)  # a preview of the run is on screen, not just sent
     page.click("#infd-cancel")
     wait_status(page, "Cancelled")
     assert session.state.picture.label.startswith(f"seed 0, {STEPS} steps") and not session.runner.running
@@ -260,11 +272,16 @@ def test_canvas_end_to_end(live, browser_page):
     page.keyboard.press("Control+z")
     page.wait_for_function("n => infd.state.value.image.gen > n", arg=guided)
     assert not session.state.picture.label.startswith("guided")
-    wait_status(page, f"Undone: the picture is seed 0, {STEPS} steps, composed from the example coast.")
+    wait_status(page, f"Undone: the picture is seed 0, {STEPS} steps, composed from the example coast "
+                      "(picture 1 of 2 in the history).")
+    assert "appears here after a Guided run" in page.inner_text("#infd-report")  # the first picture had no report
     page.keyboard.press("Control+Shift+z")
     page.wait_for_function("n => infd.state.value.image.gen > n + 1", arg=guided)
     assert session.state.picture.label.startswith("guided")
     wait_status(page, "Redone: the picture is guided")
+    assert "Guidance" in page.inner_text("#infd-report")  # the guided picture's report again
+    leaving = "(() => { const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); return e.defaultPrevented; })()"
+    assert page.evaluate(leaving), "leaving the page with a picture would not ask first"
 
     # export a PNG at a chosen size, at 1280×800: the export and its link need no scrolling
     page.set_viewport_size({"width": 1280, "height": 800})
@@ -330,6 +347,7 @@ def test_canvas_end_to_end(live, browser_page):
     page.wait_for_function("infd.state.value.image.width === 3000")
     assert session.canvas == (3000, 1362)
     assert page.outside == [], f"the page tried to reach the internet: {page.outside}"
+    assert page.missing == [], f"the viewer asked for {len(page.missing)} tiles outside the pyramid: {page.missing[:3]}"
 
 
 def test_a_sketch_is_painted_generated_and_zoomed(live, browser_page):
@@ -337,6 +355,7 @@ def test_a_sketch_is_painted_generated_and_zoomed(live, browser_page):
     composition, Generate over it, zoom to 1:1."""
     base, ctx = live
     page = browser_page
+    page.on("dialog", lambda dialog: dialog.accept())  # leaving the last test's picture: yes
     page.goto(base)
     page.wait_for_function("window.infd && infd.state.value && infd.state.value.session", timeout=60_000)
     session = ctx.store.get(page.evaluate("infd.state.value.session"))
@@ -372,7 +391,20 @@ def test_a_sketch_is_painted_generated_and_zoomed(live, browser_page):
     page.wait_for_timeout(1500)
     wait_settled(page)
     shot(page, "10-sketch-1to1")
+
+    # extend it right by 64 cells: the canvas and the export fields follow (4096 x 2048)
+    page.keyboard.press("0")
+    page.get_by_role("tab", name="Extend").click()
+    page.click("#infd-extend")
+    wait_status(page, "Done: extended right by 64 cells", timeout=240_000)
+    assert session.canvas == (4096, 2048)
+    page.get_by_role("tab", name="Export").click()
+    page.wait_for_selector("#infd-export-w input", state="visible")
+    assert page.input_value("#infd-export-w input") == "4096" and page.input_value("#infd-export-h input") == "2048"
+    wait_settled(page)
     assert page.outside == [], f"the page tried to reach the internet: {page.outside}"
+    assert page.missing == [], f"the viewer asked for {len(page.missing)} tiles outside the pyramid: {page.missing[:3]}"
+    assert page.errors == [], f"the page logged errors: {page.errors}"
 
 
 def test_tile_timings(live):

@@ -137,16 +137,23 @@
     // is drawn from, none of the coarser levels OpenSeadragon otherwise loads on the way (nobody
     // sees them); they become available when it is revealed (reveal restores minLevel).
     function tileSource(img, session, hidden) {
-      // a preview (of a run in progress) stops two levels short of the view's: a sixteenth of the tiles
+      // a preview (of a run in progress) stops two levels short of the view's: a sixteenth of the tiles.
+      // OpenSeadragon derives every level's size from maxLevel, so maxLevel stays the pyramid's and
+      // the levels above a preview's finest one are marked as having no tiles (tileExists): a lower
+      // maxLevel would make it ask for a full-size level's tiles at a level the server has few of.
       const view = viewTiles(img);
       const drawn = !view ? img.max_level : img.preview ? Math.max(img.min_level, view.level - 2) : view.level;
-      const maxLevel = img.preview ? drawn : img.max_level;
+      const finest = img.preview ? drawn : img.max_level;
       const minLevel = hidden ? drawn : img.min_level;
       const loads = new Set();  // this image's tile downloads in flight
       let removed = false;
       return {
         width: img.width, height: img.height, tileSize: img.tile, tileOverlap: img.overlap,
-        minLevel, maxLevel,
+        minLevel, maxLevel: img.max_level,
+        tileExists(level, x, y) {
+          const n = this.getNumTiles(level);
+          return level >= this.minLevel && level <= finest && x >= 0 && y >= 0 && x < n.x && y < n.y;
+        },
         getTileUrl: (level, x, y) => `tiles/${session}/${img.gen}/${level}/${x}_${y}.png`,
         downloadTileStart: (job) => (removed ? job.fail('[infd] image removed', null) : downloadTile(job, loads)),
         downloadTileAbort: (job) => job.userData.abort && job.userData.abort(),
@@ -480,6 +487,15 @@
 
     watch('value', () => update(props.value));
     update(props.value);
+    // The work lives in the server's session, which this page's key names: leaving or reloading the
+    // page loses it (unless saved), so the browser asks first once there is a picture or a box.
+    // A download (an export, a session file) starts by following a link, which fires the same event:
+    // the page marks it (st.downloadAt) and is not left.
+    window.addEventListener('beforeunload', (e) => {
+      const v = st.value;
+      if (Date.now() - (st.downloadAt || 0) < 3000) return;
+      if (v && (v.image || (v.boxes && v.boxes.length))) { e.preventDefault(); e.returnValue = ''; }
+    });
     window.infd = { viewer, state: st };  // for the browser tests and for debugging in the console
   }
 
