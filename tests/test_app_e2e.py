@@ -91,6 +91,14 @@ def browser_page(live):
 
         page.on("response", on_response)
         page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+        page.dialogs = []  # e.g. "leave the page?" (beforeunload): dismissed, recorded
+
+        def on_dialog(dialog):
+            page.dialogs.append(dialog.type)
+            dialog.accept() if page.leaving else dialog.dismiss()
+
+        page.leaving = False
+        page.on("dialog", on_dialog)
         page.on("pageerror", lambda e: page.errors.append(str(e)))
         yield page
         browser.close()
@@ -239,6 +247,9 @@ def test_canvas_end_to_end(live, browser_page):
     page.set_viewport_size({"width": 1280, "height": 800})
     assert_fits(page, [*MAIN_ACTIONS, "#infd-boxes", "#infd-prompt", "#infd-delete"])
     shot(page, "04-box-1280x800")
+    for name in ("Boxes", "Sketch", "Export", "Photo", "Extend"):  # every tab in the bar, none behind its "⋯" menu
+        tab = page.get_by_role("tab", name=name)
+        assert tab.is_visible() and tab.bounding_box()["x"] + tab.bounding_box()["width"] <= 1280, name
     page.set_viewport_size({"width": 1360, "height": 860})
 
     tiles_of(page, first)  # their bytes now: a run's previews can push this version out of the served views
@@ -280,8 +291,6 @@ def test_canvas_end_to_end(live, browser_page):
     assert session.state.picture.label.startswith("guided")
     wait_status(page, "Redone: the picture is guided")
     assert "Guidance" in page.inner_text("#infd-report")  # the guided picture's report again
-    leaving = "(() => { const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); return e.defaultPrevented; })()"
-    assert page.evaluate(leaving), "leaving the page with a picture would not ask first"
 
     # export a PNG at a chosen size, at 1280×800: the export and its link need no scrolling
     page.set_viewport_size({"width": 1280, "height": 800})
@@ -355,8 +364,11 @@ def test_a_sketch_is_painted_generated_and_zoomed(live, browser_page):
     composition, Generate over it, zoom to 1:1."""
     base, ctx = live
     page = browser_page
-    page.on("dialog", lambda dialog: dialog.accept())  # leaving the last test's picture: yes
+    assert page.dialogs == [], f"the page asked {page.dialogs} (a download must not look like leaving it)"
+    page.leaving = True  # leaving the last test's picture: the browser asks first; yes
     page.goto(base)
+    page.leaving = False
+    assert page.dialogs == ["beforeunload"], page.dialogs
     page.wait_for_function("window.infd && infd.state.value && infd.state.value.session", timeout=60_000)
     session = ctx.store.get(page.evaluate("infd.state.value.session"))
     page.get_by_role("tab", name="Sketch").click()
