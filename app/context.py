@@ -42,6 +42,28 @@ class Limits:
     concurrent_loads: int = 2  # session files being parsed at once
 
 
+class RunClock:
+    """Seconds per step of the runs this server has finished, by kind ("unguided", "guided",
+    "guided, fresh"): what the UI quotes before a run starts. The newest run counts most (an
+    average that halves the weight of the older ones at each run)."""
+
+    def __init__(self) -> None:
+        self._per_step: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def record(self, kind: str, steps: int, seconds: float) -> None:
+        with self._lock:
+            per = seconds / max(steps, 1)
+            old = self._per_step.get(kind)
+            self._per_step[kind] = per if old is None else (old + per) / 2
+
+    def expect(self, kind: str, steps: int) -> float | None:
+        """Seconds a run of ``steps`` is expected to take, None before one of its kind has run."""
+        with self._lock:
+            per = self._per_step.get(kind)
+        return None if per is None else per * steps
+
+
 @dataclass
 class AppContext:
     """The app's shared services; one per server."""
@@ -60,6 +82,7 @@ class AppContext:
         self.workers = TileWorkers(lim.tile_threads, max_queue=lim.tile_queue)
         self.exports = ExportSlots(lim.concurrent_exports, lim.exports_per_client)
         self._loads = threading.BoundedSemaphore(lim.concurrent_loads)
+        self.run_clock = RunClock()
         self._scorer: Any = None
         self._scorer_lock = threading.Lock()
 

@@ -135,7 +135,9 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
                                                margin=guidance.MARGIN if local else None,
                                                scorer=ctx.scorer() if layout.needs_scorer else None,
                                                init_latent=init, cells=None if init is not None else cells,
-                                               callback=on_step, should_stop=should_stop)
+                                               callback=on_step, should_stop=should_stop,
+                                               edit=guidance.EDIT if local else 1.0,
+                                               every=guidance.EVERY if init is not None else guidance.EVERY_FRESH)
         elif composed is not None:
             z, _ = guidance.guided_sample(pipe, composed, seed=seed, steps=steps, cells=cells, callback=on_step,
                                           should_stop=should_stop, describe_regions=False)

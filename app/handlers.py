@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 import tempfile
 from collections.abc import Iterator
 from dataclasses import replace
@@ -66,6 +67,13 @@ def sketch_from_editor(value: Any) -> np.ndarray:
 MAX_REFINE = 500
 NO_REPORT = "The guidance report appears here after a *Guided* run."
 EXPIRED = "Your session has expired (idle too long or the server restarted). Reload the page to start a new one."
+
+
+def remaining(elapsed: float, done: int, total: int) -> str:
+    """``", about N s left"`` from the mean step so far (empty before a step is done)."""
+    if done <= 0 or done >= total:
+        return ""
+    return f", about {elapsed / done * (total - done):.0f} s left"
 
 
 def user_error(message: str) -> gr.Error:
@@ -462,20 +470,28 @@ class Handlers:
             with s.lock:
                 s.commit(replace(s.state, global_prompt=(global_ or "").strip()))
             loading = guided and not self.ctx.scorer_loaded
+            kind = "guided" if guided and s.state.picture is not None and bool(local) else (
+                "guided, fresh" if guided else "unguided")
+            clock = self.ctx.run_clock
+            expected = clock.expect(kind, steps_i)
+            about = f" (about {expected:.0f} s)" if expected is not None else ""
             yield RunOut(viewer_value(s, (0, steps_i)),
-                         "Loading the guidance scorer (first time only)…" if loading else "Generating…",
+                         "Loading the guidance scorer (first time only)…" if loading else f"Generating…{about}",
                          gr.skip(), gr.skip())
+            started = time.monotonic()
             for event in generate(self.ctx, s, seed=seed_i, steps=steps_i, guided=guided, scale=strength,
                                   local=bool(local), composition=composed):
                 if isinstance(event, Finished):
+                    clock.record(kind, steps_i, time.monotonic() - started)
                     label = event.view.picture.label
                     s.shown_status = (event.view.gen, f"Done: {label}.")
                     yield RunOut(viewer_value(s), f"Generated {label}; loading the view…",
                                  report_markdown(event.report) or NO_REPORT,
                                  gr.Accordion(open=True) if event.report else gr.skip())
                 else:
-                    yield RunOut(viewer_value(s, (event.step, event.total)), f"Step {event.step}/{event.total}",
-                                 gr.skip(), gr.skip())
+                    left = remaining(time.monotonic() - started, event.step, event.total)
+                    yield RunOut(viewer_value(s, (event.step, event.total)),
+                                 f"Step {event.step}/{event.total}{left}", gr.skip(), gr.skip())
         except (Busy, ValueError) as e:  # said on the status line and in a toast (an error would mark the status)
             log.info("user error: %s", e)
             gr.Warning(str(e))

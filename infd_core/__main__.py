@@ -211,9 +211,11 @@ def cmd_layout(args: argparse.Namespace) -> None:
     if scorer is not None:
         print(f"scorer: {scorer.name}")
     steps = _steps(args, pipe)
-    with tqdm(total=steps, desc=f"guided seed {args.seed}", unit="step", disable=args.quiet) as bar:
+    run = max(1, round(args.edit * steps)) if init is not None and args.edit < 1 else steps  # SDEdit: the last ones
+    with tqdm(total=run, desc=f"guided seed {args.seed}", unit="step", disable=args.quiet) as bar:
         z, report = guided_sample(pipe, layout, seed=args.seed, steps=steps, scale=args.scale, scorer=scorer,
-                                  init_latent=init, cells=cells, stride=args.stride, callback=lambda s: bar.update(1))
+                                  init_latent=init, cells=cells, stride=args.stride, callback=lambda s: bar.update(1),
+                                  edit=args.edit, every=args.every)
     for r in report["regions"]:
         what, result = KINDS[r["kind"]].summarize(r)
         print(f"  {r['kind']:6s} {r['box']}: {what}: {result}")
@@ -310,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scale", type=float, default=1.0, help="guidance strength (0 = unguided)")
     p.add_argument("--scorer", default=None, help="auto | offline | clip:ARCH:PRETRAINED (tag or local file)")
     p.add_argument("--init", help="latent file of the current image (for keep regions)")
+    p.add_argument("--edit", type=float, default=1.0,
+                   help="with --init: run only this fraction of the steps, from the image noised to their level "
+                        "(SDEdit; the app uses 0.4)")
+    p.add_argument("--every", type=int, default=1, help="DPS on one step in this many (the app uses 3)")
     canvas_args(p, methods=False)
     p.add_argument("--cells", help="latent extent ROWSxCOLS of a new canvas (default: --init's, or 64x64)")
     p.set_defaults(fn=cmd_layout)

@@ -377,8 +377,8 @@ def predict_x0(x_t: Tensor, eps: Tensor, alpha_bar: Tensor) -> Tensor:
 def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *, steps: int = 50, sampler: str = "ddim",
            eta: float = 1.0, generator: torch.Generator | None = None, device: torch.device | str = "cpu",
            x_T: Tensor | None = None, guidance: Guidance | None = None, known: Sequence[Known] = (),
-           low: Sequence[LowFreq] = (), resample: int = 0, callback: Callable[[Step], None] | None = None,
-           should_stop: Callable[[], bool] | None = None) -> Tensor:
+           low: Sequence[LowFreq] = (), resample: int = 0, init: Tensor | None = None, strength: float = 1.0,
+           callback: Callable[[Step], None] | None = None, should_stop: Callable[[], bool] | None = None) -> Tensor:
     """Run the reverse process from noise; returns normalised latents ``shape`` (float32).
 
     Deterministic for a given ``generator`` state (initial noise and DDIM/DDPM noise are
@@ -389,6 +389,9 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
     ``low``: block means held (:class:`LowFreq`, in order: a later one wins where masks overlap),
     applied to each step's x̂0 (the step then moves towards it) and to the final sample, before
     ``known``.
+    ``init`` (normalised, like ``x_T``) and ``strength`` in (0, 1]: SDEdit (Meng et al. 2022): start
+    from ``init`` noised to the level of the last ``round(strength * steps)`` steps and run only those
+    (the first noise draw of the generator); guidance and callbacks count the steps run.
     ``resample``: with ``known``, extra passes per step that re-noise the blended sample to the
     step's level and denoise it again, so the generated cells harmonise with the held ones
     (RePaint's jumps of length 1; each costs one more UNet call per step).
@@ -404,13 +407,22 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
     sched.set_timesteps(steps)
     alphas = sched.alphas_cumprod.to(device=device, dtype=torch.float32)
     generator = generator or torch.Generator().manual_seed(0)
-    x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator).to(device)
+    n = len(sched.timesteps)
+    if not (isinstance(strength, (int, float)) and 0 < strength <= 1):
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    first = 0 if init is None else n - max(1, round(strength * n))  # steps skipped (SDEdit)
+    if init is not None:
+        if x_T is not None:
+            raise ValueError("give x_T or init, not both")
+        a = alphas[int(sched.timesteps[first])]
+        x = a.sqrt() * init.to(device) + (1 - a).sqrt() * torch.randn(shape, generator=generator).to(device)
+    else:
+        x = x_T.to(device) if x_T is not None else torch.randn(shape, generator=generator).to(device)
     if isinstance(resample, bool) or not isinstance(resample, int) or not 0 <= resample <= 10:
         raise ValueError(f"resample must be an integer in [0, 10], got {resample!r}")
     step_kw = {"eta": eta} if sampler == "ddim" else {}
     known = [Known(k.x0.to(device), k.mask.to(device), k.until) for k in known]
     low = [LowFreq(l.x0.to(device), l.k, None if l.mask is None else l.mask.to(device), l.until) for l in low]
-    n = len(sched.timesteps)
 
     def hold(x: Tensor, i: int) -> Tensor:
         """Blend the held cells into x_{t-1} after step i (clean after the last step)."""
@@ -428,7 +440,7 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
             x_in = x.detach().requires_grad_(guidance is not None)
             eps = eps_model(x_in, tt)
             x0 = predict_x0(x_in, eps, alphas[int(t)])
-            correction = guidance(x_in, x0, i, n) if guidance is not None else None
+            correction = guidance(x_in, x0, i - first, n - first) if guidance is not None else None
         eps, x0 = eps.detach(), x0.detach()
         lows = [l for l in low if l.active(i, n)]
         if x0_range is not None or lows:  # clamp x0, hold its block means, and step with the ε that matches it
@@ -445,8 +457,10 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
         return x, x0
 
     for i, t in enumerate(sched.timesteps):
+        if i < first:
+            continue
         if should_stop is not None and should_stop():
-            raise Cancelled(f"cancelled at step {i} of {n}")
+            raise Cancelled(f"cancelled at step {i - first} of {n - first}")
         x, x0 = denoise(x, i, t)
         if i + 1 == n:  # the final sample's block means are the references' exactly
             for l in low:
@@ -460,7 +474,7 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
                 x, x0 = denoise(x, i, t)
                 x = hold(x, i)
         if callback is not None:
-            callback(Step(i, n, int(t), x, x0))
+            callback(Step(i - first, n - first, int(t), x, x0))
     return x
 
 

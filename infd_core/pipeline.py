@@ -170,7 +170,8 @@ class Pipeline:
     def sample(self, seed: int = 0, *, steps: int | None = None, sampler: str = "ddim", eta: float | None = None,
                batch: int = 1, cells: tuple[int, int] | None = None, method: str = "windows",
                stride: int = DEFAULT_STRIDE, guidance: Guidance | None = None, known: Sequence[Known] = (),
-               low: Sequence[LowFreq] = (), resample: int = 0, callback: Callable[[Step], None] | None = None,
+               low: Sequence[LowFreq] = (), resample: int = 0, init: Tensor | None = None,
+               strength: float = 1.0, callback: Callable[[Step], None] | None = None,
                should_stop: Callable[[], bool] | None = None) -> Tensor:
         """Generate latents ``[batch, 3, h, w]`` (``cells = (h, w)``, default the model's 64 x 64),
         ready for :meth:`field`.
@@ -186,7 +187,8 @@ class Pipeline:
         total)`` gets x̂0 as a latent (differentiable w.r.t. ``x_t``) and returns a correction
         direction for x_{t-1} (or None); ``known``: cells held to ``Known.x0`` (a latent) where its
         ``mask`` is 1, ``low``: block means held to ``LowFreq.x0``'s (a latent; a composition),
-        with ``resample`` harmonising passes per step
+        with ``resample`` harmonising passes per step; ``init`` (a latent) and ``strength``: SDEdit,
+        the last ``strength`` of the schedule run from ``init`` noised to its level
         (:func:`infd_core.diffusion.sample`); ``callback`` sees each :class:`Step` with ``x`` and
         ``x0`` as latents.
         """
@@ -206,6 +208,11 @@ class Pipeline:
             if tuple(l.x0.shape[-2:]) != cells:
                 raise ValueError(f"held low frequencies are {tuple(l.x0.shape[-2:])} cells, the canvas is {cells} cells")
         low = [LowFreq(d.normalize(l.x0.float().to(self.device)), l.k, l.mask, l.until) for l in low]
+        if init is not None:
+            self.check_latent(init)
+            if tuple(init.shape[-2:]) != cells:
+                raise ValueError(f"the picture to start from is {tuple(init.shape[-2:])} cells, the canvas is {cells}")
+            init = d.normalize(init.float().to(self.device)).expand(batch, -1, -1, -1)
         shown = None if callback is None else (
             lambda st: callback(Step(st.index, st.total, st.timestep, d.denormalize(st.x), d.denormalize(st.x0))))
         steps = d.steps if steps is None else steps
@@ -213,7 +220,8 @@ class Pipeline:
                          self.latent_shape[-1], method, stride)
         x = sample(eps, d, (batch, self.latent_shape[0], *cells), steps=steps,
                    sampler=sampler, eta=d.eta if eta is None else eta, generator=gen, device=self.device,
-                   guidance=hook, known=known, low=low, resample=resample, callback=shown, should_stop=should_stop)
+                   guidance=hook, known=known, low=low, resample=resample, init=init, strength=strength,
+                   callback=shown, should_stop=should_stop)
         return d.denormalize(x)
 
     def check_latent(self, z: Tensor, *, from_file: bool = False) -> None:

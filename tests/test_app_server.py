@@ -714,3 +714,35 @@ def test_the_sketch_survives_session_files_and_spilling(server):
     assert back.history[0].sketch is None  # the states before the sketch have none
     with pytest.raises(ValueError, match="8..4096"):
         State(sketch=np.zeros((4, 4, 3), np.uint8))
+
+
+def test_runs_say_how_long_they_take():
+    """Before a run, the time the last run of its kind took per step, times the steps; during one,
+    the time left from the mean step so far."""
+    from app.context import RunClock
+    from app.handlers import remaining
+
+    clock = RunClock()
+    assert clock.expect("guided", 50) is None
+    clock.record("guided", 10, 5.0)
+    assert clock.expect("guided", 50) == pytest.approx(25.0) and clock.expect("unguided", 50) is None
+    clock.record("guided", 10, 3.0)  # the newest counts half
+    assert clock.expect("guided", 10) == pytest.approx(4.0)
+    assert remaining(6.0, 3, 9) == ", about 12 s left" and remaining(0.0, 0, 9) == "" and remaining(9.0, 9, 9) == ""
+
+
+def test_the_apps_guided_edits_run_part_of_the_steps_and_guide_some(server):
+    """With a current picture and locality on, Guided runs the last guidance.EDIT of the steps from the
+    picture (SDEdit) with DPS on one step in guidance.EVERY; plain DPS runs them all."""
+    _, ctx = server
+    s = new_session(ctx, canvas=(512, 512))
+    s.commit(s.state.with_box(Region(Box(0.6, 0.1, 0.95, 0.45), kind="color", color=(0, 0, 1.0), id="c")))
+    events = list(generate(ctx, s, seed=2, steps=10, guided=True, scale=0.2))
+    assert [e.total for e in events[:-1]] == [round(guidance.EDIT * 10)] * round(guidance.EDIT * 10)
+    report = events[-1].report
+    assert report["edit"] == guidance.EDIT and report["every"] == guidance.EVERY
+    fresh = ctx.store.create(canvas=(512, 512))
+    fresh.commit(replace(fresh.state, boxes=s.state.boxes))
+    assert list(generate(ctx, fresh, seed=2, steps=4, guided=True, scale=0.2))[-1].report["every"] == guidance.EVERY_FRESH
+    plain = list(generate(ctx, s, seed=2, steps=10, guided=True, scale=0.2, local=False))
+    assert plain[-1].report["edit"] == 1.0 and len(plain) == 11

@@ -14,7 +14,7 @@ from torch import Tensor
 from infd_core.diffusion import Known, LowFreq, block_means, block_spread, hold_low
 from infd_core.geometry import Box
 from infd_core.guidance import (MARGIN, RANGE_LIMIT, Objective, dps_guidance, guided_sample, held_cells, prepare,
-                                range_penalty, render_box_fixed_resolution)
+                                range_penalty, render_box_fixed_resolution, strength)
 from infd_core.layout import (KINDS, MAX_REGIONS, Layout, Region, box_cells, check_depth, cutouts, judge_views,
                               region_mask)
 from infd_core.scorers import load_scorer
@@ -410,3 +410,39 @@ def test_cli_samples_a_composition(tmp_path, capsys) -> None:
     assert main(["sample", "--preset", "cpu", "--composition", "nowhere", "--steps", "2", "--size", "64",
                  "--out", str(out), "--quiet"]) == 2
     assert "neither an example" in capsys.readouterr().err
+
+
+# --- guided edits in seconds: SDEdit starts, DPS on some steps --------------------------------------
+
+def test_an_edit_runs_the_last_steps_from_the_current_picture(tiny_pipe, init) -> None:
+    """``strength`` < 1: the sampler starts from the picture noised to the level of its last steps and
+    runs only those (the callback counts them); strength 1 is the plain sampler; held cells hold."""
+    seen: list[tuple[int, int]] = []
+    z = tiny_pipe.sample(3, steps=10, init=init, strength=0.4, callback=lambda st: seen.append((st.index, st.total)))
+    assert seen == [(i, 4) for i in range(4)] and not torch.equal(z, init)
+    plain = tiny_pipe.sample(3, steps=10)
+    assert not torch.allclose(tiny_pipe.sample(3, steps=10, init=init, strength=1.0), plain)  # from init, fully noised
+    near = tiny_pipe.sample(3, steps=10, init=init, strength=0.1)  # one step from barely noised: close to the picture
+    assert (near - init).abs().mean() < (plain - init).abs().mean()
+    keep = Region(Box(0, 0, 0.5, 1), "keep")
+    edited, report = guided_sample(tiny_pipe, Layout((keep,)), seed=3, steps=10, init_latent=init, edit=0.4)
+    assert torch.equal(edited[..., :32], init[..., :32]) and report["edit"] == 0.4
+    with pytest.raises(ValueError, match="strength"):
+        tiny_pipe.sample(3, steps=10, init=init, strength=0.0)
+    with pytest.raises(ValueError, match="cells"):
+        tiny_pipe.sample(3, steps=10, init=init, strength=0.5, cells=(64, 128))
+
+
+def test_dps_on_one_step_in_every(tiny_pipe, offline) -> None:
+    """``every`` = 3: the hook decodes and scores on steps 0, 3, 6 only, each with 3 times the push."""
+    conds = prepare(tiny_pipe, Layout((Region(Box(0, 0, 0.5, 0.5), "text", "classes: tabby"),)), scorer=offline)
+    calls: list[int] = []
+    hook = dps_guidance(tiny_pipe, Objective(tiny_pipe, conds), scale=0.3, every=3, on_loss=lambda i, l: calls.append(i))
+    x_t = torch.randn(1, *tiny_pipe.latent_shape, generator=torch.Generator().manual_seed(0)).requires_grad_()
+    out = [hook(x_t, x_t * 0.5, i, 9) for i in range(9)]
+    assert calls == [0, 3, 6] and [o is None for o in out] == [i % 3 != 0 for i in range(9)]
+    mask = region_mask([Box(0, 0, 0.5, 0.5)], 64, MARGIN)
+    rms = float((out[3].pow(2).mean() / mask.mean()).sqrt())  # over the guided cells
+    assert rms == pytest.approx(3 * 0.3 * strength(3, 9), rel=1e-4)
+    with pytest.raises(ValueError, match="every"):
+        guided_sample(tiny_pipe, Layout((conds[0].region,)), scorer=offline, steps=2, every=0)
