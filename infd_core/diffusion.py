@@ -422,7 +422,7 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
         raise ValueError(f"resample must be an integer in [0, 10], got {resample!r}")
     step_kw = {"eta": eta} if sampler == "ddim" else {}
     known = [Known(k.x0.to(device), k.mask.to(device), k.until) for k in known]
-    low = [LowFreq(l.x0.to(device), l.k, None if l.mask is None else l.mask.to(device), l.until) for l in low]
+    low = [LowFreq(h.x0.to(device), h.k, None if h.mask is None else h.mask.to(device), h.until) for h in low]
 
     def hold(x: Tensor, i: int) -> Tensor:
         """Blend the held cells into x_{t-1} after step i (clean after the last step)."""
@@ -442,13 +442,13 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
             x0 = predict_x0(x_in, eps, alphas[int(t)])
             correction = guidance(x_in, x0, i - first, n - first) if guidance is not None else None
         eps, x0 = eps.detach(), x0.detach()
-        lows = [l for l in low if l.active(i, n)]
+        lows = [h for h in low if h.active(i, n)]
         if x0_range is not None or lows:  # clamp x0, hold its block means, and step with the ε that matches it
             a = alphas[int(t)]
             if x0_range is not None:
                 x0 = x0.clamp(*x0_range)
-            for l in lows:
-                x0 = hold_low(x0, l)
+            for h in lows:
+                x0 = hold_low(x0, h)
             eps = (x.detach() - a.sqrt() * x0) / (1 - a).sqrt()
         # step noise comes from the same CPU generator, so CPU and GPU runs draw alike
         x = sched.step(eps, t, x.detach(), generator=generator, **step_kw).prev_sample
@@ -463,9 +463,9 @@ def sample(eps_model: EpsModel, cfg: DiffusionConfig, shape: tuple[int, ...], *,
             raise Cancelled(f"cancelled at step {i - first} of {n - first}")
         x, x0 = denoise(x, i, t)
         if i + 1 == n:  # the final sample's block means are the references' exactly
-            for l in low:
-                if l.active(i, n):
-                    x = hold_low(x, l)
+            for h in low:
+                if h.active(i, n):
+                    x = hold_low(x, h)
         if any(k.active(i, n) for k in known):
             x = hold(x, i)
             for _ in range(resample if i + 1 < n else 0):

@@ -203,11 +203,11 @@ class Pipeline:
             if tuple(k.x0.shape[-2:]) != cells:
                 raise ValueError(f"held cells are {tuple(k.x0.shape[-2:])}, the canvas is {cells} cells")
         known = [Known(d.normalize(k.x0.float().to(self.device)), k.mask, k.until) for k in known]
-        for l in low:
-            self.autoencoder.check_latent(l.x0)
-            if tuple(l.x0.shape[-2:]) != cells:
-                raise ValueError(f"held low frequencies are {tuple(l.x0.shape[-2:])} cells, the canvas is {cells} cells")
-        low = [LowFreq(d.normalize(l.x0.float().to(self.device)), l.k, l.mask, l.until) for l in low]
+        for h in low:
+            self.autoencoder.check_latent(h.x0)
+            if tuple(h.x0.shape[-2:]) != cells:
+                raise ValueError(f"held low frequencies are {tuple(h.x0.shape[-2:])} cells, the canvas is {cells} cells")
+        low = [LowFreq(d.normalize(h.x0.float().to(self.device)), h.k, h.mask, h.until) for h in low]
         if init is not None:
             self.check_latent(init)
             if tuple(init.shape[-2:]) != cells:

@@ -165,7 +165,7 @@ HUGE = st.one_of(st.integers(), st.integers(min_value=-(10 ** 30), max_value=10 
 TEXT = st.text(alphabet="0123456789-+.eExa_%/ ", min_size=1, max_size=30)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(level=st.one_of(HUGE, TEXT), x=st.one_of(HUGE, TEXT), y=st.one_of(HUGE, TEXT))
 def test_crafted_tile_coordinates_are_refused_before_any_arithmetic(live, level, x, y):
     """Any level, column and row (integers of any size and sign, texts): a 4xx, never a 5xx, and
@@ -181,7 +181,7 @@ def test_crafted_tile_coordinates_are_refused_before_any_arithmetic(live, level,
         assert r.status_code in (200, 404, 422), (level, x, y, r.status_code)
 
 
-@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(gen=st.one_of(HUGE, TEXT), width=st.one_of(HUGE, TEXT), height=st.one_of(HUGE, TEXT),
        view=st.lists(HUGE, min_size=5, max_size=5))
 def test_crafted_versions_export_sizes_and_view_reports_are_refused(live, gen, width, height, view):
