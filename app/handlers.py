@@ -263,7 +263,7 @@ def commit_editor(s: Session, box_id: str | None, kind: str, prompt: str, weight
         if box is None:
             return
         rgb = hex_to_rgb(color) if kind == "color" else box.color
-        blocks = box.coarseness
+        blocks = box.coarseness if kind == box.kind else None  # a new kind starts from its own default
         if "coarseness" in KINDS[kind].fields:
             blocks = None if coarseness in (None, "") else int(number(coarseness, "coarseness", 1, MAX_COARSENESS,
                                                                       whole=True))

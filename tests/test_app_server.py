@@ -746,3 +746,16 @@ def test_the_apps_guided_edits_run_part_of_the_steps_and_guide_some(server):
     assert list(generate(ctx, fresh, seed=2, steps=4, guided=True, scale=0.2))[-1].report["every"] == guidance.EVERY_FRESH
     plain = list(generate(ctx, s, seed=2, steps=10, guided=True, scale=0.2, local=False))
     assert plain[-1].report["edit"] == 1.0 and len(plain) == 11
+
+
+def test_a_box_changing_kind_takes_the_new_kinds_block_size(server):
+    from app.handlers import commit_editor
+
+    _, ctx = server
+    s = ctx.store.create(canvas=(512, 512))
+    s.commit(State(None, boxes=(Region(Box(0, 0, 0.5, 0.5), kind="sketch", image=np.zeros((16, 16, 3), np.uint8),
+                                       coarseness=8, id="b"),)))
+    commit_editor(s, "b", "sketch", "", 1.0, "#000000", "hard", 2)
+    assert s.state.box("b").coarseness == 2
+    commit_editor(s, "b", "color", "", 1.0, "#336699", "hard", 2)  # the field is hidden for colours
+    assert s.state.box("b").coarseness is None and s.state.box("b").color is not None
