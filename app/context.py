@@ -42,6 +42,13 @@ class Limits:
     concurrent_loads: int = 2  # session files being parsed at once
 
 
+def client_of(request: Any) -> str | None:
+    """The client address of a request (a Starlette or Gradio one), what per-client limits count
+    by; None if unknown."""
+    client = getattr(request, "client", None)
+    return getattr(client, "host", None)
+
+
 class RunClock:
     """Seconds per step of the runs this server has finished, by kind ("unguided", "guided",
     "guided, fresh"): what the UI quotes before a run starts. The newest run counts most (an

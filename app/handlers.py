@@ -29,7 +29,7 @@ from infd_core.images import read_photo
 from infd_core.layout import KINDS, MAX_COARSENESS, Region
 
 from . import numbers
-from .context import AppContext
+from .context import AppContext, client_of
 from .generate import Busy, Cancelled, Composition, Finished, extend_picture, generate, open_photo
 from .sessions import Session, SessionNotFound, View
 from .store import TooManySessions
@@ -335,9 +335,8 @@ class Handlers:
     def load(self, request: gr.Request) -> tuple[Any, ...]:
         """A new session for a new page: its key, then the :class:`Panel` (new sessions are
         limited per client address, ``Limits.sessions_per_minute``)."""
-        client = request.client.host if request is not None and request.client is not None else None
         try:
-            s = self.ctx.store.create(canvas=(DEFAULT_CANVAS, DEFAULT_CANVAS), client=client)
+            s = self.ctx.store.create(canvas=(DEFAULT_CANVAS, DEFAULT_CANVAS), client=client_of(request))
         except TooManySessions as e:
             raise user_error(str(e)) from None
         return (s.key, *self.panel(s))
@@ -618,8 +617,7 @@ class Handlers:
             self.ctx.check_export(width, height)
         except ValueError as e:
             raise user_error(str(e)) from None
-        client = request.client.host if request is not None and request.client is not None else None
-        why = self.ctx.exports.refusal(client)  # the route would answer 429: say so here, where the user sees it
+        why = self.ctx.exports.refusal(client_of(request))  # the route would answer 429: say so where it is seen
         if why is not None:
             raise user_error(f"Not exported: {why}.")
         name = "image.png" if fmt == "PNG" else "deepzoom.zip"

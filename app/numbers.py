@@ -19,19 +19,7 @@ def whole(value: Any, name: str, lo: int, hi: int) -> int:
     """``value`` as an integer in ``[lo, hi]``: an int (not a bool), an integral float, or the text
     of one (a UI field); ValueError otherwise."""
     what = f"{name} must be a whole number from {lo} to {hi}"
-    if isinstance(value, str):
-        text = value.strip()
-        if len(text) > MAX_TEXT:
-            raise ValueError(f"{what}, got a text of {len(text)} characters")
-        try:
-            value = int(text)
-        except ValueError:
-            try:
-                value = float(text)
-            except ValueError:
-                raise ValueError(f"{what}, got {text!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what}, got {type(value).__name__}")
+    value = _number(value, what)
     if isinstance(value, float) and not (math.isfinite(value) and value.is_integer()):
         raise ValueError(f"{what}, got {value!r}")
     if not lo <= value <= hi:  # a comparison: cheap for any magnitude
@@ -42,22 +30,31 @@ def whole(value: Any, name: str, lo: int, hi: int) -> int:
 def real(value: Any, name: str, lo: float, hi: float) -> float:
     """``value`` as a finite float in ``[lo, hi]``: an int or float (not a bool), or the text of one."""
     what = f"{name} must be a number from {lo:g} to {hi:g}"
-    if isinstance(value, str):
-        text = value.strip()
-        if len(text) > MAX_TEXT:
-            raise ValueError(f"{what}, got a text of {len(text)} characters")
-        try:
-            value = float(text)
-        except ValueError:
-            raise ValueError(f"{what}, got {text!r}") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{what}, got {type(value).__name__}")
+    value = _number(value, what)
     if isinstance(value, int) and not lo <= value <= hi:  # before float(): an int may be too large for one
         raise ValueError(f"{what}, got {_short(value)}")
     f = float(value)
     if not math.isfinite(f) or not lo <= f <= hi:
         raise ValueError(f"{what}, got {_short(value)}")
     return f
+
+
+def _number(value: Any, what: str) -> int | float:
+    """``value`` as an int or float (not a bool; a text of at most :data:`MAX_TEXT` characters is
+    parsed, an integer's exactly); ValueError saying ``what`` it should be otherwise."""
+    if isinstance(value, str):
+        text = value.strip()
+        if len(text) > MAX_TEXT:
+            raise ValueError(f"{what}, got a text of {len(text)} characters")
+        for parse in (int, float):
+            try:
+                return parse(text)
+            except ValueError:
+                pass
+        raise ValueError(f"{what}, got {text!r}")
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what}, got {type(value).__name__}")
+    return value
 
 
 def _short(value: int | float) -> str:

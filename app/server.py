@@ -33,7 +33,7 @@ from infd_core import configs
 from infd_core.geometry import MAX_SIDE
 from infd_core.pipeline import Pipeline, assets_dir, default_model_dir
 
-from .context import AppContext, Limits
+from .context import AppContext, Limits, client_of
 from .deepzoom import stream_deepzoom_zip, stream_png
 from .exports import ExportJob, ExportResponse
 from .sessionfile import dump as dump_session
@@ -55,11 +55,6 @@ def _lookup(ctx: AppContext, key: str, gen: int) -> tuple[Session, View]:
     if view is None:
         raise HTTPException(404, "no such image version (it was replaced; reload the view)", headers=NO_STORE)
     return session, view
-
-
-def client_of(request: Request | None) -> str | None:
-    """The client address of a request (what per-client limits count by), None if unknown."""
-    return request.client.host if request is not None and request.client is not None else None
 
 
 def _export_job(ctx: AppContext, client: str | None) -> ExportJob:

@@ -37,6 +37,19 @@ def parse(description: str, extra: Callable[[argparse.ArgumentParser], None] | N
     return args
 
 
+def status_mb(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in MB (Linux)."""
+    for line in open("/proc/self/status"):
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+
+
 def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
     """fp32 matmul throughput now, to put the timings in scale (a quiet 2-core Xeon with AMX: ~400 GFLOP/s)."""
     a, b = torch.randn(n, n), torch.randn(n, n)

@@ -26,23 +26,10 @@ import time
 
 import torch
 
-from common import header, median_time, parse, pipeline
+from common import header, median_time, parse, pipeline, reset_peak, status_mb
 from infd_core.geometry import Box
 from infd_core.guidance import SCORE_SIZE, render_box_fixed_resolution
 from infd_core.scorers import OfflineScorer
-
-
-def status_mb(field: str) -> float:
-    """``VmRSS`` (now) or ``VmHWM`` (peak since the last reset) of this process, in MB (Linux)."""
-    for line in open("/proc/self/status"):
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
 
 
 def child(args) -> None:

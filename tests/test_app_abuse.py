@@ -167,11 +167,10 @@ TEXT = st.text(alphabet="0123456789-+.eExa_%/ ", min_size=1, max_size=30)
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(level=st.one_of(HUGE, TEXT), x=st.one_of(HUGE, TEXT), y=st.one_of(HUGE, TEXT))
-def test_crafted_tile_coordinates_are_refused_before_any_arithmetic(live, level, x, y):
+def test_crafted_tile_coordinates_are_refused_before_any_arithmetic(live, crafted, level, x, y):
     """Any level, column and row (integers of any size and sign, texts): a 4xx, never a 5xx, and
     the server answers a good tile right after (bench/crafted.py times these and their memory)."""
-    base, _, ctx = live
-    s = _crafted_session(ctx)
+    base, s = live[0], crafted
     r = requests.get(f"{base}/tiles/{s.key}/{s.view.gen}/{level}/{x}_{y}.png", timeout=30)
     tile_exists = (isinstance(level, int) and 0 <= level <= 10 and isinstance(x, int) and isinstance(y, int)
                    and 0 <= x < 2 ** max(level - 8, 0) and 0 <= y < 2 ** max(level - 8, 0))  # 1024²: 4x4 at 10
@@ -184,9 +183,8 @@ def test_crafted_tile_coordinates_are_refused_before_any_arithmetic(live, level,
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(gen=st.one_of(HUGE, TEXT), width=st.one_of(HUGE, TEXT), height=st.one_of(HUGE, TEXT),
        view=st.lists(HUGE, min_size=5, max_size=5))
-def test_crafted_versions_export_sizes_and_view_reports_are_refused(live, gen, width, height, view):
-    base, _, ctx = live
-    s = _crafted_session(ctx)
+def test_crafted_versions_export_sizes_and_view_reports_are_refused(live, crafted, gen, width, height, view):
+    base, s = live[0], crafted
     good_gen = isinstance(gen, int) and gen == s.view.gen
     for path in (f"/export/{s.key}/{gen}/image.png?width={width}&height={height}",
                  f"/export/{s.key}/{gen}/deepzoom.zip?width={width}&height={height}",
@@ -201,9 +199,9 @@ def test_crafted_versions_export_sizes_and_view_reports_are_refused(live, gen, w
     assert requests.get(f"{base}/tiles/{s.key}/{s.view.gen}/10/0_0.png", timeout=30).status_code == 200
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(value=st.one_of(HUGE, TEXT, st.floats(allow_nan=True, allow_infinity=True), st.none(), st.booleans()))
-def test_crafted_ui_fields_and_session_numbers_get_a_reason(value):
+def test_crafted_ui_fields_and_session_numbers_get_a_reason(live, value):
     """A UI field or a session file's seed of any value: accepted within its bounds, else a message."""
     from app.handlers import number
     from app.numbers import MAX_SEED, whole
@@ -220,7 +218,7 @@ def test_crafted_ui_fields_and_session_numbers_get_a_reason(value):
         assert "seed must be" in str(e) and len(str(e)) < 200  # a huge integer is named by its size
     data = _session_zip({"seed": value})
     try:
-        loaded = sessionfile.load(data, _crafted_pipe(), max_canvas_side=8192)
+        loaded = sessionfile.load(data, live[2].pipe, max_canvas_side=8192)
     except ValueError as e:
         assert "seed must be" in str(e)
     else:
@@ -236,21 +234,10 @@ def _session_zip(overrides: dict) -> bytes:
     return buf.getvalue()
 
 
-_CRAFTED: dict = {}
-
-
-def _crafted_pipe() -> Pipeline:
-    if "pipe" not in _CRAFTED:
-        _CRAFTED["pipe"] = Pipeline.from_config(configs.cpu(), seed=0)
-    return _CRAFTED["pipe"]
-
-
-def _crafted_session(ctx):
+@pytest.fixture(scope="module")
+def crafted(live):
     """One session (a 1024² canvas: levels 8-10 have tiles) for all the generated requests."""
-    s = _CRAFTED.get(id(ctx))
-    if s is None or s.key not in ctx.store._sessions:
-        s = _CRAFTED[id(ctx)] = new_session(ctx, canvas=(1024, 1024))
-    return s
+    return new_session(live[2], canvas=(1024, 1024))
 
 
 def test_session_files_with_out_of_range_numbers_or_latents_are_refused(live):
