@@ -22,13 +22,16 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from infd_core.geometry import PixelRange, check_level
-from infd_core.pipeline import Field, Pipeline
 
 from .numbers import whole
+
+if TYPE_CHECKING:  # annotations only: the session data does not load the model code
+    from infd_core.pipeline import Field, Pipeline
 
 TILE = 256
 OVERLAP = 1
@@ -117,7 +120,7 @@ def render_tile(pipe: Pipeline, field: Field, pyramid: Pyramid, level: int, x: i
     """One tile of the pyramid as PNG bytes."""
     rng = pyramid.tile_range(level, x, y)
     w, h = pyramid.level_size(level)
-    rgb = pipe.render(field, h, w, rng, tile=max(rng.shape))
+    rgb = pipe.render_piece(field, h, w, rng)
     return encode_png(rgb)
 
 

@@ -23,7 +23,7 @@ from infd_core import compositions, guidance
 from infd_core.diffusion import Cancelled, Step
 from infd_core.geometry import box_in_extended, cells_for_canvas, extend_cells
 from infd_core.inversion import encode_photo
-from infd_core.layout import Layout
+from infd_core.regions import Layout
 from infd_core.outpaint import SIDES, extend
 
 from .context import AppContext

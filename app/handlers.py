@@ -1,9 +1,10 @@
 """What the UI's events do: read and change a session, and say what the page should show next.
 
 :class:`Handlers` methods are wired to components in :mod:`app.ui`; each returns its outputs as
-a named tuple (:class:`Panel`, :class:`RunOut`, …) whose fields name the components, and
-:mod:`app.ui` wires the same tuple types filled with components, so nothing depends on the order
-of two distant lists. Bad input never raises anything but ``gr.Error`` (shown to the user; the
+a named tuple (:class:`Panel`, :class:`RunOut`, …) whose fields name the components, and the
+handlers with many inputs read them as one (:class:`EditorIn`, :class:`RunIn`); :mod:`app.ui` wires
+the same tuple types filled with components, so nothing depends on the order of two distant lists.
+The viewer's events arrive as :class:`ViewerEvent` (its JSON object, no private Gradio attribute). Bad input never raises anything but ``gr.Error`` (shown to the user; the
 session is left as it was).
 
 The browser talks to the viewer through :func:`viewer_value` (Python -> browser) and the
@@ -26,7 +27,8 @@ import numpy as np
 from infd_core import compositions
 from infd_core.geometry import Box
 from infd_core.images import read_photo
-from infd_core.layout import KINDS, MAX_COARSENESS, Region
+from infd_core.regions import KINDS, MAX_COARSENESS, Region
+from infd_core.wording import label, summarize
 
 from . import numbers
 from .context import AppContext, client_of
@@ -80,6 +82,50 @@ def user_error(message: str) -> gr.Error:
     """The error shown to the user for bad input, logged as one line (Gradio would print a traceback)."""
     log.info("user error: %s", message)
     return gr.Error(message, print_exception=False)
+
+
+class ViewerEvent(gr.EventData):
+    """An event of the viewer (viewer.js): its JSON object as ``payload`` ({} when it sent anything else)."""
+
+    def __init__(self, target: Any, data: Any):
+        super().__init__(target, data)
+        self.payload: dict[str, Any] = data if isinstance(data, dict) else {}
+
+
+class EditorIn(NamedTuple):
+    """The box editor's fields, as the UI passes them (its inputs list is built from this tuple)."""
+
+    key: Any
+    box_id: Any  # the box shown in the editor
+    kind: Any
+    prompt: Any
+    weight: Any
+    color: Any
+    placement: Any
+    coarseness: Any
+
+
+class RunIn(NamedTuple):
+    """What Generate and Guided read: the run's settings, and the editor's fields (applied first: a
+    prompt typed without leaving the field has not been stored yet)."""
+
+    key: Any
+    seed: Any
+    steps: Any
+    scale: Any  # guidance strength
+    local: Any  # "boxes act locally"
+    global_prompt: Any
+    composition: Any
+    box_id: Any
+    kind: Any
+    prompt: Any
+    weight: Any
+    color: Any
+    placement: Any
+    coarseness: Any
+
+    def editor(self) -> EditorIn:
+        return EditorIn(**{f: getattr(self, f) for f in EditorIn._fields})
 
 
 class Panel(NamedTuple):
@@ -187,7 +233,7 @@ def viewer_value(s: Session, progress: tuple[int, int] | None = None) -> dict[st
 
 
 def box_label(i: int, b: Region) -> str:
-    return f"{i}. {b.kind}: {b.spec.label(b)[:48]}" + (f"  ×{b.weight:g}" if b.weight != 1 else "")
+    return f"{i}. {b.kind}: {label(b)[:48]}" + (f"  ×{b.weight:g}" if b.weight != 1 else "")
 
 
 def hex_to_rgb(value: str) -> tuple[float, float, float]:
@@ -273,7 +319,7 @@ def commit_editor(s: Session, box_id: str | None, kind: str, prompt: str, weight
 
 
 def kind_fields(kind: str, **values: Any) -> dict[str, Any]:
-    """Editor updates for a box of ``kind``: its kind's fields (:attr:`infd_core.layout.Kind.fields`)
+    """Editor updates for a box of ``kind``: its kind's fields (:attr:`infd_core.regions.Kind.fields`)
     shown (with ``values`` where given), every other kind's hidden."""
     shown = KINDS[kind].fields
     names = {f for k in KINDS.values() for f in k.fields}
@@ -290,7 +336,7 @@ def report_markdown(report: dict[str, Any] | None) -> str:
     lines = [f"**Guidance**: scorer `{report['scorer']}`, strength {report['scale']}, {reach}{held}", "",
              "| # | kind | what | result | changed (/255) |", "|---|---|---|---|---:|"]
     for i, r in enumerate(report["regions"]):
-        what, result = KINDS[r["kind"]].summarize(r)
+        what, result = summarize(r)
         lines.append(f"| {i} | {r['kind']} | {what} | {result} | {r.get('changed', '')} |")
     return "\n".join(lines)
 
@@ -341,27 +387,25 @@ class Handlers:
             raise user_error(str(e)) from None
         return (s.key, *self.panel(s))
 
-    def box_edit(self, key: str, evt: gr.EventData) -> Panel:
+    def box_edit(self, key: str, evt: ViewerEvent) -> Panel:
         s = self.session(key)
         try:
-            changed = apply_box_edit(s, evt._data)
+            changed = apply_box_edit(s, evt.payload)
         except ValueError as e:
             gr.Warning(f"Box not changed: {e}")
             changed = True
         return self.panel(s, "editor" if changed else "list")
 
-    def box_select(self, key: str, evt: gr.EventData) -> Panel:
-        data = evt._data if isinstance(evt._data, dict) else {}
-        return self.select(key, data.get("id"))
+    def box_select(self, key: str, evt: ViewerEvent) -> Panel:
+        return self.select(key, evt.payload.get("id"))
 
     def select(self, key: str, box_id: Any) -> Panel:
         s = self.session(key)
         s.selected = box_id if isinstance(box_id, str) and s.state.box(box_id) else None
         return self.panel(s)
 
-    def history(self, key: str, evt: gr.EventData) -> HistoryOut:
-        data = evt._data if isinstance(evt._data, dict) else {}
-        return self.undo_redo(key, redo=data.get("action") == "redo")
+    def history(self, key: str, evt: ViewerEvent) -> HistoryOut:
+        return self.undo_redo(key, redo=evt.payload.get("action") == "redo")
 
     def undo_redo(self, key: str, redo: bool) -> HistoryOut:
         s = self.session(key)
@@ -383,26 +427,27 @@ class Handlers:
         report = report_markdown(after.report) if after is not None and after.report else NO_REPORT
         return HistoryOut(*self.panel(s, "all"), status=status, report=report)
 
-    def view_shown(self, key: str, evt: gr.EventData) -> Any:
+    def view_shown(self, key: str, evt: ViewerEvent) -> Any:
         """The viewer has a finished image fully on screen: the status a run left for that moment, if any."""
-        data = evt._data if isinstance(evt._data, dict) else {}
         s = self.session(key)
         with s.lock:
             waiting = s.shown_status
-            if waiting is None or waiting[0] != data.get("gen"):
+            if waiting is None or waiting[0] != evt.payload.get("gen"):
                 return gr.skip()
             s.shown_status = None
         return waiting[1]
 
-    def editor(self, key: str, box_id: str | None, kind: str, prompt: str, weight: Any, color: str,
-               placement: str, coarseness: Any) -> Panel:
-        s = self.session(key)
+    def editor(self, *values: Any) -> Panel:
+        """The editor's fields (:class:`EditorIn`) stored into its box."""
+        e = EditorIn(*values)
+        s = self.session(e.key)
         try:
-            commit_editor(s, box_id, kind, prompt, number(weight, "weight", 0, 100), color, placement, coarseness)
-        except ValueError as e:
-            raise user_error(f"Box not changed: {e}") from None
+            commit_editor(s, e.box_id, e.kind, e.prompt, number(e.weight, "weight", 0, 100), e.color, e.placement,
+                          e.coarseness)
+        except ValueError as err:
+            raise user_error(f"Box not changed: {err}") from None
         # show the fields that belong to the (possibly new) kind, without touching their values
-        return self.panel(s, "list")._replace(**kind_fields(kind))
+        return self.panel(s, "list")._replace(**kind_fields(e.kind))
 
     def reference_image(self, key: str, box_id: str | None, img: np.ndarray | None) -> Panel:
         s = self.session(key)
@@ -446,30 +491,32 @@ class Handlers:
                          gr.update(visible=custom, value=height), width, height)
 
     # --- generation ------------------------------------------------------------------------------
-    def generate(self, *args: Any) -> Iterator[RunOut]:
-        yield from self._run(*args, guided=False)
+    def generate(self, *values: Any) -> Iterator[RunOut]:
+        """Generate: :class:`RunIn` values."""
+        yield from self._run(RunIn(*values), guided=False)
 
-    def guided(self, *args: Any) -> Iterator[RunOut]:
-        yield from self._run(*args, guided=True)
+    def guided(self, *values: Any) -> Iterator[RunOut]:
+        """Guided: :class:`RunIn` values."""
+        yield from self._run(RunIn(*values), guided=True)
 
-    def _run(self, key: str, seed: Any, steps: Any, scale: Any, local: Any, box_id: str | None, kind: str,
-             prompt: str, weight: Any, color: str, placement: str, coarseness: Any, global_: str, composition: Any,
-             guided: bool) -> Iterator[RunOut]:
+    def _run(self, run: RunIn, guided: bool) -> Iterator[RunOut]:
         """Yields the viewer, status and report per step (with previews) and at the end.
 
         The final status says "Done" only once the viewer shows the image (:meth:`view_shown`).
         """
-        s = self.session(key)
-        seed_i = int(number(seed, "seed", 0, numbers.MAX_SEED, whole=True))
-        steps_i = int(number(steps, "steps", 1, 1000, whole=True))
-        strength, weight = number(scale, "guidance strength", 0, 20), number(weight, "weight", 0, 100)
-        composed = None if guided else self.composition(s, composition, seed_i)
+        s = self.session(run.key)
+        seed_i = int(number(run.seed, "seed", 0, numbers.MAX_SEED, whole=True))
+        steps_i = int(number(run.steps, "steps", 1, 1000, whole=True))
+        strength, weight = number(run.scale, "guidance strength", 0, 20), number(run.weight, "weight", 0, 100)
+        local = bool(run.local)
+        composed = None if guided else self.composition(s, run.composition, seed_i)
         try:  # the editor's fields may not have been applied yet (no blur before the click)
-            commit_editor(s, box_id, kind, prompt, weight, color, placement, coarseness)
+            e = run.editor()
+            commit_editor(s, e.box_id, e.kind, e.prompt, weight, e.color, e.placement, e.coarseness)
             with s.lock:
-                s.commit(replace(s.state, global_prompt=(global_ or "").strip()))
+                s.commit(replace(s.state, global_prompt=(run.global_prompt or "").strip()))
             loading = guided and not self.ctx.scorer_loaded
-            kind = "guided" if guided and s.state.picture is not None and bool(local) else (
+            kind = "guided" if guided and s.state.picture is not None and local else (
                 "guided, fresh" if guided else "unguided")
             clock = self.ctx.run_clock
             expected = clock.expect(kind, steps_i)
@@ -479,7 +526,7 @@ class Handlers:
                          gr.skip(), gr.skip())
             started = time.monotonic()
             for event in generate(self.ctx, s, seed=seed_i, steps=steps_i, guided=guided, scale=strength,
-                                  local=bool(local), composition=composed):
+                                  local=local, composition=composed):
                 if isinstance(event, Finished):
                     clock.record(kind, steps_i, time.monotonic() - started)
                     label = event.view.picture.label
@@ -641,8 +688,7 @@ class Handlers:
             raise user_error(f"Could not load the session file: {e}") from None
         with s.lock:
             s.selected = None
-            s.set_canvas(*loaded.canvas)
-            s.commit(loaded.state)
+            s.commit(loaded.state, canvas=loaded.canvas)
         for warning in loaded.warnings:
             gr.Warning(warning)
         preset, canvas_w, canvas_h = canvas_fields(*loaded.canvas)

@@ -21,19 +21,21 @@ import json
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
 from torch import Tensor
 
 from infd_core.checkpoint import aspect_of, latent_and_metadata, latent_bytes, picture_metadata
-from infd_core.layout import Region, check_depth
-from infd_core.pipeline import Pipeline
+from infd_core.regions import Region, check_depth
 
 from .deepzoom import Pyramid
 from .numbers import MAX_SEED, whole
 from .sessions import MAX_BOXES, Picture, State
+
+if TYPE_CHECKING:  # annotations only: the session data does not load the model code
+    from infd_core.pipeline import Pipeline
 
 FORMAT = "infd-session"
 VERSION = 2

@@ -17,16 +17,19 @@ import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 from torch import Tensor
 
 from infd_core.geometry import Box, aspect_matches, aspect_size, canvas_size, cells_aspect_matches
-from infd_core.layout import MAX_PROMPT, MAX_REGIONS, Region
-from infd_core.pipeline import Field, Pipeline
+from infd_core.regions import MAX_PROMPT, MAX_REGIONS, Region
 
 from .deepzoom import Pyramid
 from .runner import Runner
+
+if TYPE_CHECKING:  # annotations only: the session data does not load the model code
+    from infd_core.pipeline import Field, Pipeline
 
 MAX_BOXES = MAX_REGIONS
 KEY = re.compile(r"^[A-Za-z0-9_-]{32}$")
@@ -167,17 +170,21 @@ class Session:
     def state(self) -> State:
         return self.history[self.index]
 
-    def commit(self, state: State) -> bool:
-        """Make ``state`` current as a new undo step (no-op if nothing changed); publishes a new picture."""
+    def commit(self, state: State, canvas: tuple[int, int] | None = None) -> bool:
+        """Make ``state`` current as a new undo step (no-op if nothing changed); publishes a new picture.
+        ``canvas``: ``(width, height)`` to show it at (a loaded session's), the picture published once."""
         with self.lock:
+            resized = canvas is not None and self._resize(*canvas)
             if state.same_as(self.state):
+                if resized and self.state.picture is not None:
+                    self.publish(self.state.picture)
                 return False
             del self.history[self.index + 1:]
             self.history.append(state)
             if len(self.history) > HISTORY:
                 del self.history[0]
             self.index = len(self.history) - 1
-            self._show_current_picture()
+            self._show_current_picture(force=resized)
             return True
 
     def undo(self) -> bool:
@@ -249,11 +256,15 @@ class Session:
 
     def set_canvas(self, width: int, height: int) -> None:
         with self.lock:
-            Pyramid(width, height)  # validates
-            if (width, height) != self.canvas:
-                self.canvas = (width, height)
-                if self.state.picture is not None:
-                    self.publish(self.state.picture)
+            if self._resize(width, height) and self.state.picture is not None:
+                self.publish(self.state.picture)
+
+    def _resize(self, width: int, height: int) -> bool:
+        """Set the canvas size (validated); whether it changed."""
+        Pyramid(width, height)  # validates
+        changed = (width, height) != self.canvas
+        self.canvas = (width, height)
+        return changed
 
     def restore_view(self) -> None:
         """Show the current state's picture again (after previews of a cancelled or failed run)."""

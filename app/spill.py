@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from infd_core.checkpoint import aspect_of, latent_and_metadata, latent_bytes, picture_metadata
-from infd_core.layout import Region
+from infd_core.regions import Region
 
 from . import sessions as _s
 from .deepzoom import Pyramid

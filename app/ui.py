@@ -11,14 +11,14 @@ from pathlib import Path
 import gradio as gr
 import numpy as np
 
-from infd_core.layout import KINDS, MAX_PROMPT, PLACEMENTS
+from infd_core.regions import KINDS, MAX_PROMPT, PLACEMENTS
 
 from .context import AppContext
 from infd_core import compositions
 
 from .handlers import (CANVAS_PRESETS, COARSENESS_CHOICES, DEFAULT_CANVAS, DEFAULT_COLOR, EXTEND_CELLS, EXTEND_SIDES,
-                       MAX_REFINE, NO_REPORT, RANDOM_EXAMPLE, CanvasOut, Handlers, HistoryOut, LoadOut, Panel, RunOut,
-                       ShapeOut, SketchOut, composition_choices, sketch_editor_value)
+                       MAX_REFINE, NO_REPORT, RANDOM_EXAMPLE, CanvasOut, EditorIn, Handlers, HistoryOut, LoadOut, Panel,
+                       RunIn, RunOut, ShapeOut, SketchOut, composition_choices, sketch_editor_value)
 
 STATIC = Path(__file__).resolve().parent / "static"
 UPLOAD_TTL = 3600  # seconds an upload may stay in Gradio's cache (photos are deleted as soon as read)
@@ -211,7 +211,8 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
         viewer.history(on.history, key, list(HistoryOut(*panel, status=status, report=report)), **ordered)
         viewer.view_shown(on.view_shown, key, status, **light)
         box_list.input(on.select, [key, box_list], panel, **light)
-        editor_inputs = [key, editing, kind, prompt, weight, color, placement, coarseness]
+        editor_inputs = list(EditorIn(key=key, box_id=editing, kind=kind, prompt=prompt, weight=weight, color=color,
+                                      placement=placement, coarseness=coarseness))
         kind.input(on.editor, editor_inputs, panel, **light)
         prompt.submit(on.editor, editor_inputs, panel, **light)
         prompt.blur(on.editor, editor_inputs, panel, **light)
@@ -235,8 +236,9 @@ def build_ui(ctx: AppContext) -> gr.Blocks:
             field.submit(on.canvas, canvas_inputs, canvas_outputs, **light)
             field.blur(on.canvas, canvas_inputs, canvas_outputs, **light)
 
-        run_inputs = [key, seed, steps, scale, local, editing, kind, prompt, weight, color, placement, coarseness,
-                      global_prompt, composition]
+        run_inputs = list(RunIn(key=key, seed=seed, steps=steps, scale=scale, local=local, global_prompt=global_prompt,
+                                composition=composition, box_id=editing, kind=kind, prompt=prompt, weight=weight,
+                                color=color, placement=placement, coarseness=coarseness))
         run_outputs = list(RunOut(viewer=viewer, status=status, report=report, report_box=report_box))
         gen_evt = gen_btn.click(on.generate, run_inputs, run_outputs, **model)
         guided_evt = guided_btn.click(on.guided, run_inputs, run_outputs, **model)

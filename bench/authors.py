@@ -19,7 +19,7 @@ import time
 
 import torch
 
-from common import median_time
+from infd_bench import median_time
 from infd_core import configs
 from infd_core.diffusion import unet_eps
 from infd_core.geometry import PixelRange

@@ -30,7 +30,7 @@ import shutil
 import statistics
 from pathlib import Path
 
-from common import alternate, run_in_tree
+from infd_bench import alternate, run_in_tree
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -168,7 +168,7 @@ def child(args: argparse.Namespace) -> None:
     from playwright.sync_api import sync_playwright
 
     from app.server import create_app, load_pipeline
-    from tests.live import serve
+    from infd_devkit.live import serve
 
     pipe, _ = load_pipeline(precision=args.precision)
     app = create_app(pipe)

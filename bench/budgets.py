@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-import common  # noqa: F401  (puts the repository on sys.path)
-from common import matmul_gflops
+import infd_bench  # noqa: F401  (puts the repository on sys.path)
+from infd_bench import matmul_gflops
 from infd_core import configs
 from infd_core.pipeline import Pipeline, default_model_dir
 from infd_core.precision import measure

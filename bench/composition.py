@@ -23,11 +23,11 @@ import time
 
 import torch
 
-from common import matmul_gflops
+from infd_bench import matmul_gflops
 from infd_core import compositions
 from infd_core.geometry import Box
 from infd_core.guidance import guided_sample
-from infd_core.layout import Layout, Region
+from infd_core.regions import Layout, Region
 from infd_core.pipeline import Pipeline
 
 

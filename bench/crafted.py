@@ -14,13 +14,13 @@ import time
 import requests
 import torch
 
-from common import reset_peak, status_mb  # first: it puts the checkout measured on sys.path
+from infd_bench import reset_peak, status_mb  # first: it puts the checkout measured on sys.path
 
 from app.server import create_app
 from app.sessions import Picture, State
 from infd_core import configs
 from infd_core.pipeline import Pipeline
-from tests.live import serve
+from infd_devkit.live import serve
 
 
 def main() -> None:

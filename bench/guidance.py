@@ -26,7 +26,7 @@ import time
 
 import torch
 
-from common import header, median_time, parse, pipeline, reset_peak, status_mb
+from infd_bench import header, median_time, parse, pipeline, reset_peak, status_mb
 from infd_core.geometry import Box
 from infd_core.guidance import SCORE_SIZE, render_box_fixed_resolution
 from infd_core.scorers import OfflineScorer
@@ -64,7 +64,7 @@ def profile_step(pipe, scorer, region) -> dict[str, float]:
     """Median seconds of the parts of one guided step (and of the whole) on ``pipe``."""
     from infd_core.diffusion import predict_x0, unet_eps
     from infd_core.guidance import Objective, prepare
-    from infd_core.layout import Layout
+    from infd_core.regions import Layout
     from infd_core.pipeline import Field
 
     (cond,) = prepare(pipe, Layout((region,)), scorer=scorer)
@@ -107,7 +107,7 @@ def runs(args) -> None:
     import numpy as np
 
     from infd_core import compositions, guidance
-    from infd_core.layout import Layout, Region
+    from infd_core.regions import Layout, Region
     from infd_core.pipeline import Pipeline
     from infd_core.scorers import load_scorer
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from common import header, latent, median_time, parse, pipeline
+from infd_bench import header, latent, median_time, parse, pipeline
 from infd_core.diffusion import unet_eps
 from infd_core.geometry import PixelRange
 from infd_core.pipeline import Pipeline

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from common import header, model_config, parse
+from infd_bench import header, model_config, parse
 from infd_core.autoencoder import Autoencoder
 from infd_core.diffusion import build_unet
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from common import header, latent, median_time, once, parse, pipeline
+from infd_bench import header, latent, median_time, once, parse, pipeline
 from infd_core.geometry import PixelRange
 from infd_core.pipeline import Pipeline
 

@@ -5,7 +5,7 @@ import argparse
 
 import torch
 
-from common import header, median_time, parse, pipeline
+from infd_bench import header, median_time, parse, pipeline
 from infd_core.diffusion import unet_eps
 
 

@@ -20,7 +20,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from common import header, latent, parse, pipeline
+from infd_bench import header, latent, parse, pipeline
 from infd_core.geometry import PixelRange, level_grid
 from infd_core.renderers import build_renderer, fixed_norm_statistics, norm_statistics
 from infd_core.pipeline import Pipeline

@@ -26,7 +26,7 @@ import statistics
 import time
 from pathlib import Path
 
-from common import TREE, alternate, run_in_tree
+from infd_bench import TREE, alternate, run_in_tree
 
 HERE = Path(__file__).resolve()
 ROOT = HERE.parents[1]
@@ -94,12 +94,12 @@ async def load(base: str, prefix: str, tiles: list[tuple[int, int, int]], client
 
 
 def child(args: argparse.Namespace) -> None:
-    """Measure the checkout :data:`common.TREE` in this process; one JSON line per number of clients."""
+    """Measure the checkout :data:`infd_bench.TREE` in this process; one JSON line per number of clients."""
     import torch
 
     from app.server import create_app, load_pipeline
     from app.sessions import Picture, State
-    from tests.live import serve
+    from infd_devkit.live import serve
 
     pipe, _ = load_pipeline(precision=args.precision)
     app = create_app(pipe)

@@ -23,7 +23,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from common import matmul_gflops  # noqa: E402
+from infd_bench import matmul_gflops  # noqa: E402
 from training import autoencoder as stage1  # noqa: E402
 from training import diffusion as stage2  # noqa: E402
 from training.common import load_json_config  # noqa: E402

@@ -15,7 +15,7 @@ Examples::
 A layout file is a JSON list of regions, or {"global_prompt": ..., "regions": [...]}; a region is
 {"box": [x0, y0, x1, y1] (fractions of the image), "kind": "text"|"image"|"sketch"|"color"|"keep",
 "prompt": "a cat", "weight": 1.0, "color": [r, g, b], "image": "sketch.png", "coarseness": 4}
-(see infd_core.layout; "image" paths are relative to the layout file; keep regions hold what
+(see infd_core.regions; "image" paths are relative to the layout file; keep regions hold what
 --init shows there). A composition from scratch, e.g. a painted landscape held at 4-cell blocks:
 
     [{"box": [0, 0, 1, 1], "kind": "sketch", "image": "landscape.png"}]
@@ -151,7 +151,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
                   stride=args.stride, callback=lambda s: bar.update(1))
         if composition is not None:
             from .guidance import guided_sample
-            from .layout import Layout
+            from .regions import Layout
 
             z, _ = guided_sample(pipe, Layout((composition,)), **kw, describe_regions=False)
         else:
@@ -195,7 +195,8 @@ def cmd_extend(args: argparse.Namespace) -> None:
 
 def cmd_layout(args: argparse.Namespace) -> None:
     from .guidance import guided_sample
-    from .layout import KINDS, Layout
+    from .regions import Layout
+    from .wording import summarize
     from .scorers import load_scorer
 
     try:
@@ -217,7 +218,7 @@ def cmd_layout(args: argparse.Namespace) -> None:
                                   init_latent=init, cells=cells, stride=args.stride, callback=lambda s: bar.update(1),
                                   edit=args.edit, every=args.every)
     for r in report["regions"]:
-        what, result = KINDS[r["kind"]].summarize(r)
+        what, result = summarize(r)
         print(f"  {r['kind']:6s} {r['box']}: {what}: {result}")
     out = Path(args.out)
     save_latent(out.with_suffix(".latent.safetensors"), z, picture_metadata(model=pipe.cfg.name, seed=args.seed))

@@ -2,7 +2,7 @@
 
 The embedded model cannot learn composition on the CPUs it was trained on (its samples are
 texture soup), but it paints texture consistent with a given layout: a composition is a
-``sketch`` region over the whole canvas (:mod:`infd_core.layout`), whose latent block means the
+``sketch`` region over the whole canvas (:mod:`infd_core.regions`), whose latent block means the
 sampler holds (:class:`~infd_core.diffusion.LowFreq`). The layout and colours come from the
 sketch; the texture, and everything finer than the blocks, from the model.
 
@@ -18,7 +18,7 @@ import numpy as np
 
 from .geometry import Box
 from .images import load_image
-from .layout import Region
+from .regions import Region
 from .pipeline import assets_dir
 
 

@@ -1,13 +1,13 @@
-"""Layout-to-image: a :class:`~infd_core.layout.Layout` steering sampling (paper §5.5).
+"""Layout-to-image: a :class:`~infd_core.regions.Layout` steering sampling (paper §5.5).
 
-Two mechanisms, each region using what its kind asks for (:mod:`infd_core.layout`):
+Two mechanisms, each region using what its kind asks for (:mod:`infd_core.conditions`):
 
 * **DPS** (Chung et al. 2023) for regions with a loss (``text``, ``color``, small ``image``
   boxes): at every step, from the predicted clean latent x̂0, decode φ once, render **only each
   box** on a 224² grid (its cost does not depend on the canvas resolution), score it, and move
   x_{t-1} against ∂loss/∂x_t, RMS-normalised per step (DPS's ζ/‖r‖, scale-free across scorers)
   and scaled by ``scale`` times a schedule that decays to zero at the last step. The correction
-  is confined to the boxes plus a feathered ``margin`` (:func:`~infd_core.layout.region_mask`).
+  is confined to the boxes plus a feathered ``margin`` (:func:`~infd_core.conditions.region_mask`).
 * **Held block means** for composition regions (``sketch``, ``color``): the predicted x̂0's
   block means under the box follow the region's picture (:class:`~infd_core.diffusion.LowFreq`),
   at no cost beyond an unguided step.
@@ -28,8 +28,9 @@ from torch import Tensor
 
 from .diffusion import DEFAULT_STRIDE, Known, Step
 from .geometry import Box, box_to_pixels
-from .layout import SCORE_SIZE, Condition, Layout, RunContext, region_mask
+from .conditions import SCORE_SIZE, Condition, RunContext, prepare_region, region_mask
 from .pipeline import Field, Pipeline
+from .regions import Layout
 
 MARGIN = 0.125  # image fractions: how far past its box a region's guidance fades out
 # DPS may not push a box's render out of the displayable range: each box's loss gains
@@ -95,7 +96,7 @@ def prepare(pipe: Pipeline, layout: Layout, *, scorer: Any | None = None, init_l
     if init_latent is None and any(r.spec.needs_init for r in regions):
         raise ValueError("a keep region needs the current image (init_latent)")
     ctx = RunContext(pipe, scorer, init_latent, torch.Generator().manual_seed(int(seed) + 1), cells)
-    return [r.spec.prepare(r, ctx) for r in regions]
+    return [prepare_region(r, ctx) for r in regions]
 
 
 def held_cells(pipe: Pipeline, conditions: list[Condition], init_latent: Tensor | None,

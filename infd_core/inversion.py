@@ -34,7 +34,7 @@ def encoder_target(pipe: Pipeline, image) -> Tensor:
     """``image`` (PIL, ``[H, W, 3]`` uint8 or ``[B, 3, H, W]`` in [-1, 1]) at the encoder's input
     size: ``[B, 3, n, n]`` on the pipeline's device, resized as the encoder resizes."""
     x = to_tensor(image).to(pipe.device)
-    n = pipe.cfg.autoencoder.input_size
+    n = pipe.input_size
     if x.shape[-2:] != (n, n):
         x = F.interpolate(x, size=(n, n), mode="bicubic", antialias=True, align_corners=False)
     return x
@@ -88,7 +88,7 @@ def encode_photo(pipe: Pipeline, image: Image.Image, refine: int = 0, **refine_k
     """A photo of any size -> its latent ``[1, 3, 64, 64]``: the whole photo squashed to the
     encoder's ``input_size²`` (LANCZOS, as in training), encoded, then refined for ``refine``
     steps (``refine_kw``: :func:`refine_latent`'s ``lr``, ``callback``, ``should_stop``, ...)."""
-    image = squash(image, pipe.cfg.autoencoder.input_size)
+    image = squash(image, pipe.input_size)
     z = pipe.encode(image)
     return refine_latent(pipe, image, refine, z=z, **refine_kw) if refine else z
 

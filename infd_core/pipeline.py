@@ -31,7 +31,7 @@ from .images import to_tensor
 from .precision import Precision
 from .precision import auto as measured_precision
 from .renderers import fixed_norm_statistics, norm_statistics
-from .tiling import (DEFAULT_TILE, iter_tiles, render_authors_patchwise, render_pixels,
+from .tiling import (DEFAULT_TILE, render_authors_patchwise, render_piece, render_pixels,
                      render_region)
 
 DEFAULT_MODEL_NAME = "infd-cpu-photos"
@@ -155,6 +155,11 @@ class Pipeline:
 
     # --- latents ----------------------------------------------------------------------------
     @property
+    def input_size(self) -> int:
+        """The side of the square the encoder sees (every photo is squashed to it, as in training)."""
+        return self.cfg.autoencoder.input_size
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
         n = self.cfg.autoencoder.latent_size
         return (self.cfg.autoencoder.z_channels, n, n)
@@ -270,11 +275,10 @@ class Pipeline:
         return render_authors_patchwise(self.autoencoder.renderer, field.phi, height, width, region,
                                         progress=progress, **self._renderer_kw())
 
-    def iter_tiles(self, field: Field, height: int, width: int, region: PixelRange | None = None, *,
-                   tile: int = DEFAULT_TILE):
-        """Stream ``(PixelRange, [h, w, 3] uint8)`` tiles of a level (for exports that never hold it whole)."""
-        return iter_tiles(self.autoencoder.renderer, field.phi, height, width, region, tile=tile,
-                          **self._render_kw(field))
+    def render_piece(self, field: Field, height: int, width: int, rng: PixelRange) -> np.ndarray:
+        """Pixels ``rng`` of the image at ``height x width`` in one pass (a viewer tile): ``[h, w, 3]``
+        uint8, the same pixels as :meth:`render` gives for them."""
+        return render_piece(self.autoencoder.renderer, field.phi, height, width, rng, **self._render_kw(field))
 
     def render_tensor(self, field: Field, height: int, width: int, rng: PixelRange) -> Tensor:
         """Pixels ``rng`` of level ``height x width`` as ``[B, 3, h, w]`` float in ~[-1, 1] (differentiable)."""
@@ -314,7 +318,7 @@ class Pipeline:
                 "params": {"encoder": n(ae.encoder), "decoder": n(ae.decoder), "renderer": n(ae.renderer),
                            "unet": n(self.unet)},
                 "renderer": dataclasses.asdict(self.cfg.autoencoder.renderer),
-                "receptive_radius": ae.renderer.receptive_radius}
+                "phi_channels": ae.phi_channels, "receptive_radius": ae.renderer.receptive_radius}
 
 
 def check_size(height: int, width: int, max_pixels: int | None = None) -> None:

@@ -72,15 +72,20 @@ def _run(renderer: nn.Module, phi: Tensor, coord: Tensor, cell: Tensor, channels
     return renderer(phi, coord, cell)
 
 
+def render_piece(renderer: nn.Module, phi: Tensor, height: int, width: int, rng: PixelRange, **kw) -> np.ndarray:
+    """Pixels ``rng`` of level ``height x width`` of image 0 of phi, in one pass: ``[h, w, 3]`` uint8."""
+    kw["norm_stats"] = select_statistics(kw.get("norm_stats") or [], slice(0, 1))  # image 0's, like phi[:1]
+    with torch.no_grad():
+        return to_uint8(render_pixels(renderer, phi[:1], height, width, rng, **kw)[0])
+
+
 def iter_tiles(renderer: nn.Module, phi: Tensor, height: int, width: int, region: PixelRange | None = None, *,
                tile: int = DEFAULT_TILE, **kw) -> Iterator[tuple[PixelRange, np.ndarray]]:
     """Stream ``(tile range, [h, w, 3] uint8)`` over ``region`` (default: the whole level) of image 0 of phi."""
     check_level(height, width)
     region = (region or PixelRange(0, height, 0, width)).check_within(height, width)
-    kw["norm_stats"] = select_statistics(kw.get("norm_stats") or [], slice(0, 1))  # image 0's, like phi[:1]
-    with torch.no_grad():
-        for rng in tile_ranges(region, tile):
-            yield rng, to_uint8(render_pixels(renderer, phi[:1], height, width, rng, **kw)[0])
+    for rng in tile_ranges(region, tile):
+        yield rng, render_piece(renderer, phi, height, width, rng, **kw)
 
 
 def render_region(renderer: nn.Module, phi: Tensor, height: int, width: int, region: PixelRange | None = None, *,

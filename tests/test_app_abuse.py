@@ -48,10 +48,10 @@ from app.tiles import Overloaded, TileWorkers
 from infd_core import configs
 from infd_core.checkpoint import latent_bytes
 from infd_core.geometry import Box
-from infd_core.layout import Region
+from infd_core.regions import Region
 from infd_core.pipeline import Pipeline
 
-from .live import serve
+from infd_devkit.live import serve
 
 ROOT = Path(__file__).resolve().parent.parent
 LIMITS = Limits(concurrent_exports=1, max_export_pixels=4096 * 4096)

@@ -36,7 +36,7 @@ from app.generate import generate
 from app.server import create_app, load_pipeline
 from app.sessions import Picture, State
 
-from .live import serve
+from infd_devkit.live import serve
 
 pytestmark = pytest.mark.slow
 

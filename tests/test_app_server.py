@@ -27,14 +27,14 @@ from app.context import Limits
 from app.deepzoom import Pyramid, encode_png
 from app.generate import (Cancelled, Composition, Finished, PreviewPacer, Progress, composition_layout, extend_picture,
                           generate, open_photo)
-from app.handlers import Handlers, apply_box_edit, number, report_markdown
+from app.handlers import Handlers, ViewerEvent, apply_box_edit, number, report_markdown
 from app.server import create_app
 from app.sessions import KEEP_VIEWS, Picture, Session, State
 from app.store import SessionStore
 from app.tiles import ByteLRU, TileWorkers
 from infd_core import configs, guidance
 from infd_core.geometry import Box
-from infd_core.layout import Region
+from infd_core.regions import Region
 from infd_core.pipeline import Pipeline
 from infd_core.images import read_photo
 
@@ -593,9 +593,9 @@ def test_uploaded_photos_are_checked(server, tmp_path):
     assert updates[-1][1] == "Encoded big.png; loading the view…" and s.state.picture.label == "big.png"
     # "Opened" once the viewer reports that view on screen, and only for that view
     gen = s.view.gen
-    assert on.view_shown(s.key, gr.EventData(None, {"gen": gen - 1})) != "Opened big.png."
+    assert on.view_shown(s.key, ViewerEvent(None, {"gen": gen - 1})) != "Opened big.png."
     assert s.shown_status == (gen, "Opened big.png.")
-    assert on.view_shown(s.key, gr.EventData(None, {"gen": gen})) == "Opened big.png." and s.shown_status is None
+    assert on.view_shown(s.key, ViewerEvent(None, {"gen": gen})) == "Opened big.png." and s.shown_status is None
 
 
 def test_report_says_what_each_kind_asked_and_got():
@@ -714,6 +714,18 @@ def test_the_sketch_survives_session_files_and_spilling(server):
     assert back.history[0].sketch is None  # the states before the sketch have none
     with pytest.raises(ValueError, match="8..4096"):
         State(sketch=np.zeros((4, 4, 3), np.uint8))
+
+
+def test_a_loaded_session_is_published_once_at_its_canvas(server):
+    _, ctx = server
+    s = new_session(ctx, seed=2)
+    other = State(Picture(torch.zeros(1, 3, 64, 64), seed=9))
+    gen = s.gen
+    assert s.commit(other, canvas=(900, 700))
+    assert s.gen == gen + 1 and s.view.picture is other.picture  # one view, of the loaded picture
+    assert (s.view.pyramid.width, s.view.pyramid.height) == (900, 700)
+    assert not s.commit(other, canvas=(800, 600)) and s.gen == gen + 2  # same state, new canvas: shown again
+    assert (s.view.pyramid.width, s.view.pyramid.height) == (800, 600)
 
 
 def test_runs_say_how_long_they_take():

@@ -1,6 +1,6 @@
 """The importer for the authors' released ``.pth`` checkpoints.
 
-Two kinds of check. (1) Golden fixtures made by the authors' own code (``tests/authors_fixtures.py``,
+Two kinds of check. (1) Golden fixtures made by the authors' own code (``infd_devkit/authors_fixtures.py``,
 two non-paper sizes with a UNet each): the import must reproduce their encoder, decoder, renders,
 UNet and DDIM sampler. (2) An autoencoder-only checkpoint built here from a written-down
 description of their key layout (LDM encoder/decoder names, their CLIF renderer, LPIPS and
@@ -349,7 +349,7 @@ from infd_core.authors import adm_ddim_timesteps, authors_unet_kwargs  # noqa: E
 from infd_core.diffusion import DiffusionConfig, make_scheduler, predict_x0, sample, unet_eps  # noqa: E402
 from infd_core.geometry import CELL_TIES, nearest_cell  # noqa: E402
 from infd_core.tiling import iter_authors_patches, render_pixels  # noqa: E402
-from tests import authors_fixtures as fx  # noqa: E402
+from infd_devkit import authors_fixtures as fx  # noqa: E402
 
 SINGLE, RENDER, RUN = 1e-5, 1e-4, 1e-4  # single forwards (relative), renders (absolute), the 10-step run (relative)
 
@@ -543,7 +543,7 @@ def test_an_imported_model_generates_guides_and_serves_tiles_in_the_app(tmp_path
     from app.server import create_app
     from app.sessions import State
     from infd_core.geometry import Box
-    from infd_core.layout import Region
+    from infd_core.regions import Region
 
     path, _, _ = authors_pth(tmp_path, sorted(fx.SPECS)[0])
     import_authors(path, tmp_path / "model")

@@ -20,7 +20,7 @@ from training.evaluate import (Settings, border_cast, _labels, baselines, encode
 from training.losses import offline_lpips
 
 SMALL = Settings(scales=(64, 128), consistency_size=64, fid_size=128, patch_sizes=(64, 128), crops=8,
-                 samples=2, steps=2, grid_sizes=(512,))
+                 samples=2, steps=2, grid_sizes=(512,), detail_size=256)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,7 @@ def test_scale_consistency_and_bicubic_baseline(pipe: Pipeline, photos: Path) ->
     assert set(res.grid) == {"gt", "bicubic", "model"} and all(set(v) == {512} for v in res.grid.values())
     assert 0.8 < res.grid["gt"][512] < 1.25  # a photo shows no 2-px grid
     assert res.images["model"][128].shape == res.images["gt"][128].shape == (128, 128, 3)
+    assert set(res.detail) == {"bicubic", "model"} and all(v["sharpness"] > 0 for v in res.detail.values())
 
 
 def test_cli_end_to_end(pipe: Pipeline, photos: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -100,8 +101,12 @@ def test_cli_end_to_end(pipe: Pipeline, photos: Path, tmp_path: Path, capsys: py
     out = tmp_path / "report.json"
     main(["--model", str(tmp_path / "model"), "--data", str(photos), "--samples", "2", "--steps", "2",
           "--scales", "64", "128", "--consistency-size", "64", "--fid-size", "128", "--patch-sizes", "64", "128",
-          "--crops", "8", "--refine", "1", "--grid-sizes", "512", "--out", str(out)])
+          "--crops", "8", "--refine", "1", "--grid-sizes", "512", "--detail-size", "512", "--out", str(out)])
     report = json.loads(out.read_text())
+    detail = report["detail"]
+    assert detail["size"] == 512 and detail["native"] == ["astronaut.png"]  # coffee is 400 px high
+    assert set(detail["mean"]) == {"bicubic", "model"} and set(detail["per_image"]["model"]) == {"astronaut.png", "coffee.png"}
+    assert 0 < detail["mean"]["bicubic"]["sharpness"] < 1  # bicubic of the 256² input is blurrier than the photo
     assert set(report["reconstruction"]["mean"]) == {"bicubic", "bicubic-64", "bicubic-128", "model", "model+refine"}
     assert report["methods"]["model+refine"].endswith("latent refined 1 step")
     assert report["methods"]["bicubic-64"] == "bicubic upsampling of a 64² thumbnail (as many values as the latent)"
@@ -133,7 +138,7 @@ def test_thumbnail_sizes_are_validated(pipe: Pipeline) -> None:
     with pytest.raises(ValueError, match="thumbnail sizes"):
         Settings(thumbnails=(0, 64))
     with pytest.raises(ValueError, match="below the encoder input"):
-        encoder_input_size({"model": pipe}, Settings(thumbnails=(64, pipe.cfg.autoencoder.input_size)))
+        encoder_input_size({"model": pipe}, Settings(thumbnails=(64, pipe.input_size)))
     assert baselines(Settings(thumbnails=(128, 96))) == ["bicubic", "bicubic-96", "bicubic-128"]
 
 
@@ -162,8 +167,10 @@ def test_realesrgan_rows_and_comparison_strip(pipe: Pipeline, photos: Path) -> N
         calls.append(img.shape)
         return realesrgan.upscale(net, img)
 
-    settings = Settings(scales=(64, 512), consistency_size=64, grid_sizes=(512,), thumbnails=(64,))
+    settings = Settings(scales=(64, 512), consistency_size=64, grid_sizes=(512,), thumbnails=(64,), detail_size=512)
     report = evaluate(pipe, ImageFolder(photos), settings, upscaler=upscaler)
+    assert set(report["detail"]["mean"]) == {"bicubic", ESRGAN, "model"}
+    assert report["detail"]["native"] == ["astronaut.png"]  # coffee is 400 px high: its 512² reference is upsampled
     assert calls == [(256, 256, 3)] * 4  # per photo: the 256² input and the model's 256² render
     mean = report["reconstruction"]["mean"]
     assert set(mean[ESRGAN]) == set(mean[esrgan_of("model")]) == {"512"}  # zooms of the input only
@@ -173,11 +180,15 @@ def test_realesrgan_rows_and_comparison_strip(pipe: Pipeline, photos: Path) -> N
     assert "| 512² | Real-ESRGAN ×4 of the 256² input |" in text and "| 64² | Real-ESRGAN" not in text
     assert "Real-ESRGAN ×4 output at 1024², LANCZOS-resized below." in text
     without = evaluate(pipe, ImageFolder(photos), Settings(scales=(64,), consistency_size=64, grid_sizes=(512,),
-                                                           thumbnails=(64,)))
+                                                           thumbnails=(64,), detail_size=0))
+    assert "detail" not in without
     assert ESRGAN not in without["methods"] and "no Real-ESRGAN rows" in markdown(without)
     strip = comparison_strip(ImageFolder(photos)[0], pipe, upscaler, size=512, crop=96, gap=4)
     assert strip.shape == (96, 4 * 96 + 3 * 4, 3) and strip.dtype == np.uint8
     assert (strip[:, 96:100] == 255).all()  # white gaps between the panels
+    two = comparison_strip(ImageFolder(photos)[0], [pipe, pipe], upscaler, size=512, crop=96, gap=4)
+    assert two.shape == (96, 5 * 96 + 4 * 4, 3)  # previous and new model side by side
+    assert (two[:, -96:] == two[:, -2 * 96 - 4:-96 - 4]).all()  # the same model twice renders the same
 
 
 def test_border_cast_finds_a_band_and_ignores_content() -> None:

@@ -15,8 +15,9 @@ from infd_core.diffusion import Known, LowFreq, block_means, block_spread, hold_
 from infd_core.geometry import Box
 from infd_core.guidance import (MARGIN, RANGE_LIMIT, Objective, dps_guidance, guided_sample, held_cells, prepare,
                                 range_penalty, render_box_fixed_resolution, strength)
-from infd_core.layout import (KINDS, MAX_REGIONS, Layout, Region, box_cells, check_depth, cutouts, judge_views,
-                              region_mask)
+from infd_core import conditions, wording
+from infd_core.conditions import PREPARE, box_cells, cutouts, judge_views, region_mask
+from infd_core.regions import KINDS, MAX_REGIONS, Layout, Region, check_depth
 from infd_core.scorers import load_scorer
 
 STEPS = 4
@@ -97,7 +98,7 @@ def test_keep_alone_regenerates_the_rest(tiny_pipe, init) -> None:
 
 
 def test_placed_image_is_held_and_soft_placement_is_released(tiny_pipe, init, monkeypatch) -> None:
-    monkeypatch.setattr(KINDS["image"], "refine", 0)  # the holding, not the fit (test_shipped_model.py)
+    monkeypatch.setattr(conditions, "PLACE_REFINE", 0)  # the holding, not the fit (test_shipped_model.py)
     ref = np.random.default_rng(0).integers(0, 256, (40, 60, 3)).astype(np.uint8)
     box = Box(0.25, 0.25, 0.75, 0.75)
     hard = prepare(tiny_pipe, Layout((Region(box, "image", image=ref),)), init_latent=init)[0]
@@ -218,6 +219,8 @@ def test_regions_are_checked_ready_before_guiding() -> None:
             Layout((region,)).conditions()
     assert Layout((Region(Box(0, 0, 1, 1), "keep"),)).conditions()  # keep needs nothing more
     assert set(KINDS) == {"text", "image", "sketch", "color", "keep"}
+    # adding a kind touches the schema, its mechanics and its wording: each covers every kind
+    assert set(PREPARE) == set(wording.LABELS) == set(wording.SUMMARIES) == set(KINDS)
 
 
 def test_bad_reference_patches_and_layouts() -> None:

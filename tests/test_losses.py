@@ -112,7 +112,7 @@ def test_one_step_lowers_reconstruction_loss(astronaut):
     assert reconstruction_loss() < before
     assert log["rec"] == pytest.approx(before, rel=1e-5)
     assert log["adaptive_weight"] > 0
-    assert set(log) == {"l1", "lpips", "reg", "rec", "g_loss", "adaptive_weight", "loss"}
+    assert set(log) == {"l1", "lpips", "texture", "reg", "rec", "g_loss", "adaptive_weight", "loss"}
 
     d_loss, d_log = criterion.discriminator_loss(generator(source), target, step=0)
     d_loss.backward()
@@ -130,3 +130,44 @@ def test_gan_terms_start_at_disc_start(astronaut):
     assert loss.item() == pytest.approx(log["rec"] + 0.5)
     d_loss, _ = criterion.discriminator_loss(generator(crop), crop, step=9)
     assert d_loss.item() == 0.0
+
+
+def test_patch_grams_of_a_known_map() -> None:
+    from training.losses import patch_grams
+
+    f = torch.zeros(1, 2, 4, 6)
+    f[0, 0] = 1.0  # channel 0 is 1 everywhere, channel 1 is 2 in the right 2x2 window only
+    f[0, 1, :2, 4:] = 2.0
+    g = patch_grams(f, 2)
+    assert g.shape == (1, 6, 2, 2)  # 2 x 3 windows, a remainder-free map
+    assert torch.allclose(g[0, 2], torch.tensor([[1.0, 2.0], [2.0, 4.0]]) / 2)  # sum over 4 cells / (C * 4)
+    assert torch.allclose(g[0, 0], torch.tensor([[1.0, 0.0], [0.0, 0.0]]) / 2)
+
+
+def test_texture_loss_ranks_blur_and_sees_texture_anywhere():
+    from training.losses import texture_loss
+
+    gravel = to_tensor(np.stack([data.gravel() / 255.0] * 3, -1))  # a stationary texture, 512²
+    crop = gravel[..., 100:196, 100:196]  # 96²
+    zero = texture_loss(crop, crop)
+    assert zero.shape == (1,) and zero.item() < 1e-6
+    soft, softer = texture_loss(blur(crop, 1), crop).item(), texture_loss(blur(crop, 3), crop).item()
+    assert 0 < soft < softer
+    # the same texture displaced by half a Gram window scores far closer than its blur: texture, not
+    # pixels (an L1 or LPIPS would call the displaced crop as different as any other)
+    assert texture_loss(gravel[..., 100:196, 116:212], crop).item() < 0.5 * softer
+    pred = blur(crop, 2).requires_grad_(True)
+    texture_loss(pred, crop).sum().backward()
+    assert pred.grad is not None and pred.grad.abs().sum() > 0
+
+
+def test_texture_term_applies_to_the_chosen_crops_only(astronaut):
+    loss = AutoencoderLoss(disc_start=10**9, texture_weight=1.0)
+    target = torch.cat([astronaut[..., :96, :96], astronaut[..., 96:192, 96:192]])
+    pred = torch.cat([blur(target[:1], 2), blur(target[1:], 2)])
+    last = nn.Parameter(torch.ones(3))
+    _, none = loss.generator_loss(pred, target, torch.zeros(()), last, 0, torch.tensor([False, False]))
+    _, one = loss.generator_loss(pred, target, torch.zeros(()), last, 0, torch.tensor([True, False]))
+    _, both = loss.generator_loss(pred, target, torch.zeros(()), last, 0, None)
+    assert none["texture"] == 0 and 0 < one["texture"] < both["texture"]
+    assert one["rec"] == pytest.approx(none["rec"] + one["texture"], rel=1e-5)

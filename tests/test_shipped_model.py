@@ -16,7 +16,8 @@ from infd_core.diffusion import DEFAULT_STRIDE, window_edges
 from infd_core.geometry import Box, box_to_pixels
 from infd_core.guidance import MARGIN, guided_sample
 from infd_core.images import to_tensor
-from infd_core.layout import SCORE_SIZE, Layout, Region
+from infd_core.conditions import SCORE_SIZE
+from infd_core.regions import Layout, Region
 from infd_core.outpaint import extend
 from infd_core.perceptual import offline_lpips
 from training.evaluate import seam_visibility

@@ -1,6 +1,7 @@
 """Both training stages on real (small) images with tiny real models: learning, exact resume, DDP."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -85,6 +86,21 @@ def test_decoder_stage_trains_on_a_frozen_encoder(photos: Path, tmp_path: Path) 
     meta = read_config(tmp_path / "second" / "model").meta  # where the encoder came from, for the model card
     assert meta["encoder"] == {"from": str(donor), "steps": 2, "seconds": read_config(donor).meta["stage1_seconds"]}
     assert meta["stage1_steps"] == 3 and isinstance(meta["stage1_seconds"], int)
+
+
+def test_texture_stage_continues_a_model_folder_on_its_frozen_encoder(photos: Path, tmp_path: Path) -> None:
+    """``model`` may be a model folder (continued as it is); the texture loss acts on crops above
+    ``texture_min_r`` only, and the log records it."""
+    stage1.train(ae_config(steps=2), [str(photos)], tmp_path / "first", progress=False)
+    donor = str(tmp_path / "first" / "model")
+    cfg = ae_config(model=donor, init=donor, init_encoder=donor, texture_weight=1.0, texture_min_r=300, texture_patch=16,
+                    min_r=256, max_r=512, disc_start=10**9, steps=6)
+    stage1.train(cfg, [str(photos)], tmp_path / "texture", progress=False)
+    assert read_config(tmp_path / "texture" / "model").autoencoder == read_config(Path(donor)).autoencoder
+    rows = list(csv.DictReader((tmp_path / "texture" / "log.csv").read_text().splitlines()))
+    assert len(rows) == 6 and any(float(r["texture"]) > 0 for r in rows)
+    levels = stage1.crop_levels(torch.full((2, 3, 4, 4, 2), 2 / 640))  # [B, K, P, P, 2] -> one level per crop
+    assert levels.tolist() == [640.0] * 6
 
 
 def test_init_encoder_of_another_architecture_is_a_clear_error(photos: Path, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Build the golden fixtures of ``tests/authors_fixtures.py`` with the authors' own code. Run once.
+"""Build the golden fixtures of ``infd_devkit/authors_fixtures.py`` with the authors' own code. Run once.
 
     git --git-dir=/path/to/mirror/of/yinboc/infd archive HEAD | tar -x -C /tmp/authors-infd
     pip install --target /tmp/authors-pydeps einops tensorboardX protobuf   # their imports
@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.authors_fixtures import (DDIM_SEED, FIXTURES, SPECS, random_weights, summarize, test_image,  # noqa: E402
+from infd_devkit.authors_fixtures import (DDIM_SEED, FIXTURES, SPECS, random_weights, summarize, test_image,  # noqa: E402
                                     test_latent, unet_inputs, weights_sha256)
 
 WEIGHTS_SEED = 0

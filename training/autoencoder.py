@@ -46,7 +46,7 @@ from .losses import AutoencoderLoss, NLayerDiscriminator
 class AETrainConfig:
     """Stage-1 settings; defaults are the authors' (their released FFHQ configuration) except where the cpu preset overrides."""
 
-    model: str | dict[str, Any] = "paper"  # preset name or a full ModelConfig JSON dict
+    model: str | dict[str, Any] = "paper"  # preset name, model folder or a full ModelConfig JSON dict
     batch: int = 8  # per process
     lr: float = 3.6e-5
     lr_final: float | None = None  # cosine decay from lr to this at ``steps`` (None: constant lr)
@@ -59,6 +59,9 @@ class AETrainConfig:
     square_crops: tuple[float, float] | None = None  # augment: random square sub-images (fraction of short side)
     mix_weights: list[float] | None = None  # one per --data folder (the paper's "bal." mixing)
     lpips_weight: float = 1.0
+    texture_weight: float = 0.0  # > 0: Gram-matrix texture loss (training.losses.texture_loss) on high levels
+    texture_min_r: int = 512  # ... on crops of levels r > this (above 2x the 256² encoder input)
+    texture_patch: int = 32  # image pixels per Gram window
     disc_weight: float = 0.75
     disc_start: int = 0
     disc_ndf: int = 64
@@ -104,7 +107,10 @@ class FieldReconstruction(nn.Module):
 
 
 def model_config(spec: str | dict[str, Any]) -> ModelConfig:
-    return preset(spec) if isinstance(spec, str) else ModelConfig.from_json(spec)
+    """A preset name, a model folder (its config, e.g. to continue it as it is) or a full config dict."""
+    if isinstance(spec, dict):
+        return ModelConfig.from_json(spec)
+    return read_config(Path(spec)) if Path(spec).is_dir() else preset(spec)
 
 
 def build_dataset(cfg: AETrainConfig, folders: list[str]) -> MixedDataset:
@@ -143,7 +149,8 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
     if cfg.init_encoder is not None:
         mcfg.meta["encoder"] = freeze_encoder(ae, Path(cfg.init_encoder))
     criterion = AutoencoderLoss(cfg.lpips_weight, cfg.disc_weight, cfg.disc_start,
-                                discriminator=NLayerDiscriminator(ndf=cfg.disc_ndf)).to(d.device)
+                                discriminator=NLayerDiscriminator(ndf=cfg.disc_ndf),
+                                texture_weight=cfg.texture_weight, texture_patch=cfg.texture_patch).to(d.device)
     opt_g = torch.optim.Adam([p for p in ae.parameters() if p.requires_grad], lr=cfg.lr, betas=cfg.betas)
     opt_d = torch.optim.Adam(criterion.discriminator.parameters(), lr=cfg.lr, betas=cfg.betas)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,10 +176,11 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
             set_lr((opt_g, opt_d), cosine_lr(step, total, cfg.lr, cfg.lr_final))
             batch = {k: v.to(d.device) for k, v in batch.items()}
             gt = batch["gt"].flatten(0, 1) if batch["gt"].ndim == 5 else batch["gt"]  # K crops: [B*K, 3, P, P]
+            textured = crop_levels(batch["cell"]) > cfg.texture_min_r
             with autocast(d.device, cfg.precision):
                 pred, reg = net(batch["inp"], batch["coord"], batch["cell"])
                 pred = pred.float()
-                g_loss, g_log = criterion.generator_loss(pred, gt, reg, ae.renderer.last_layer, step)
+                g_loss, g_log = criterion.generator_loss(pred, gt, reg, ae.renderer.last_layer, step, textured)
             opt_g.zero_grad(set_to_none=True)
             g_loss.backward()
             opt_g.step()
@@ -197,6 +205,13 @@ def _train(cfg: AETrainConfig, data: list[str], out: Path, d: Dist, resume: bool
             save_checkpoint(out, mcfg, ae, unwrap(disc), opt_g, opt_d, step, cfg)
     bar.close()
     return last
+
+
+def crop_levels(cell: Tensor) -> Tensor:
+    """The level ``r`` (side of the whole image it was cut from) of each crop, ``[N]``, from its query
+    cells ``[B, P, P, 2]`` or ``[B, K, P, P, 2]`` (image-major, like the predictions): a cell is ``2 / r``."""
+    cell = cell.flatten(0, 1) if cell.ndim == 5 else cell
+    return (2.0 / cell[:, 0, 0, 0]).round()
 
 
 def _history(meta: dict[str, Any], folder: Path) -> dict[str, Any]:

@@ -104,7 +104,7 @@ def composition_sheet(pipe: Pipeline, path: Path, seed: int = 0, steps: int = 30
     ``side``² of that render at 1:1; as one JPEG."""
     from infd_core import compositions
     from infd_core.guidance import guided_sample
-    from infd_core.layout import Layout
+    from infd_core.regions import Layout
 
     rows = []
     for name in compositions.names():
@@ -472,7 +472,7 @@ def model_card_continued(out: Path, work: Path, report: dict, pfids: dict[str, d
         dm_config=recipe.dm_config, dm_what=dm_what, before=recipe.before, milestone=recipe.milestone,
         strips=recipe.strips, status=status_continued(report, recipe, earlier), data=data, latent=latent,
         sizes="\n".join(f"| {k} | {v / 1e6:.2f}M |" for k, v in d["params"].items()),
-        dec_ch=a.decoder.ch, dec_blocks=a.decoder.num_res_blocks + 1, phi=pipe.autoencoder.phi_channels,
+        dec_ch=a.decoder.ch, dec_blocks=a.decoder.num_res_blocks + 1, phi=d["phi_channels"],
         width=a.renderer.width, blocks=a.renderer.blocks, radius=d["receptive_radius"],
         bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6,
         dec_gan=", no GAN" if dec_cfg.disc_start >= dec_cfg.steps else f" + adaptive PatchGAN from step {dec_cfg.disc_start}",

@@ -92,11 +92,11 @@ def cache_latents(pipe: Pipeline, cfg: DMTrainConfig, data: list[str], path: Pat
     torch.manual_seed(cfg.seed)
     zs = []
     for folder in data:
-        crops = SquareCrops(ImageFolder(folder, cache=True), size=pipe.cfg.autoencoder.input_size,
+        crops = SquareCrops(ImageFolder(folder, cache=True), size=pipe.input_size,
                             crop_scale=cfg.crop_scale, hflip=cfg.hflip, repeats=cfg.repeats)
         loader = torch.utils.data.DataLoader(crops, batch_size=16, num_workers=cfg.workers)
         for batch in tqdm(loader, desc=f"encode {folder}", unit="batch"):
-            zs.append(pipe.autoencoder.encode(batch["inp"].to(pipe.device)).cpu())
+            zs.append(pipe.encode(batch["inp"]).cpu())
     z = torch.cat(zs)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file({"z": z.contiguous()}, str(path))

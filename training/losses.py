@@ -1,10 +1,17 @@
-"""Autoencoder training losses: L1 + LPIPS-VGG + regulariser + hinge PatchGAN.
+"""Autoencoder training losses: L1 + LPIPS-VGG + regulariser + hinge PatchGAN, and a texture loss.
 
 The recipe of the authors (their released training configuration): ``L1 + 1.0 * LPIPS + reg + 0.75 * w * L_gan`` where
 ``w = ||grad L_rec|| / (||grad L_gan|| + 1e-4)`` on the renderer's last conv weight, clamped
 to [0, 1e4], and the discriminator is a 3-layer PatchGAN trained with the hinge loss.
 
 LPIPS-VGG runs on offline weights (:mod:`infd_core.perceptual`).
+
+The texture loss (EnhanceNet, Sajjadi et al. 2017) asks a render to have the photo's local
+texture statistics instead of its exact pixels: the Gram matrices of VGG16 feature maps
+(``relu1_2``, ``relu2_2``, ``relu3_3``: the first layers of the same offline network) over
+non-overlapping patches. Above the latent's own scale a decoder cannot know where each hair or
+needle lies; L1 and LPIPS then reward the mean (blur), while matching Gram matrices rewards
+texture of the right contrast and grain wherever it lies.
 
 Images are float tensors ``[B, 3, H, W]``, RGB in [-1, 1], everywhere in this module.
 """
@@ -17,7 +24,9 @@ from torch import Tensor, nn
 from infd_core.perceptual import HED_PACKAGE, hed_weights_path, offline_lpips
 
 __all__ = ["HED_PACKAGE", "hed_weights_path", "offline_lpips", "NLayerDiscriminator", "hinge_d_loss", "hinge_g_loss",
-           "adaptive_weight", "AutoencoderLoss"]
+           "adaptive_weight", "patch_grams", "texture_loss", "AutoencoderLoss"]
+
+TEXTURE_LAYERS = 3  # relu1_2, relu2_2, relu3_3 (full, 1/2 and 1/4 resolution)
 
 
 class NLayerDiscriminator(nn.Module):
@@ -93,6 +102,52 @@ def adaptive_weight(
     return (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0.0, max_weight).detach()
 
 
+def vgg_features(x: Tensor, layers: int = TEXTURE_LAYERS) -> list[Tensor]:
+    """The first ``layers`` ReLU outputs of the offline VGG16 for images ``[B, 3, H, W]`` in [-1, 1]:
+    ``relu1_2 [B, 64, H, W]``, ``relu2_2 [B, 128, H/2, W/2]``, ``relu3_3 [B, 256, H/4, W/4]``."""
+    net = offline_lpips(x.device)
+    h = net.scaling_layer(x)
+    out = []
+    for piece in (net.net.slice1, net.net.slice2, net.net.slice3, net.net.slice4, net.net.slice5)[:layers]:
+        h = piece(h)
+        out.append(h)
+    return out
+
+
+def patch_grams(features: Tensor, patch: int) -> Tensor:
+    """Gram matrices of ``features [B, C, H, W]`` over non-overlapping ``patch``² windows.
+
+    Returns ``[B, N, C, C]`` (``N = (H // patch) * (W // patch)``; a remainder at the right and
+    bottom is dropped), each entry ``sum_p f_i(p) f_j(p) / (C * patch²)``.
+    """
+    b, c, h, w = features.shape
+    if h < patch or w < patch:
+        raise ValueError(f"a {patch}² patch does not fit in a {h}x{w} feature map")
+    f = features[:, :, :h // patch * patch, :w // patch * patch].float()
+    f = f.unfold(2, patch, patch).unfold(3, patch, patch)  # [B, C, nh, nw, p, p]
+    f = f.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c, patch * patch)
+    return f @ f.transpose(-1, -2) / (c * patch * patch)
+
+
+def texture_loss(pred: Tensor, target: Tensor, patch: int = 32, layers: int = TEXTURE_LAYERS) -> Tensor:
+    """Per-image texture distance ``[B]`` between ``pred`` and ``target`` (``[B, 3, H, W]``, [-1, 1]).
+
+    For each VGG layer ``l`` (patch ``patch / 2^l`` feature cells, i.e. ``patch`` image pixels), the
+    squared Frobenius distance of the patches' Gram matrices divided by the target's squared norm
+    (so each layer counts alike whatever its feature scale), averaged over patches, summed over
+    layers. Gradients flow to ``pred``; the target's features are computed without them.
+    """
+    with torch.no_grad():
+        wanted = vgg_features(target, layers)
+    got = vgg_features(pred, layers)
+    total = pred.new_zeros(pred.shape[0])
+    for level, (g, t) in enumerate(zip(got, wanted)):
+        cells = max(patch >> level, 1)
+        gram_g, gram_t = patch_grams(g, cells), patch_grams(t, cells)
+        total = total + ((gram_g - gram_t).square().sum((-1, -2)) / (gram_t.square().sum((-1, -2)) + 1e-8)).mean(1)
+    return total
+
+
 class AutoencoderLoss(nn.Module):
     """The autoencoder objective: L1 + LPIPS + regulariser + adaptively weighted hinge GAN.
 
@@ -112,33 +167,46 @@ class AutoencoderLoss(nn.Module):
         disc_start: int = 0,
         max_adaptive_weight: float = 1e4,
         discriminator: nn.Module | None = None,
+        texture_weight: float = 0.0,
+        texture_patch: int = 32,
     ) -> None:
         super().__init__()
         self.lpips_weight = lpips_weight
+        self.texture_weight, self.texture_patch = texture_weight, texture_patch
         self.disc_weight = disc_weight
         self.disc_start = disc_start
         self.max_adaptive_weight = max_adaptive_weight
         self.discriminator = discriminator if discriminator is not None else NLayerDiscriminator()
 
     def generator_loss(
-        self, pred: Tensor, target: Tensor, reg_loss: Tensor, last_layer: Tensor, step: int
+        self, pred: Tensor, target: Tensor, reg_loss: Tensor, last_layer: Tensor, step: int,
+        textured: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
         """Loss of the autoencoder for rendered ``pred`` and ground truth ``target``.
 
         ``pred``, ``target``: ``[B, 3, H, W]`` in [-1, 1]; ``reg_loss``: scalar VQ or KL
         term, already weighted; ``last_layer``: weight of the renderer's last conv (for the
-        adaptive GAN weight). Returns the scalar loss and a log of plain floats.
+        adaptive GAN weight); ``textured``: ``[B]`` bool, the crops the texture loss applies to
+        (with ``texture_weight > 0``; ``None``: all). The texture term is averaged over the whole
+        batch, so its weight is per crop whatever the share of textured crops.
+        Returns the scalar loss and a log of plain floats.
         """
         l1 = (pred - target).abs().mean()
         perceptual = offline_lpips(pred.device)(pred, target).mean()
         rec = l1 + self.lpips_weight * perceptual
+        texture = pred.new_zeros(())
+        if self.texture_weight > 0:
+            pick = slice(None) if textured is None else textured
+            if pred[pick].shape[0]:
+                texture = texture_loss(pred[pick], target[pick], self.texture_patch).sum() / pred.shape[0]
+            rec = rec + self.texture_weight * texture
         g_loss = hinge_g_loss(self.discriminator(pred))
         if step >= self.disc_start:
             weight = adaptive_weight(rec, g_loss, last_layer, self.max_adaptive_weight)
         else:
             weight = pred.new_zeros(())
         loss = rec + reg_loss + self.disc_weight * weight * g_loss
-        log = {"l1": l1, "lpips": perceptual, "reg": reg_loss, "rec": rec, "g_loss": g_loss,
+        log = {"l1": l1, "lpips": perceptual, "texture": texture, "reg": reg_loss, "rec": rec, "g_loss": g_loss,
                "adaptive_weight": weight, "loss": loss}
         return loss, {k: v.item() for k, v in log.items()}
 

@@ -1,7 +1,8 @@
 """Shared pieces of the benchmark scripts: arguments, the pipeline under test, timing.
 
 Every script runs as ``python bench/NAME.py [--config cpu|paper] [--precision fp32|bf16]`` and
-prints numbers; nothing is asserted. Timings on a shared 2-core machine are noisy (another busy
+prints numbers; nothing is asserted. (Named ``infd_bench``, not ``common``, a PyPI name: the scripts
+run as files, so this module is found as a top-level one beside them.) Timings on a shared 2-core machine are noisy (another busy
 process makes everything 2-5x slower), so each script prints the load average first.
 """
 from __future__ import annotations

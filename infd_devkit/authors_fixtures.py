@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "authors"
+FIXTURES = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "authors"
 SAMPLES = 4096  # elements kept of each large tensor
 CROP = (slice(None), slice(None), slice(240, 272), slice(240, 272))  # across the 256-px patch seam
 
