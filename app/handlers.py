@@ -105,27 +105,11 @@ class EditorIn(NamedTuple):
     coarseness: Any
 
 
-class RunIn(NamedTuple):
-    """What Generate and Guided read: the run's settings, and the editor's fields (applied first: a
-    prompt typed without leaving the field has not been stored yet)."""
-
-    key: Any
-    seed: Any
-    steps: Any
-    scale: Any  # guidance strength
-    local: Any  # "boxes act locally"
-    global_prompt: Any
-    composition: Any
-    box_id: Any
-    kind: Any
-    prompt: Any
-    weight: Any
-    color: Any
-    placement: Any
-    coarseness: Any
-
-    def editor(self) -> EditorIn:
-        return EditorIn(**{f: getattr(self, f) for f in EditorIn._fields})
+# What Generate and Guided read: the run's settings (scale: the guidance strength; local: "boxes act
+# locally"), then the editor's fields (applied first: a prompt typed without leaving its field has
+# not been stored yet)
+RunIn = NamedTuple("RunIn", [(f, Any) for f in ("key", "seed", "steps", "scale", "local", "global_prompt", "composition",
+                                                 *EditorIn._fields[1:])])
 
 
 class Panel(NamedTuple):
@@ -511,7 +495,7 @@ class Handlers:
         local = bool(run.local)
         composed = None if guided else self.composition(s, run.composition, seed_i)
         try:  # the editor's fields may not have been applied yet (no blur before the click)
-            e = run.editor()
+            e = EditorIn(*(getattr(run, f) for f in EditorIn._fields))
             commit_editor(s, e.box_id, e.kind, e.prompt, weight, e.color, e.placement, e.coarseness)
             with s.lock:
                 s.commit(replace(s.state, global_prompt=(run.global_prompt or "").strip()))

@@ -91,8 +91,9 @@ def test_v2_export_evaluation_and_card(tmp_path: Path) -> None:
     assert all(v.dtype == torch.float16 for v in load_file(str(out / "unet.safetensors")).values())
 
     holdout = str(photos / "holdout")
-    report = evaluate.main(["--model", str(out), "--compare", str(work / "milestone"), "--data", holdout, "--no-pfid",
-                            "--no-esrgan", "--scales", "256", "1024", "--consistency-size", "64", "--grid-sizes", "1024"])
+    report = evaluate.main(["--model", str(out), "--compare", str(work / "milestone"), "--data", holdout, "--crops", "16",
+                            "--patch-sizes", "256", "--detail-size", "512", "--no-esrgan", "--scales", "256", "1024",
+                            "--consistency-size", "64", "--grid-sizes", "1024"])
     pfid = ["--data", holdout, "--samples", "2", "--steps", "2", "--scales", "256", "--fid-size", "256",
             "--patch-sizes", "128", "256", "--crops", "4", "--grid-sizes", "--no-esrgan", "--consistency-size", "64",
             "--thumbnails"]  # the card reads only their pFID
@@ -138,6 +139,19 @@ def test_v2_export_evaluation_and_card(tmp_path: Path) -> None:
     v2["256"]["psnr"] += 0.5  # the shared model scored differently: the gains would not add up
     with pytest.raises(ValueError, match="not the same protocol"):
         default_model.baseline_psnr(report, earlier)
+
+    # v4 (a texture loss on the same family): its card has the detail judges and their targets
+    default_model.model_card_continued(out, work, report, pfids, default_model.RECIPES["v4"])
+    card = (out / "README.md").read_text()
+    assert card.startswith("# infd-cpu-photos — the embedded default model (v4)") and "{" not in card.split("## Licence")[0]
+    assert "texture loss (weight 1, 32-px Gram windows, levels above 512²)" in card and "fp32" in card
+    dt = report["detail"]
+    assert dt["size"] == 512 and "### Detail at 512², 1:1" in card
+    s, s0 = (dt["native_mean"] or dt["mean"])["model"]["sharpness"], (dt["native_mean"] or dt["mean"])["compare"]["sharpness"]
+    assert (f"sharpness at 512² 1:1 at least halfway from the milestone's to the photo's: "
+            f"{'met' if s >= (s0 + 1) / 2 else 'not met'}") in card
+    assert "flat-region noise at most bicubic's" in card and "patch-FID 256/1K below the milestone's" in card
+    assert "--detail-size 2048 --patch-sizes 256 --strips runs/default/strips-v4" in card
 
 
 def test_v2_manifest_credits_the_milestones_photos_once(tmp_path: Path) -> None:

@@ -100,8 +100,8 @@ def contact_sheet(pipe: Pipeline, path: Path, seeds: range = range(16), steps: i
 
 def composition_sheet(pipe: Pipeline, path: Path, seed: int = 0, steps: int = 30, side: int = 384) -> None:
     """One row per example composition (:mod:`infd_core.compositions`, held as a whole-canvas
-    sketch): the sketch, the picture rendered at 1024² (shown at ``side``²) and the centre
-    ``side``² of that render at 1:1; as one JPEG."""
+    sketch): the sketch, the picture rendered at 1024² (shown at ``side``²), the centre ``side``² of
+    that render at 1:1 and the centre ``side``² of a 2048² render at 1:1; as one JPEG."""
     from infd_core import compositions
     from infd_core.guidance import guided_sample
     from infd_core.regions import Layout
@@ -111,11 +111,13 @@ def composition_sheet(pipe: Pipeline, path: Path, seed: int = 0, steps: int = 30
         sketch = compositions.example(name)
         z, _ = guided_sample(pipe, Layout((compositions.whole_canvas(sketch),)), seed=seed, steps=steps,
                              describe_regions=False)
-        full = pipe.render(pipe.field(z), 1024, 1024)
-        c = (1024 - side) // 2
+        field = pipe.field(z)
+        full = pipe.render(field, 1024, 1024)
+        c, c2 = (1024 - side) // 2, (2048 - side) // 2
         rows.append(np.concatenate([np.asarray(Image.fromarray(sketch).resize((side, side), Image.Resampling.BICUBIC)),
                                     np.asarray(Image.fromarray(full).resize((side, side), Image.Resampling.BOX)),
-                                    full[c:c + side, c:c + side]], axis=1))
+                                    full[c:c + side, c:c + side],
+                                    pipe.render(field, 2048, 2048, PixelRange(c2, c2 + side, c2, c2 + side))], axis=1))
     Image.fromarray(np.concatenate(rows, axis=0)).save(path, quality=88)
 
 
@@ -175,7 +177,7 @@ Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --da
 ## Zoom sequence (seed 0: the whole image at 512², then the centre 512² of renders at 1K, 2K, 4K)
 ![zoom](zoom.jpg)
 
-## Compositions (`infd_core.compositions`: each example sketch held at 4-cell blocks, seed 0, 30 steps: the sketch, the 1024² render, its centre 384² at 1:1)
+## Compositions (`infd_core.compositions`: each example sketch held at 4-cell blocks, seed 0, 30 steps: the sketch, the 1024² render, its centre 384² at 1:1, and the centre 384² of the 2048² render at 1:1)
 The layout and colours are the sketch's (held as the latent's block means); the texture is the model's.
 ![composition](composition.jpg)
 
@@ -300,7 +302,23 @@ image gains only +0.8 dB at 256², +0.4 dB at 1024²). It decodes with 2 latent 
 around the latent (`decode_pad`): trained without, the decoder left a colour cast along the top
 border (the top 16 px of 4096² renders −23/255 in red on the held-out photos); with it no side's
 cast exceeds 3/255 (see the border table below), and PSNR is unchanged."""),
+    "v4": Continuation(
+        "v4", "v3", "cpu3", "ae_cpu4_texture.json", "milestone-v3", "texture4", None, "strips-v4", decode_pad=2,
+        history="""v4 continues from the v3 model (the milestone, git history of this folder): its encoder (frozen,
+so the latents and its UNet stay valid), its decoder and renderer continued as they are (the same
+`cpu3` sizes, decoding with the same 2 cells of reflection) with a **texture loss** added: on crops of
+levels above 512² (above 2× the 256² encoder input, where the latent cannot know where each hair or
+needle lies), the Gram matrices of VGG16 features (relu1_2, relu2_2, relu3_3, over 32-px windows)
+must match the photo's (`training.losses.texture_loss`); L1 and LPIPS alone reward the mean, a blur."""),
 }
+
+
+def evaluation_args(model: Path, milestone: Path, holdout: Path, strips: Path) -> list[str]:
+    """``training.evaluate``'s arguments for a continued model against its milestone on the held-out
+    photos: reconstruction, φ grid and borders at 2048² and 4096², detail at 2048² 1:1, patch-FID
+    256/1K of the reconstructions (bicubic, Real-ESRGAN and the milestone beside), the strips."""
+    return ["--model", str(model), "--compare", str(milestone), "--data", str(holdout), "--grid-sizes", "2048", "4096",
+            "--detail-size", "2048", "--patch-sizes", "256", "--strips", str(strips)]
 
 
 def evaluation_file(work: Path, recipe: str) -> Path:
@@ -339,19 +357,19 @@ render), receptive radius {radius} px. Stored: autoencoder fp32, UNet fp16 ({byt
 
 | stage | steps | batch | wall time | settings |
 |---|---|---|---|---|
-| decoder + renderer of `{family}` grown from the milestone's (training.grow) on its frozen encoder (L1 + LPIPS-VGG{dec_gan}; levels up to {dec_max_r}², {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}, bf16 autocast) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/{ae_config}` |
+| decoder + renderer of `{family}` {dec_from} on its frozen encoder ({dec_losses}{dec_gan}; levels up to {dec_max_r}², {dec_crops} crops per image, cosine lr {dec_lr:g} → {dec_lr_final:g}, {dec_precision}) | {dec_steps} | {dec_batch} | {dec_time} | `training/configs/{ae_config}` |
 | {dm_what} (v-prediction, EMA {ema}, lr {dm_lr:g}, bf16 autocast) | {dm_steps} | {dm_batch} | {dm_time} | `training/configs/{dm_config}` |
 
 Wall times were measured with each run on one thread beside other work on the 2 cores.
 
 ## Evaluation on the {n_holdout} detailed held-out photos, against the milestone ({before})
-Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --compare runs/default/{milestone} --data runs/default/photos-nature/holdout --grid-sizes 2048 4096 --no-pfid --strips runs/default/{strips}`
+Command: `python -m training.evaluate {evaluation_command}`
 
 {evaluation}
 
 {pfid}
 
-## Real-ESRGAN ×4 comparison (2048², centre 512² of: photo, bicubic of the 256² input, Real-ESRGAN ×4 of it, this model)
+## At 1:1: 2048², the centre 512² of each held-out photo (photo, bicubic of the 256² input, Real-ESRGAN ×4 of it, the milestone {before}, this model)
 ![strip](strip.jpg)
 
 ## Samples (seeds 0–15, 256²)
@@ -360,7 +378,7 @@ Command: `python -m training.evaluate --model assets/models/infd-cpu-photos --co
 ## Zoom sequence (seed 0: the whole image at 512², then the centre 512² of renders at 1K, 2K, 4K)
 ![zoom](zoom.jpg)
 
-## Compositions (`infd_core.compositions`: each example sketch held at 4-cell blocks, seed 0, 30 steps: the sketch, the 1024² render, its centre 384² at 1:1)
+## Compositions (`infd_core.compositions`: each example sketch held at 4-cell blocks, seed 0, 30 steps: the sketch, the 1024² render, its centre 384² at 1:1, and the centre 384² of the 2048² render at 1:1)
 The layout and colours are the sketch's (held as the latent's block means); the texture is the model's.
 ![composition](composition.jpg)
 
@@ -417,12 +435,39 @@ def status_continued(report: dict, recipe: Continuation, earlier: dict | None = 
         side, cast = max(report["border"]["mean"]["model"].items(), key=lambda kv: kv[1])
         checks.append((f"no coloured band along a border (mean cast at {report['border']['size']}² ≤ {BAND_LIMIT:g}/255 "
                        "on every side)", cast <= BAND_LIMIT, f"worst: {side} {cast:.1f}"))
+    checks += detail_checks(report)
     line = "; ".join(facts + [f"{t}: {'met' if ok else 'not met'} ({v})" for t, ok, v in checks])
     head = "Meets" if all(ok for _, ok, _ in checks) else "Not yet at all"
     chain = "" if earlier is None else (f" The PSNR gains over {base_name} add the {recipe.baseline} evaluation's "
                                         f"(against {base_name}) to this one's (against {recipe.before}): same photos "
                                         "and protocol, and both score the shared model alike.")
     return f"{head} its {recipe.name} targets: {line}.{chain} Details below."
+
+
+def detail_checks(report: dict) -> list[tuple[str, bool, str]]:
+    """The detail targets against the milestone (``compare``), where the report has the judges: at
+    2048² 1:1 the sharpness ratio on the photos at least 2048 px (their reference is not upsampled) at
+    least halfway from the milestone's to 1.0, flat-region noise at most bicubic's, patch-FID 256/1K
+    below the milestone's, 1024² LPIPS at most 0.01 above the milestone's."""
+    if "detail" not in report or "compare" not in report["detail"]["mean"]:
+        return []
+    dt, out = report["detail"], []
+    size = dt["size"]
+    native = dt["native_mean"] or dt["mean"]
+    s, s0 = native["model"]["sharpness"], native["compare"]["sharpness"]
+    out.append((f"sharpness at {size}² 1:1 at least halfway from the milestone's to the photo's", s >= (s0 + 1) / 2,
+                f"{s:.3f}, milestone {s0:.3f}, photo 1"))
+    n, nb = dt["mean"]["model"]["noise"], dt["mean"]["bicubic"]["noise"]
+    out.append(("flat-region noise at most bicubic's", n <= nb, f"{n:.3f} vs {nb:.3f}"))
+    for values in report.get("pfid", {}).get("by_features", {}).values():
+        v = values.get(evaluate.patch_label(256, report["settings"]["fid_size"]))
+        if v and "compare" in v:
+            out.append(("patch-FID 256/1K below the milestone's", v["reconstruction"] < v["compare"],
+                        f"{v['reconstruction']:.2f} vs {v['compare']:.2f}"))
+    mean = report["reconstruction"]["mean"]
+    m, m0 = mean["model"]["1024"]["lpips"], mean["compare"]["1024"]["lpips"]
+    out.append(("1024² LPIPS at most 0.01 above the milestone's", m <= m0 + 0.01, f"{m:.4f} vs {m0:.4f}"))
+    return out
 
 
 def pfid_table(reports: dict[str, dict]) -> str:
@@ -476,6 +521,16 @@ def model_card_continued(out: Path, work: Path, report: dict, pfids: dict[str, d
         width=a.renderer.width, blocks=a.renderer.blocks, radius=d["receptive_radius"],
         bytes=sum(f.stat().st_size for f in out.glob("*.safetensors")) / 1e6,
         dec_gan=", no GAN" if dec_cfg.disc_start >= dec_cfg.steps else f" + adaptive PatchGAN from step {dec_cfg.disc_start}",
+        dec_from=("grown from the milestone's (training.grow)" if (dec.get("stage1_config") or {}).get("grow")
+                  else "continued from the milestone's"),
+        dec_losses="L1 + LPIPS-VGG" + (f" + texture loss (weight {dec_cfg.texture_weight:g}, {dec_cfg.texture_patch}-px "
+                                       f"Gram windows, levels above {dec_cfg.texture_min_r}²)"
+                                       if dec_cfg.texture_weight else ""),
+        dec_precision="bf16 autocast" if dec_cfg.precision == "bf16" else "fp32",
+        evaluation_command=" ".join(evaluation_args(Path("assets/models/infd-cpu-photos"),
+                                                    Path("runs/default") / recipe.milestone,
+                                                    Path("runs/default/photos-nature/holdout"),
+                                                    Path("runs/default") / recipe.strips)),
         dec_max_r=dec_cfg.max_r, dec_crops=dec_cfg.crops_per_image,
         dec_lr=dec_cfg.lr, dec_lr_final=dec_cfg.lr_final, dec_steps=dec.get("stage1_steps"), dec_batch=dec_cfg.batch,
         dec_time=minutes(dec.get("stage1_seconds")), ema=dm_cfg.ema, dm_lr=dm_cfg.lr,
@@ -521,7 +576,8 @@ def main_continued(args: argparse.Namespace, recipe: Continuation) -> None:
         dec = load_json_config(stage1.AETrainConfig, CONFIGS / recipe.ae_config, [f"init_encoder={milestone}"])
         family = replace(read_config(milestone).autoencoder, decode_pad=0)  # decode_pad: set at export
         if family == stage1.model_config(dec.model).autoencoder:
-            dec.init = str(milestone)  # the same family: continue the milestone's decoder
+            # the same family: continue the milestone's decoder as it is (with its decode_pad)
+            dec.model, dec.init = str(milestone), str(milestone)
         else:  # a smaller family: its decoder and renderer grown, starting from the same phi
             dec.grow = str(milestone)
         stage1.train(dec, train, ae_run, resume=True, steps=args.decoder_steps)
@@ -530,8 +586,7 @@ def main_continued(args: argparse.Namespace, recipe: Continuation) -> None:
             stage2.train(dm, milestone, train, unet.parent, resume=True, steps=args.dm_steps)
     export_stages(ae_run / "model", unet, args.out, decode_pad=recipe.decode_pad)
     strips = args.work / recipe.strips
-    report = evaluate.main(["--model", str(args.out), "--compare", str(milestone), "--data", str(photos / "holdout"),
-                            "--grid-sizes", "2048", "4096", "--no-pfid", "--strips", str(strips),
+    report = evaluate.main([*evaluation_args(args.out, milestone, photos / "holdout", strips),
                             "--out", str(evaluation_file(args.work, recipe.name))])
     pfids = {}
     for name, label, model in ((recipe.name, f"{recipe.name} (this model)", args.out),

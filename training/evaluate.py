@@ -485,7 +485,7 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
     names = [str(p.relative_to(images.root)) for p in images.paths]
     reuse = reference is None and fid in settings.scales  # pFID pairs come out of the photo loop
     rows, consistency, grid, border, gts, recons = [], defaultdict(dict), defaultdict(dict), defaultdict(dict), [], []
-    detailed = defaultdict(dict)
+    detailed, others = defaultdict(dict), defaultdict(list)  # others: the other methods' pFID images
     for i, name in enumerate(tqdm(names, desc="photos", leave=False)):
         res = evaluate_image(images[i], models, settings, lpips_net, upscaler)
         if strips is not None and upscaler is not None:
@@ -504,6 +504,9 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
         if reuse and extractors:
             gts.append(res.images["gt"][fid])
             recons.append(res.images["model"][fid])
+            for m in ("bicubic", ESRGAN, "compare"):
+                if fid in res.images.get(m, {}):
+                    others[m].append(res.images[m][fid])
     mean = defaultdict(dict)
     enc = encoder_input_size(models, settings)
     esrgan = esrgan_labels(settings, _labels(models), enc) if upscaler is not None and esrgan_scales(settings, enc) else {}
@@ -557,13 +560,16 @@ def evaluate(pipe: Pipeline, images: ImageFolder, settings: Settings | None = No
     if extractors:
         if not reuse:
             gts, recons = reconstruction_pairs(pipe, reference or images, fid)
-        report["pfid"] = _pfid_report(pipe, (reference or images).root, gts, recons, settings, extractors)
+        report["pfid"] = _pfid_report(pipe, (reference or images).root, gts, recons, settings, extractors, others)
     return report
 
 
 def _pfid_report(pipe: Pipeline, root: Path, gts: list[np.ndarray], recons: list[np.ndarray], settings: Settings,
-                 extractors: Sequence[features.FeatureExtractor]) -> dict[str, Any]:
-    fakes = {"reconstruction": recons}
+                 extractors: Sequence[features.FeatureExtractor],
+                 others: dict[str, list[np.ndarray]] | None = None) -> dict[str, Any]:
+    """``others``: more methods' images of the same photos (bicubic, Real-ESRGAN, the compared model),
+    each scored like the model's reconstructions (under its method name)."""
+    fakes = {"reconstruction": recons, **(others or {})}
     note = ""
     if settings.samples and pipe.unet is None:
         note = "model has no diffusion UNet: no samples"
@@ -657,10 +663,14 @@ def markdown(report: dict[str, Any]) -> str:
                     f"Reference: {pf['n_reference']} photos from `{pf['reference']}`; {pf['crops']} random crops "
                     f"per set for P < {fid}; {pf['n_samples']} samples{_eta(report)}. Lower is better; small-N FID is biased "
                     "upwards, compare only within this table.", "",
-                    f"| P/{fid} | reconstruction (baseline) | samples |", "|---|---:|---:|"]
+                    ]
+            extra = [m for m in (ESRGAN, "bicubic", "compare") if any(m in v for v in values.values())]
+            heads = [f"{methods.get(m, m)} of the same photos" for m in extra]
+            out += [f"| P/{fid} | " + " | ".join(["reconstruction (baseline)", *heads, "samples"]) + " |",
+                    "|---|" + "---:|" * (2 + len(extra))]
             for key, v in values.items():
-                smp = f"{v['samples']:.2f}" if "samples" in v else "—"
-                out.append(f"| {key} | {v['reconstruction']:.2f} | {smp} |")
+                cells = [v["reconstruction"], *(v.get(m) for m in extra), v.get("samples")]
+                out.append(f"| {key} | " + " | ".join("—" if c is None else f"{c:.2f}" for c in cells) + " |")
         if pf["note"]:
             out += ["", pf["note"]]
     return "\n".join(out)
