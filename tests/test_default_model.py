@@ -43,10 +43,10 @@ def test_export_pictures_and_card(tmp_path: Path) -> None:
         default_model.export(trained, tmp_path / "bad", autoencoder=tmp_path / "other")
     assert all(v.dtype.itemsize == 2 for v in load_file(str(out / "unet.safetensors")).values())  # fp16 on disk
     report = evaluate.main(["--model", str(out), "--data", str(work / "photos" / "holdout"), "--no-pfid",
-                            "--scales", "64", "128", "--consistency-size", "64"])
+                            "--scales", "64", "128", "--consistency-size", "64", "--detail-size", "0"])
     default_model.pictures(Pipeline.load(out), out, seeds=range(4), steps=2)
-    with Image.open(out / "composition.jpg") as sheet:  # a row per example: sketch, 1024² shown at 384², 1:1 crop
-        assert sheet.size == (3 * 384, 384 * len(compositions.names()))
+    with Image.open(out / "composition.jpg") as sheet:  # a row per example: sketch, 1024² shown at 384², 1:1 crops
+        assert sheet.size == (4 * 384, 384 * len(compositions.names()))  # of the 1024² and the 2048² renders
     default_model.model_card(out, work, report, samples=0, crops=0)
 
     card = (out / "README.md").read_text()
@@ -96,6 +96,7 @@ def test_v2_export_evaluation_and_card(tmp_path: Path) -> None:
                             "--consistency-size", "64", "--grid-sizes", "1024"])
     pfid = ["--data", holdout, "--samples", "2", "--steps", "2", "--scales", "256", "--fid-size", "256",
             "--patch-sizes", "128", "256", "--crops", "4", "--grid-sizes", "--no-esrgan", "--consistency-size", "64",
+            "--detail-size", "0",
             "--thumbnails"]  # the card reads only their pFID
     pfids = {"v2": evaluate.main(["--model", str(out), *pfid]),
              "v1": evaluate.main(["--model", str(work / "milestone"), *pfid])}

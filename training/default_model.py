@@ -1,6 +1,12 @@
 """Retrain the embedded default model, in one command (resumable):
 
-    python -m training.default_model [--recipe v3|v2|v1] [--work runs/default] [--out assets/models/infd-cpu-photos]
+    python -m training.default_model [--recipe v4|v3|v2|v1] [--work runs/default] [--out assets/models/infd-cpu-photos]
+
+``v4`` continues the committed v3 model in its own family: its decoder and renderer go on training
+as they are on the frozen encoder (the UNet stays valid) with a texture loss on the crops above 2×
+the encoder input (training/configs/ae_cpu4_texture.json, :func:`training.losses.texture_loss`); its
+folders in ``WORK`` are ``milestone-v3``, ``texture4`` and ``strips-v4``. Its card adds the detail
+judges (:mod:`training.detail`) and their targets against v3 (:func:`detail_checks`).
 
 ``v3`` (the default recipe, the embedded model) continues from the committed v2 model the way
 ``v2`` did from v1 (below), into the ``cpu3`` family (training/configs/ae_cpu3_decoder.json: a 256²
@@ -286,14 +292,15 @@ class Continuation:
 
 RECIPES = {
     "v2": Continuation(
-        "v2", "v1", "cpu", "ae_cpu2_decoder.json", "milestone", "decoder2", "dm2", "strips", psnr_gain=2.0,
+        name="v2", before="v1", before_family="cpu", ae_config="ae_cpu2_decoder.json", milestone="milestone",
+        autoencoder="decoder2", diffusion="dm2", strips="strips", psnr_gain=2.0,
         history="""v2 continues from the v1 model (the milestone, git history of this folder; rebuilt from scratch
 by `python -m training.default_model --recipe v1`, ~2.6 CPU-hours): its encoder (frozen, so the
 latents do not change), its decoder and renderer, grown into larger ones that start out computing
 v1's φ (`training/grow.py`), and its UNet."""),
     "v3": Continuation(
-        "v3", "v2", "cpu2", "ae_cpu3_decoder.json", "milestone-v2", "decoder3", None, "strips-v3", psnr_gain=2.0, baseline="v2",
-        decode_pad=2,
+        name="v3", before="v2", before_family="cpu2", ae_config="ae_cpu3_decoder.json", milestone="milestone-v2",
+        autoencoder="decoder3", diffusion=None, strips="strips-v3", psnr_gain=2.0, baseline="v2", decode_pad=2,
         history="""v3 continues from the v2 model (the milestone, git history of this folder; `--recipe v2` rebuilds
 it from v1): its encoder (frozen, so the latents do not change), its decoder and renderer, grown
 into `cpu3`'s (a 256² level twice as wide, projected to the same φ; `training/grow.py`), and its
@@ -303,7 +310,8 @@ around the latent (`decode_pad`): trained without, the decoder left a colour cas
 border (the top 16 px of 4096² renders −23/255 in red on the held-out photos); with it no side's
 cast exceeds 3/255 (see the border table below), and PSNR is unchanged."""),
     "v4": Continuation(
-        "v4", "v3", "cpu3", "ae_cpu4_texture.json", "milestone-v3", "texture4", None, "strips-v4", decode_pad=2,
+        name="v4", before="v3", before_family="cpu3", ae_config="ae_cpu4_texture.json", milestone="milestone-v3",
+        autoencoder="texture4", diffusion=None, strips="strips-v4", decode_pad=2,
         history="""v4 continues from the v3 model (the milestone, git history of this folder): its encoder (frozen,
 so the latents and its UNet stay valid), its decoder and renderer continued as they are (the same
 `cpu3` sizes, decoding with the same 2 cells of reflection) with a **texture loss** added: on crops of
@@ -593,7 +601,7 @@ def main_continued(args: argparse.Namespace, recipe: Continuation) -> None:
                                (recipe.before, f"{recipe.before} (the milestone)", milestone)):
         pfids[label] = evaluate.main(["--model", str(model), "--data", str(photos / "holdout"), "--fid-data", *train,
                                       "--samples", str(args.samples), "--crops", str(args.crops), "--scales", "256",
-                                      "--patch-sizes", "256", "1024", "--grid-sizes", "--no-esrgan",
+                                      "--patch-sizes", "256", "1024", "--grid-sizes", "--no-esrgan", "--detail-size", "0",
                                       "--steps", str(args.sample_steps),
                                       "--out", str(args.work / f"pfid-{name}.json")])  # kept: the card can be rewritten
     pipe = Pipeline.load(args.out)

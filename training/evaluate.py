@@ -648,7 +648,7 @@ def markdown(report: dict[str, Any]) -> str:
                 "photo's; sharpness on 3×3 fixed 256² crops, noise on the photo's flattest 64² windows", "",
                 f"1.0 = as the photo. {len(dt['native'])} of {n} photos are at least {d} px on their short side (the "
                 "others' reference is an upsampled photo, so their ratios run high).", "",
-                "| method | sharpness ↑1 | flat-region noise | sharpness, native photos | noise, native photos |",
+                "| method | sharpness | flat-region noise | sharpness, photos ≥ the size | noise, photos ≥ the size |",
                 "|---|---:|---:|---:|---:|"]
         for m, v in dt["mean"].items():
             nat = dt["native_mean"].get(m) or {}
