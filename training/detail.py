@@ -52,9 +52,10 @@ def sharpness_windows(size: int, window: int = SHARP_WINDOW, per_side: int = 3) 
 
 
 def flat_windows(photo: np.ndarray, window: int = FLAT_WINDOW, share: float = FLAT_SHARE) -> list[PixelRange]:
-    """The ``share`` of the non-overlapping ``window``² windows of ``photo`` whose grey levels spread
-    least (standard deviation), at least one: where the photo is flat (sky, water, bokeh)."""
-    grey = _grey(photo)
+    """The ``share`` of the non-overlapping ``window``² windows of ``photo`` (``[s, s, 3]`` uint8, or
+    its grey levels ``[s, s]``) whose grey levels spread least (standard deviation), at least one:
+    where the photo is flat (sky, water, bokeh)."""
+    grey = _grey(photo) if photo.ndim == 3 else photo
     rows, cols = grey.shape[0] // window, grey.shape[1] // window
     blocks = grey[:rows * window, :cols * window].reshape(rows, window, cols, window)
     spread = blocks.std(axis=(1, 3)).ravel()
@@ -63,15 +64,19 @@ def flat_windows(photo: np.ndarray, window: int = FLAT_WINDOW, share: float = FL
                        int(k % cols) * window, int(k % cols + 1) * window) for k in keep]
 
 
-def _energy(img: np.ndarray, windows: list[PixelRange]) -> float:
-    grey = _grey(img)
+def _energy(grey: np.ndarray, windows: list[PixelRange]) -> float:
     return float(np.mean([high_frequency_energy(grey[w.r0:w.r1, w.c0:w.c1]) for w in windows]))
 
 
 def detail_scores(photo: np.ndarray, images: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
     """``{name: {"sharpness": ratio, "noise": ratio}}`` of each of ``images`` (same size as
     ``photo``, the photo resized to it) against ``photo``: both energies over the photo's own."""
-    sharp, flat = sharpness_windows(photo.shape[0]), flat_windows(photo)
-    ref_sharp, ref_flat = _energy(photo, sharp), _energy(photo, flat)
-    return {name: {"sharpness": _energy(img, sharp) / max(ref_sharp, 1e-12),
-                   "noise": _energy(img, flat) / max(ref_flat, 1e-12)} for name, img in images.items()}
+    grey = _grey(photo)  # each image converted once, for both judges
+    sharp, flat = sharpness_windows(photo.shape[0]), flat_windows(grey)
+    ref_sharp, ref_flat = _energy(grey, sharp), _energy(grey, flat)
+    out = {}
+    for name, img in images.items():
+        g = _grey(img)
+        out[name] = {"sharpness": _energy(g, sharp) / max(ref_sharp, 1e-12),
+                     "noise": _energy(g, flat) / max(ref_flat, 1e-12)}
+    return out

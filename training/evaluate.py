@@ -357,7 +357,7 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
     c, d = settings.consistency_size, settings.detail_size
     at_detail = {}  # the images the detail judges see at d²
     if d:
-        at_detail["bicubic"] = square(inp, d, BICUBIC)
+        at_detail["bicubic"] = levels["bicubic"][d] if d in levels["bicubic"] else square(inp, d, BICUBIC)
         if x4 is not None:  # its ×4 output, LANCZOS-resized to d like at the other scales
             at_detail[ESRGAN] = _zooms(x4, [d])[d]
     for name, pipe in models.items():
@@ -382,7 +382,8 @@ def evaluate_image(img: Image.Image, models: dict[str, Pipeline], settings: Sett
     gt = images["gt"]
     rows = [{"method": m, "scale": s, "psnr": psnr(gt[s], out[s]), "lpips": lpips_distance(lpips_net, gt[s], out[s])}
             for s in settings.scales for m, out in images.items() if m != "gt" and s in out]
-    scores = detail.detail_scores(levels["gt"].get(d, square(img, d)), at_detail) if d else {}
+    photo = (levels["gt"][d] if d in levels["gt"] else square(img, d)) if d else None  # resized once per size
+    scores = detail.detail_scores(photo, at_detail) if d else {}
     return ImageResult(rows, consistency, grid, border, scores, images)
 
 
