@@ -5,6 +5,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
+from infd_core.geometry import Size
 from infd_core.pipeline import Pipeline
 
 from .deepzoom import render_tile
@@ -108,8 +109,7 @@ class AppContext:
         the size of the whole render (the level's) and the tile's pixels in it. Views of one picture
         share every level of the same size: a canvas switch (level 11 of a 4096² canvas is the
         whole 2048² canvas) or an undo shows tiles already rendered."""
-        width, height = view.pyramid.level_size(level)
-        return (view.picture.uid, width, height, view.pyramid.tile_range(level, x, y))
+        return (view.picture.uid, view.pyramid.level_size(level), view.pyramid.tile_range(level, x, y))
 
     def prerender(self, session: Session, view: View) -> int:
         """Decode ``view``'s field now and queue renders of the tiles the viewer's view needs
@@ -139,12 +139,13 @@ class AppContext:
             queued += 1
         return queued
 
-    def check_export(self, width: int, height: int) -> None:
-        """ValueError unless ``width x height`` is a valid size within the export limit."""
+    def check_export(self, size: Size) -> None:
+        """ValueError unless ``size`` is a valid size within the export limit."""
+        height, width = size
         if width <= 0 or height <= 0:
             raise ValueError("export size must be positive")
         if width * height > self.limits.max_export_pixels:
-            raise ValueError(f"{width}x{height} is over the export limit of {self.limits.max_export_pixels:,} pixels "
+            raise ValueError(f"{size} is over the export limit of {self.limits.max_export_pixels:,} pixels "
                              f"(about {int(self.limits.max_export_pixels ** 0.5)}² ; see app.py --max-export)")
         if max(width, height) > self.limits.max_canvas_side:
             raise ValueError(f"export sides are limited to {self.limits.max_canvas_side} px")

@@ -1,7 +1,7 @@
 """Deep Zoom pyramids of a neural field: tile geometry, tile PNGs and streamed exports.
 
-A canvas of ``width x height`` pixels is served as a Deep Zoom (DZI) pyramid, the level
-convention OpenSeadragon uses: level ``max_level = ceil(log2(max(width, height)))`` is the
+A canvas (a :class:`~infd_core.geometry.Size` of pixels) is served as a Deep Zoom (DZI) pyramid,
+the level convention OpenSeadragon uses: level ``max_level = ceil(log2(max(width, height)))`` is the
 canvas itself, every level below halves it (rounding up), level 0 is 1 x 1. Level ``L`` is
 simply the whole image rendered at ``level_size(L)`` (see :mod:`infd_core.geometry`), so each
 tile is a :class:`~infd_core.geometry.PixelRange` of that level, rendered on demand.
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from infd_core.geometry import PixelRange, check_level
+from infd_core.geometry import PixelRange, Size, check_level
 
 from .numbers import whole
 
@@ -40,15 +40,19 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 @dataclass(frozen=True)
 class Pyramid:
-    """The Deep Zoom levels and tiles of a ``width x height`` canvas."""
+    """The Deep Zoom levels and tiles of a ``height x width`` canvas (``Pyramid(*size)``)."""
 
-    width: int
     height: int
+    width: int
     tile: int = TILE
     overlap: int = OVERLAP
 
     def __post_init__(self) -> None:
         check_level(self.height, self.width)
+
+    @property
+    def size(self) -> Size:
+        return Size(self.height, self.width)
 
     @property
     def max_level(self) -> int:
@@ -64,23 +68,23 @@ class Pyramid:
         (``2 ** (max_level - level)`` of a crafted level of -1e10 would take gigabytes)."""
         return whole(level, "level", lo, self.max_level)
 
-    def level_size(self, level: int) -> tuple[int, int]:
-        """``(width, height)`` of a level (ceil of the canvas size over ``2 ** (max_level - level)``);
+    def level_size(self, level: int) -> Size:
+        """The size of a level (ceil of the canvas size over ``2 ** (max_level - level)``);
         ValueError for a level outside the pyramid."""
         k = 1 << (self.max_level - self.check_level(level))
-        return -(-self.width // k), -(-self.height // k)
+        return Size(-(-self.height // k), -(-self.width // k))
 
-    def tile_count(self, level: int) -> tuple[int, int]:
-        """``(columns, rows)`` of tiles at a level."""
-        w, h = self.level_size(level)
-        return -(-w // self.tile), -(-h // self.tile)
+    def tile_count(self, level: int) -> Size:
+        """Tiles at a level: ``Size(rows, columns)``."""
+        h, w = self.level_size(level)
+        return Size(-(-h // self.tile), -(-w // self.tile))
 
     def tile_range(self, level: int, x: int, y: int) -> PixelRange:
         """The pixels of tile ``(x, y)`` at ``level``; ValueError if there is no such tile."""
-        cols, rows = self.tile_count(level)  # checks the level
-        if not (0 <= x < cols and 0 <= y < rows):
-            raise ValueError(f"tile ({x}, {y}) is outside the {cols}x{rows} tiles of level {level}")
-        w, h = self.level_size(level)
+        tiles = self.tile_count(level)  # checks the level
+        if not (0 <= x < tiles.width and 0 <= y < tiles.height):
+            raise ValueError(f"tile ({x}, {y}) is outside the {tiles} tiles of level {level}")
+        h, w = self.level_size(level)
         t, o = self.tile, self.overlap
         return PixelRange(max(y * t - o, 0), min((y + 1) * t + o, h), max(x * t - o, 0), min((x + 1) * t + o, w))
 
@@ -89,7 +93,7 @@ class Pyramid:
         the level) of ``level``, at most ``max_tiles`` (the region is cut to its top-left corner
         beyond): a new version of the picture loads only these behind the one on screen (no
         coarser levels: see viewer.js). ValueError for a level outside the pyramid."""
-        cols, rows = self.tile_count(self.check_level(level, self.min_level))
+        rows, cols = self.tile_count(self.check_level(level, self.min_level))
         x0, y0 = max(0, x0), max(0, y0)
         x1, y1 = min(cols - 1, x1, x0 + max_tiles - 1), min(rows - 1, y1)
         y1 = min(y1, y0 + max(1, max_tiles // max(1, x1 - x0 + 1)) - 1)
@@ -119,8 +123,7 @@ def encode_png(rgb: np.ndarray) -> bytes:
 def render_tile(pipe: Pipeline, field: Field, pyramid: Pyramid, level: int, x: int, y: int) -> bytes:
     """One tile of the pyramid as PNG bytes."""
     rng = pyramid.tile_range(level, x, y)
-    w, h = pyramid.level_size(level)
-    rgb = pipe.render_piece(field, h, w, rng)
+    rgb = pipe.render_piece(field, *pyramid.level_size(level), rng)
     return encode_png(rgb)
 
 
@@ -130,14 +133,14 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
-def stream_png(pipe: Pipeline, field: Field, width: int, height: int, *, strip: int = TILE,
+def stream_png(pipe: Pipeline, field: Field, size: Size, *, strip: int = TILE,
                before_strip: Callable[[], None] | None = None) -> Iterator[bytes]:
-    """The whole image at ``width x height`` as PNG bytes, rendered and compressed strip by strip.
+    """The whole image at ``size`` as PNG bytes, rendered and compressed strip by strip.
 
     Memory is one strip of ``strip`` rows; ``before_strip`` runs before each strip is rendered
     (the server uses it to let interactive tile requests go first).
     """
-    check_level(height, width)
+    height, width = check_level(*size)
     yield PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
     z = zlib.compressobj(6)
     for r0 in range(0, height, strip):
@@ -171,15 +174,15 @@ class _Spool(io.RawIOBase):
         return out
 
 
-def stream_deepzoom_zip(pipe: Pipeline, field: Field, width: int, height: int, *, name: str = "image",
+def stream_deepzoom_zip(pipe: Pipeline, field: Field, size: Size, *, name: str = "image",
                         before_tile: Callable[[], None] | None = None) -> Iterator[bytes]:
     """A Deep Zoom folder (``name.dzi`` + ``name_files/<level>/<x>_<y>.png``, all levels) as a streamed zip."""
-    pyramid = Pyramid(width, height)
+    pyramid = Pyramid(*size)
     spool = _Spool()
     with zipfile.ZipFile(spool, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(f"{name}.dzi", pyramid.dzi_xml())
         for level in range(pyramid.max_level + 1):
-            cols, rows = pyramid.tile_count(level)
+            rows, cols = pyramid.tile_count(level)
             for y in range(rows):
                 for x in range(cols):
                     if before_tile is not None:

@@ -122,7 +122,7 @@ def generate(ctx: AppContext, session: Session, *, seed: int, steps: int, guided
     layout = build_layout(state) if guided else None  # validate before taking the session
     composed = composition_layout(state, composition) if composition is not None else None
     pipe = ctx.pipe
-    cells = cells_for_canvas(session.canvas[1], session.canvas[0], pipe.latent_shape[-1])  # a new picture's extent
+    cells = cells_for_canvas(*session.canvas, pipe.latent_shape[-1])  # a new picture's extent
 
     def work(progress: ProgressFn, should_stop: Callable[[], bool]) -> tuple[Picture, dict[str, Any] | None]:
         def on_step(step: Step) -> None:
@@ -171,7 +171,7 @@ def extend_picture(ctx: AppContext, session: Session, *, side: str, amount: int,
     def work(progress: ProgressFn, should_stop: Callable[[], bool]) -> tuple[Picture, None]:
         z = extend(ctx.pipe, state.picture.latent, **{side: amount}, seed=seed, steps=steps,
                    callback=lambda st: progress(st.index + 1, st.total, lambda: st.x0[:1]), should_stop=should_stop)
-        return Picture(z[:1], seed=seed, label=f"extended {side} by {amount} cells to {new[1]}x{new[0]}"), None
+        return Picture(z[:1], seed=seed, label=f"extended {side} by {amount} cells to {new}"), None
 
     def moved(st: State) -> State:
         return replace(st, boxes=tuple(replace(b, box=box_in_extended(b.box, old, new, where)) for b in st.boxes))

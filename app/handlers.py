@@ -25,7 +25,7 @@ import gradio as gr
 import numpy as np
 
 from infd_core import compositions
-from infd_core.geometry import Box
+from infd_core.geometry import Box, Size
 from infd_core.images import read_photo
 from infd_core.regions import KINDS, MAX_COARSENESS, Region
 from infd_core.wording import label, summarize
@@ -38,6 +38,7 @@ from .store import TooManySessions
 
 log = logging.getLogger(__name__)
 
+# (label, value): a value is a side or WIDTHxHEIGHT (Size.parse)
 CANVAS_PRESETS = [("1024²", "1024"), ("2048²", "2048"), ("4096²", "4096"), ("8192²", "8192"),
                   ("2:1 panorama", "4096x2048"), ("3:1 panorama", "6144x2048"),
                   ("custom", "custom")]
@@ -160,13 +161,14 @@ LoadOut = NamedTuple("LoadOut", [*Panel.__annotations__.items(), ("canvas", Any)
                                  ("export_w", Any), ("export_h", Any), ("seed", Any), ("status", Any)])
 
 
-def canvas_fields(width: int, height: int) -> tuple[str, Any, Any]:
-    """The canvas dropdown and its custom width/height fields showing a ``width x height`` canvas
-    the server chose (a loaded session's, an opened photo's aspect): a preset, else "custom"."""
+def canvas_fields(size: Size) -> tuple[str, Any, Any]:
+    """The canvas dropdown and its custom width/height fields showing a canvas the server chose (a
+    loaded session's, an opened photo's aspect): a preset, else "custom"."""
     values = {v for _, v in CANVAS_PRESETS}
-    preset = next((v for v in (str(width) if width == height else "", f"{width}x{height}") if v in values), "custom")
+    square = str(size.width) if size.width == size.height else ""
+    preset = next((v for v in (square, str(size)) if v in values), "custom")
     custom = preset == "custom"
-    return preset, gr.update(visible=custom, value=width), gr.update(visible=custom, value=height)
+    return preset, gr.update(visible=custom, value=size.width), gr.update(visible=custom, value=size.height)
 
 
 class ShapeOut(NamedTuple):
@@ -184,8 +186,8 @@ class ShapeOut(NamedTuple):
     @classmethod
     def shown(cls, viewer: Any, status: str, view: View) -> list[Any]:
         """With the fields showing ``view``'s canvas."""
-        w, h = view.pyramid.width, view.pyramid.height
-        return list(cls(viewer, status, *canvas_fields(w, h), w, h))
+        size = view.pyramid.size
+        return list(cls(viewer, status, *canvas_fields(size), export_w=size.width, export_h=size.height))
 
 
 def discard_upload(path: str) -> None:
@@ -366,7 +368,7 @@ class Handlers:
         """A new session for a new page: its key, then the :class:`Panel` (new sessions are
         limited per client address, ``Limits.sessions_per_minute``)."""
         try:
-            s = self.ctx.store.create(canvas=(DEFAULT_CANVAS, DEFAULT_CANVAS), client=client_of(request))
+            s = self.ctx.store.create(canvas=Size(DEFAULT_CANVAS, DEFAULT_CANVAS), client=client_of(request))
         except TooManySessions as e:
             raise user_error(str(e)) from None
         return (s.key, *self.panel(s))
@@ -462,17 +464,21 @@ class Handlers:
     def canvas(self, key: str, choice: str, w: Any, h: Any) -> CanvasOut:
         s = self.session(key)
         side = self.ctx.limits.max_canvas_side
-        if choice == "custom":
-            width = int(number(w, "width", 16, side, whole=True))
-            height = int(number(h, "height", 16, side, whole=True))
-        elif "x" in str(choice):  # a panorama preset, WIDTHxHEIGHT
-            width, height = (int(number(v, "canvas", 16, side, whole=True)) for v in str(choice).split("x"))
+        custom = choice == "custom"
+        if custom:
+            width, height = (int(number(v, name, 16, side, whole=True)) for v, name in ((w, "width"), (h, "height")))
+        elif "x" in str(choice):  # a panorama preset
+            try:
+                height, width = Size.parse(choice, "canvas")
+            except ValueError as e:
+                raise user_error(str(e)) from None
+            width, height = (int(number(v, "canvas", 16, side, whole=True)) for v in (width, height))
         else:
             width = height = int(number(choice, "canvas", 16, side, whole=True))
-        s.set_canvas(width, height)
-        custom = choice == "custom"
-        return CanvasOut(viewer_value(s), gr.update(visible=custom, value=width),
-                         gr.update(visible=custom, value=height), width, height)
+        size = Size(height, width)
+        s.set_canvas(size)
+        return CanvasOut(viewer_value(s), gr.update(visible=custom, value=size.width),
+                         gr.update(visible=custom, value=size.height), size.width, size.height)
 
     # --- generation ------------------------------------------------------------------------------
     def generate(self, *values: Any) -> Iterator[RunOut]:
@@ -643,17 +649,17 @@ class Handlers:
             raise user_error("Wait for the generation to finish (or cancel it), then export.")
         side = self.ctx.limits.max_canvas_side
         width = int(number(w, "export width", 1, side, whole=True))
-        height = int(number(h, "export height", 1, side, whole=True))
+        size = Size(height=int(number(h, "export height", 1, side, whole=True)), width=width)
         try:
-            self.ctx.check_export(width, height)
+            self.ctx.check_export(size)
         except ValueError as e:
             raise user_error(str(e)) from None
         why = self.ctx.exports.refusal(client_of(request))  # the route would answer 429: say so where it is seen
         if why is not None:
             raise user_error(f"Not exported: {why}.")
         name = "image.png" if fmt == "PNG" else "deepzoom.zip"
-        href = f"export/{s.key}/{view.gen}/{name}?width={width}&height={height}"
-        return [href, f"Rendering [{name} ({width}×{height})]({href}) tile by tile; the download starts "
+        href = f"export/{s.key}/{view.gen}/{name}?width={size.width}&height={size.height}"
+        return [href, f"Rendering [{name} ({size.width}×{size.height})]({href}) tile by tile; the download starts "
                       "when the first rows are ready."]
 
     def save(self, key: str) -> list[str]:
@@ -675,7 +681,7 @@ class Handlers:
             s.commit(loaded.state, canvas=loaded.canvas)
         for warning in loaded.warnings:
             gr.Warning(warning)
-        preset, canvas_w, canvas_h = canvas_fields(*loaded.canvas)
+        preset, canvas_w, canvas_h = canvas_fields(loaded.canvas)
         return LoadOut(*self.panel(s, "all"), canvas=preset, canvas_w=canvas_w, canvas_h=canvas_h,
-                       export_w=loaded.canvas[0], export_h=loaded.canvas[1],
+                       export_w=loaded.canvas.width, export_h=loaded.canvas.height,
                        seed=loaded.seed if loaded.seed is not None else gr.skip(), status="Session loaded.")

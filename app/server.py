@@ -30,7 +30,7 @@ from fastapi.responses import Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 
 from infd_core import configs
-from infd_core.geometry import MAX_SIDE
+from infd_core.geometry import MAX_SIDE, Size
 from infd_core.pipeline import Pipeline, assets_dir, default_model_dir
 
 from .context import AppContext, Limits, client_of
@@ -123,10 +123,10 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
             raise HTTPException(404, str(e), headers=NO_STORE) from None
         return Response(status_code=204, headers=NO_STORE)
 
-    def export(request: Request, key: str, gen: int, width: int, height: int, deepzoom: bool) -> StreamingResponse:
+    def export(request: Request, key: str, gen: int, size: Size, deepzoom: bool) -> StreamingResponse:
         session, view = _lookup(ctx, key, gen)
         try:
-            ctx.check_export(width, height)
+            ctx.check_export(size)
         except ValueError as e:
             raise HTTPException(400, str(e), headers=NO_STORE) from None
         field_ = ctx.store.field(session, view, ctx.pipe)  # cheap (one decoder pass) next to the export
@@ -137,12 +137,12 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
             ctx.workers.yield_to_tiles()
 
         seed = view.picture.seed
-        stem = f"infd-{'seed' + str(seed) if seed is not None else 'image'}-{width}x{height}"
+        stem = f"infd-{'seed' + str(seed) if seed is not None else 'image'}-{size}"
         if deepzoom:
-            chunks = stream_deepzoom_zip(ctx.pipe, field_, width, height, name=stem, before_tile=before_strip)
+            chunks = stream_deepzoom_zip(ctx.pipe, field_, size, name=stem, before_tile=before_strip)
             media, name = "application/zip", f"{stem}-deepzoom.zip"
         else:
-            chunks = stream_png(ctx.pipe, field_, width, height, before_strip=before_strip)
+            chunks = stream_png(ctx.pipe, field_, size, before_strip=before_strip)
             media, name = "image/png", f"{stem}.png"
         headers = {**NO_STORE, "Content-Disposition": f'attachment; filename="{name}"'}
         return ExportResponse(chunks, job, media_type=media, headers=headers)
@@ -150,12 +150,12 @@ def add_routes(app: FastAPI, ctx: AppContext) -> None:
     @app.get("/export/{key}/{gen}/image.png")
     def export_png(request: Request, key: str, gen: int, width: int = Query(gt=0, le=MAX_SIDE),
                    height: int = Query(gt=0, le=MAX_SIDE)) -> StreamingResponse:
-        return export(request, key, gen, width, height, deepzoom=False)
+        return export(request, key, gen, Size(height, width), deepzoom=False)
 
     @app.get("/export/{key}/{gen}/deepzoom.zip")
     def export_deepzoom(request: Request, key: str, gen: int, width: int = Query(gt=0, le=MAX_SIDE),
                         height: int = Query(gt=0, le=MAX_SIDE)) -> StreamingResponse:
-        return export(request, key, gen, width, height, deepzoom=True)
+        return export(request, key, gen, Size(height, width), deepzoom=True)
 
     @app.get("/session/{key}/infd-session.zip")
     def session_file(key: str) -> Response:

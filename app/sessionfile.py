@@ -4,12 +4,13 @@ the painted sketch (``sketch.png``, the composition Generate may hold).
 ``session.json``::
 
     {"format": "infd-session", "version": 2, "model": "<model name>", "seed": 3,
-     "canvas": [4096, 4096], "global_prompt": "...", "boxes": [Region.to_json(), ...]}
+     "canvas": [4096, 2048], "global_prompt": "...", "boxes": [Region.to_json(), ...]}
 
-Version 1 files (boxes with ``x0, y0, x1, y1`` keys) still load. ``latent.safetensors`` is a
-latent file as :mod:`infd_core.checkpoint` defines it, with the picture's model, seed and photo
-aspect in its metadata (``picture_metadata``; the CLI's ``render --latent`` reads it, and
-renders an opened photo in its shape). A latent beyond the model's range is refused.
+``canvas`` is ``[width, height]``. Version 1 files (boxes with ``x0, y0, x1, y1`` keys) still load.
+``latent.safetensors`` is a latent file as :mod:`infd_core.checkpoint` defines it, with the
+picture's model, seed and photo aspect in its metadata (``picture_metadata``; the CLI's ``render
+--latent`` reads it, and renders an opened photo in its shape). A latent beyond the model's range
+is refused.
 
 Loading validates everything (sizes before decompressing, shapes, ranges) and raises
 ValueError with a message meant for the user; nothing in the file is executed or unpickled.
@@ -28,6 +29,7 @@ from PIL import Image
 from torch import Tensor
 
 from infd_core.checkpoint import aspect_of, latent_and_metadata, latent_bytes, picture_metadata
+from infd_core.geometry import Size
 from infd_core.regions import Region, check_depth
 
 from .deepzoom import Pyramid
@@ -53,16 +55,17 @@ class Loaded:
     """A validated session file."""
 
     state: State
-    canvas: tuple[int, int]
+    canvas: Size
     seed: int | None
     warnings: list[str] = field(default_factory=list)
 
 
-def dump(state: State, canvas: tuple[int, int], model: str) -> bytes:
-    """The session file for ``state`` shown at ``canvas`` (``(width, height)``)."""
+def dump(state: State, canvas: Size, model: str) -> bytes:
+    """The session file for ``state`` shown at ``canvas`` (stored as ``[width, height]``)."""
     pic = state.picture
     meta = {"format": FORMAT, "version": VERSION, "model": model, "seed": pic.seed if pic else None,
-            "canvas": list(canvas), "global_prompt": state.global_prompt, "boxes": [b.to_json() for b in state.boxes]}
+            "canvas": [canvas.width, canvas.height], "global_prompt": state.global_prompt,
+            "boxes": [b.to_json() for b in state.boxes]}
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("session.json", json.dumps(meta, indent=1))
@@ -100,7 +103,7 @@ def load(data: bytes, pipe: Pipeline, max_canvas_side: int) -> Loaded:
         if not (isinstance(canvas, list) and len(canvas) == 2 and all(type(v) is int for v in canvas)
                 and 0 < min(canvas) and max(canvas) <= max_canvas_side):
             raise ValueError(f"canvas must be [width, height], positive integers up to {max_canvas_side}")
-        Pyramid(*canvas)
+        canvas = Pyramid(height=canvas[1], width=canvas[0]).size
         seed = meta.get("seed")
         if seed is not None:
             seed = whole(seed, "seed", 0, MAX_SEED)
@@ -118,7 +121,7 @@ def load(data: bytes, pipe: Pipeline, max_canvas_side: int) -> Loaded:
             z, aspect = _latent(_read(zf, "latent.safetensors"), pipe)
             picture = Picture(z, seed=seed, label="loaded", photo_aspect=aspect)
         sketch = _picture(zf, SKETCH, "the sketch") if SKETCH in zf.namelist() else None
-    return Loaded(State(picture, specs, prompt, sketch), (canvas[0], canvas[1]), seed, warnings)
+    return Loaded(State(picture, specs, prompt, sketch), canvas, seed, warnings)
 
 
 def _read(zf: zipfile.ZipFile, name: str, limit: int = MAX_MEMBER) -> bytes:

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from torch import Tensor
 
-from infd_core.geometry import Box, aspect_matches, aspect_size, canvas_size, cells_aspect_matches
+from infd_core.geometry import Box, Size, aspect_matches, aspect_size, canvas_size, cells_aspect_matches
 from infd_core.regions import MAX_PROMPT, MAX_REGIONS, Region
 
 from .deepzoom import Pyramid
@@ -78,9 +78,9 @@ class Picture:
             self._field = None
 
     @property
-    def cells(self) -> tuple[int, int]:
-        """The latent's extent ``(h, w)`` in cells."""
-        return int(self.latent.shape[-2]), int(self.latent.shape[-1])
+    def cells(self) -> Size:
+        """The latent's extent in cells."""
+        return Size(int(self.latent.shape[-2]), int(self.latent.shape[-1]))
 
     @property
     def aspect(self) -> float:
@@ -151,7 +151,7 @@ class Session:
     """One user's canvas. Mutate only under ``lock``; ``runner`` runs the model for it, one run at a time."""
 
     key: str
-    canvas: tuple[int, int] = (2048, 2048)
+    canvas: Size = Size(2048, 2048)
     history: list[State] = field(default_factory=lambda: [State()])
     index: int = 0
     views: OrderedDict[int, View] = field(default_factory=OrderedDict)
@@ -165,16 +165,19 @@ class Session:
     lock: threading.RLock = field(default_factory=threading.RLock)
     runner: Runner = field(default_factory=Runner)
 
+    def __post_init__(self) -> None:
+        self.canvas = Pyramid(*self.canvas).size  # validated; a Size
+
     # --- undoable state ---------------------------------------------------------------------
     @property
     def state(self) -> State:
         return self.history[self.index]
 
-    def commit(self, state: State, canvas: tuple[int, int] | None = None) -> bool:
+    def commit(self, state: State, canvas: Size | None = None) -> bool:
         """Make ``state`` current as a new undo step (no-op if nothing changed); publishes a new picture.
-        ``canvas``: ``(width, height)`` to show it at (a loaded session's), the picture published once."""
+        ``canvas``: the size to show it at (a loaded session's), the picture published once."""
         with self.lock:
-            resized = canvas is not None and self._resize(*canvas)
+            resized = canvas is not None and self._resize(canvas)
             if state.same_as(self.state):
                 if resized and self.state.picture is not None:
                     self.publish(self.state.picture)
@@ -232,21 +235,19 @@ class Session:
         its aspect at the shown picture's pixels per cell. A picture of the same extent but another
         :attr:`Picture.aspect` (an opened photo, or the undo of its opening; not a preview) gets one of
         its aspect with the same longest side. A canvas the user picked is left alone."""
-        w, h = self.canvas
         cells, shown = picture.cells, self.view
         if shown is not None and shown.picture.cells != cells:
-            if cells_aspect_matches(cells, h, w):
+            if cells_aspect_matches(cells, *self.canvas):
                 return
             per_cell = shown.pyramid.height / shown.picture.cells[0]
-            height, width = canvas_size(cells, max(1, round(per_cell * 64)))
-            shrink = max(1.0, max(height, width) / self.max_side)
-            self.canvas = (max(16, round(width / shrink)), max(16, round(height / shrink)))
+            size = canvas_size(cells, max(1, round(per_cell * 64)))
+            shrink = max(1.0, size.longest / self.max_side)
+            self.canvas = Size(*(max(16, round(v / shrink)) for v in size))
             return
         same = shown.picture.aspect == picture.aspect if shown is not None else picture.photo_aspect is None
-        if preview or same or aspect_matches(picture.aspect, h, w):
+        if preview or same or aspect_matches(picture.aspect, *self.canvas):
             return
-        height, width = aspect_size(picture.aspect, max(w, h))
-        self.canvas = (max(16, width), max(16, height))
+        self.canvas = Size(*(max(16, v) for v in aspect_size(picture.aspect, self.canvas.longest)))
 
     def show_tiles(self, tiles: list[tuple[int, int, int]]) -> None:
         """The viewer's view needs these tile positions (any picture at this canvas size): a new
@@ -254,16 +255,16 @@ class Session:
         with self.lock:
             self.showing = list(tiles)
 
-    def set_canvas(self, width: int, height: int) -> None:
+    def set_canvas(self, size: Size) -> None:
         with self.lock:
-            if self._resize(width, height) and self.state.picture is not None:
+            if self._resize(size) and self.state.picture is not None:
                 self.publish(self.state.picture)
 
-    def _resize(self, width: int, height: int) -> bool:
+    def _resize(self, size: Size) -> bool:
         """Set the canvas size (validated); whether it changed."""
-        Pyramid(width, height)  # validates
-        changed = (width, height) != self.canvas
-        self.canvas = (width, height)
+        size = Pyramid(*size).size  # validates
+        changed = size != self.canvas
+        self.canvas = size
         return changed
 
     def restore_view(self) -> None:

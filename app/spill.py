@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from infd_core.checkpoint import aspect_of, latent_and_metadata, latent_bytes, picture_metadata
+from infd_core.geometry import Size
 from infd_core.regions import Region
 
 from . import sessions as _s
@@ -121,9 +122,9 @@ def encode(session: _s.Session) -> bytes:
 
         view = session.view
         meta: dict[str, Any] = {
-            "format": FORMAT, "version": VERSION, "canvas": list(session.canvas), "index": session.index,
-            "gen": session.gen, "selected": session.selected, "client_rev": session.client_rev, "pictures": [],
-            "view": None}
+            "format": FORMAT, "version": VERSION, "canvas": [session.canvas.width, session.canvas.height],
+            "index": session.index, "gen": session.gen, "selected": session.selected, "client_rev": session.client_rev,
+            "pictures": [], "view": None}
         meta["history"] = [{"picture": picture_index(st.picture), "global_prompt": st.global_prompt,
                             "boxes": [box_json(b) for b in st.boxes], "sketch": image_index(st.sketch)}
                            for st in session.history]
@@ -162,10 +163,12 @@ def decode(key: str, data: bytes, last_seen: float, max_side: int) -> _s.Session
                                   for b in st["boxes"]),
                             st["global_prompt"], image(st.get("sketch")))
                    for st in meta["history"]]
-    session = _s.Session(key, canvas=tuple(meta["canvas"]), history=history, index=meta["index"], gen=meta["gen"],
+    width, height = meta["canvas"]
+    session = _s.Session(key, canvas=Size(height, width), history=history, index=meta["index"], gen=meta["gen"],
                          selected=meta["selected"], client_rev=meta["client_rev"], last_seen=last_seen,
                          max_side=max_side)
     v = meta["view"]
     if v is not None:
-        session.views[v["gen"]] = _s.View(v["gen"], session.state.picture, Pyramid(v["width"], v["height"]))
+        pyramid = Pyramid(height=v["height"], width=v["width"])
+        session.views[v["gen"]] = _s.View(v["gen"], session.state.picture, pyramid)
     return session

@@ -15,6 +15,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from infd_core.geometry import Size
 from infd_core.pipeline import Field, Pipeline
 
 from . import spill
@@ -60,7 +61,7 @@ class SessionStore:
         self._created: dict[str, deque[float]] = {}  # client address -> its creations in the last minute
         self._lock = threading.Lock()
 
-    def create(self, canvas: tuple[int, int] = (2048, 2048), client: str | None = None) -> Session:
+    def create(self, canvas: Size = Size(2048, 2048), client: str | None = None) -> Session:
         """A new session; TooManySessions if ``client`` (an address) has created too many this minute."""
         if client is not None:
             self._admit(client)

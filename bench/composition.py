@@ -25,7 +25,7 @@ import torch
 
 from infd_bench import matmul_gflops
 from infd_core import compositions
-from infd_core.geometry import Box
+from infd_core.geometry import Box, Size
 from infd_core.guidance import guided_sample
 from infd_core.regions import Layout, Region
 from infd_core.pipeline import Pipeline
@@ -36,9 +36,9 @@ def main() -> None:
     ap.add_argument("--model", default=None, help="model folder (default: the embedded model)")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--rounds", type=int, default=4)
-    ap.add_argument("--cells", default="64x64", help="latent extent ROWSxCOLS, e.g. 64x192 for a 3:1 panorama")
+    ap.add_argument("--cells", default="64x64", help="latent extent COLSxROWS, e.g. 192x64 for a 3:1 panorama")
     args = ap.parse_args()
-    cells = tuple(int(v) for v in args.cells.split("x"))
+    cells = Size.parse(args.cells, "--cells")
     pipe = Pipeline.load(args.model)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"# composition cost: model={pipe.cfg.name} steps={args.steps} cells={args.cells} threads="

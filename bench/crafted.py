@@ -19,6 +19,7 @@ from infd_bench import reset_peak, status_mb  # first: it puts the checkout meas
 from app.server import create_app
 from app.sessions import Picture, State
 from infd_core import configs
+from infd_core.geometry import Size
 from infd_core.pipeline import Pipeline
 from infd_devkit.live import serve
 
@@ -27,7 +28,7 @@ def main() -> None:
     app = create_app(Pipeline.from_config(configs.cpu(), seed=0))
     ctx = app.state.ctx
     with serve(app) as (base, _):
-        s = ctx.store.create(canvas=(8192, 4096))
+        s = ctx.store.create(canvas=Size.parse("8192x4096"))
         s.commit(State(Picture(torch.randn(1, 3, 64, 128, generator=torch.Generator().manual_seed(0)))))
         k, g = s.key, s.view.gen
         cases = {

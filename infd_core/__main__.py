@@ -4,7 +4,7 @@ Examples::
 
     python -m infd_core sample --seed 0 --size 4096 --out out.png
     python -m infd_core sample --composition lake --size 2048 --out lake.png        # the model paints a sketch
-    python -m infd_core sample --cells 64x192 --size 8192x2730 --out pano.png      # a 3:1 panorama
+    python -m infd_core sample --cells 192x64 --size 8192x2730 --out pano.png      # a 3:1 panorama
     python -m infd_core extend --latent pano.latent.safetensors --right 64 --out wider.png
     python -m infd_core sample --preset cpu --seed 0 --size 4096 --out random.png   # untrained
     python -m infd_core render --latent out.latent.safetensors --size 8192 --region 0.4,0.4,0.6,0.6 --out crop.png
@@ -36,7 +36,8 @@ from .authors import import_authors
 from .checkpoint import CheckpointError, aspect_of, load_latent, picture_metadata, read_latent, save_latent
 from .configs import PRESETS, preset
 from .diffusion import DEFAULT_STRIDE, METHODS
-from .geometry import Box, aspect_matches, aspect_size, box_to_pixels, canvas_size, cells_aspect_matches, check_cells
+from .geometry import (Box, Size, aspect_matches, aspect_size, box_to_pixels, canvas_size, cells_aspect_matches,
+                       check_cells)
 from .images import read_photo
 from .pipeline import Pipeline, check_size
 from .tiling import RENDER_MODES
@@ -49,15 +50,17 @@ def _pipeline(args: argparse.Namespace) -> Pipeline:
     return Pipeline.load(args.model, **kw)
 
 
-def _cells(text: str | None) -> tuple[int, int] | None:
-    """``--cells ROWSxCOLS`` (the latent's shape, rows first like its tensor ``[3, rows, cols]``)."""
+def _cells(text: str | None) -> Size | None:
+    """``--cells COLSxROWS``: the latent's extent, width first like ``--size`` (a 3:1 panorama is
+    ``192x64``; its tensor is ``[3, 64, 192]``)."""
     if text is None:
         return None
     try:
-        h, w = (int(v) for v in text.lower().split("x"))
+        cells = Size.parse(text)
     except ValueError:
-        raise ValueError(f"--cells must be ROWSxCOLS latent cells, e.g. 64x192, got {text!r}") from None
-    return check_cells(h, w)
+        raise ValueError(f"--cells must be COLSxROWS latent cells, width first like --size, e.g. 192x64 for 3:1; "
+                         f"got {text!r}") from None
+    return check_cells(cells.height, cells.width)
 
 
 def _size_arg(text: str) -> str:
@@ -68,37 +71,35 @@ def _size_arg(text: str) -> str:
     return text
 
 
-def _size(args: argparse.Namespace, cells: tuple[int, int] | None = None,
-          aspect: float | None = None) -> tuple[int, int]:
-    """The output ``(height, width)``: ``--size WIDTHxHEIGHT`` (x first, like image sizes), or
-    ``--size N``: N pixels per 64 latent cells (N x N for a square latent; a 64x192-cell panorama at
-    ``--size 2048`` is 6144 x 2048), or ``--height``/``--width``. A size whose aspect does not
-    match the latent's cells (pixels would be stretched) is refused. ``aspect`` (width / height of
-    an encoded photo, its latent squashed square): ``--size N`` is its longer side, and a
-    ``WIDTHxHEIGHT`` must have that shape instead."""
-    text = str(args.size).lower()
-    if "x" in text:
-        try:
-            w, h = (int(v) for v in text.split("x"))
-        except ValueError:
-            raise ValueError(f"--size must be N or WIDTHxHEIGHT pixels, got {args.size!r}") from None
+def _size(args: argparse.Namespace, cells: tuple[int, int] | None = None, aspect: float | None = None) -> Size:
+    """The output size: ``--size WIDTHxHEIGHT`` (width first, like image sizes), or ``--size N``: N
+    pixels per 64 latent cells (N x N for a square latent; a 192x64-cell panorama at ``--size 2048``
+    is 6144x2048), or ``--height``/``--width``. A size whose aspect does not match the latent's
+    ``cells`` (pixels would be stretched) is refused. ``aspect`` (width / height of an encoded
+    photo, its latent squashed square): ``--size N`` is its longer side, and a ``WIDTHxHEIGHT``
+    must have that shape instead."""
+    text = str(args.size).strip()
+    exact = "x" in text.lower()
+    if exact:
+        size = Size.parse(text, "--size (N or WIDTHxHEIGHT pixels)")
     else:
         try:
             n = int(text)
         except ValueError:
             raise ValueError(f"--size must be N or WIDTHxHEIGHT pixels, got {args.size!r}") from None
         check_size(n, n)
-        h, w = canvas_size(cells or (64, 64), n) if aspect is None else aspect_size(aspect, n)
-    h, w = args.height or h, args.width or w
-    check_size(h, w)
-    if aspect is not None and "x" in text and not aspect_matches(aspect, h, w):
-        raise ValueError(f"--size {w}x{h} (width x height) does not have the photo's shape ({aspect:.4g}:1); "
-                         f"e.g. --size {w}x{round(w / aspect)}, or --size N for N pixels on its longer side")
-    if aspect is None and cells is not None and "x" in text and not cells_aspect_matches(cells, h, w):
-        raise ValueError(f"--size {w}x{h} (width x height) does not have the aspect of {cells[0]}x{cells[1]} cells "
-                         f"(rows x columns); e.g. --size {w}x{round(w * cells[0] / cells[1])}, or --size N for "
-                         f"N pixels per 64 cells")
-    return h, w
+        size = canvas_size(cells or (64, 64), n) if aspect is None else aspect_size(aspect, n)
+    size = Size(args.height or size.height, args.width or size.width)
+    check_size(*size)
+    if aspect is not None and exact and not aspect_matches(aspect, *size):
+        raise ValueError(f"--size {size} (width x height) does not have the photo's shape ({aspect:.4g}:1); "
+                         f"e.g. --size {Size(round(size.width / aspect), size.width)}, or --size N for N pixels on "
+                         "its longer side")
+    if aspect is None and cells is not None and exact and not cells_aspect_matches(cells, *size):
+        fit = Size(round(size.width * cells[0] / cells[1]), size.width)
+        raise ValueError(f"--size {size} (width x height) does not have the aspect of {Size(*cells)} cells "
+                         f"(columns x rows); e.g. --size {fit}, or --size N for N pixels per 64 cells")
+    return size
 
 
 def _steps(args: argparse.Namespace, pipe: Pipeline) -> int:
@@ -119,11 +120,11 @@ def _region(args: argparse.Namespace, h: int, w: int):
 
 
 def _write_image(pipe: Pipeline, z: torch.Tensor, args: argparse.Namespace, aspect: float | None = None) -> None:
-    h, w = _size(args, tuple(z.shape[-2:]), aspect)
+    h, w = size = _size(args, tuple(z.shape[-2:]), aspect)
     region = _region(args, h, w)
     field = pipe.field(z)
     n_tiles = None
-    with tqdm(desc=f"render {w}x{h}", unit="tile", disable=args.quiet) as bar:
+    with tqdm(desc=f"render {size}", unit="tile", disable=args.quiet) as bar:
         def progress(k: int, n: int) -> None:
             nonlocal n_tiles
             if n_tiles is None:
@@ -156,7 +157,7 @@ def cmd_sample(args: argparse.Namespace) -> None:
             z, _ = guided_sample(pipe, Layout((composition,)), **kw, describe_regions=False)
         else:
             z = pipe.sample(kw.pop("seed"), **kw)
-    meta = {**picture_metadata(model=pipe.cfg.name, seed=args.seed), "cells": f"{cells[0]}x{cells[1]}",
+    meta = {**picture_metadata(model=pipe.cfg.name, seed=args.seed), "cells": str(Size(*cells)),
             "method": args.method}
     if args.composition:
         meta["composition"] = args.composition
@@ -186,8 +187,9 @@ def cmd_extend(args: argparse.Namespace) -> None:
     with tqdm(total=steps, desc=f"extend seed {args.seed}", unit="step", disable=args.quiet) as bar:
         z2 = extend(pipe, z, **amounts, seed=args.seed, steps=steps, stride=args.stride, resample=args.resample,
                     callback=lambda s: bar.update(1))
-    print(f"extended {z.shape[-2]}x{z.shape[-1]} -> {z2.shape[-2]}x{z2.shape[-1]} cells (rows x columns)")
-    meta = {**picture_metadata(model=pipe.cfg.name, seed=args.seed), "cells": f"{z2.shape[-2]}x{z2.shape[-1]}",
+    old, new = Size(*z.shape[-2:]), Size(*z2.shape[-2:])
+    print(f"extended {old} -> {new} cells (columns x rows)")
+    meta = {**picture_metadata(model=pipe.cfg.name, seed=args.seed), "cells": str(new),
             "extended_from": Path(args.latent).name, **{k: v for k, v in amounts.items() if v}}
     save_latent(Path(args.out).with_suffix(".latent.safetensors"), z2, meta)
     _write_image(pipe, z2, args)
@@ -276,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def image_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--size", type=_size_arg, default="1024", help="N: N pixels per 64 latent cells (N x N for a square "
-                       "latent), or WIDTHxHEIGHT pixels (e.g. 8192x2730 for 64x192 cells)")
+                       "latent), or WIDTHxHEIGHT pixels (e.g. 8192x2730 for 192x64 cells)")
         p.add_argument("--height", type=int)
         p.add_argument("--width", type=int)
         p.add_argument("--region", help="render only x0,y0,x1,y1 (fractions of the image) of that size")
@@ -290,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--stride", type=int, default=DEFAULT_STRIDE,
                        help="cells between the UNet's overlapping 64-cell windows on a canvas beyond 64x64")
         if methods:
-            p.add_argument("--cells", help="latent extent ROWSxCOLS (multiples of 8, >= 64), e.g. 64x192 for 3:1")
+            p.add_argument("--cells", help="latent extent COLSxROWS, width first like --size (multiples of 8, >= 64), "
+                           "e.g. 192x64 for 3:1")
             p.add_argument("--method", default="windows", choices=list(METHODS),
                            help="beyond 64x64 cells: windows (MultiDiffusion), direct (the UNet on the whole "
                                 "latent) or redilate (ScaleCrafter's re-dilated convolutions in the early steps)")
@@ -318,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(SDEdit; the app uses 0.4)")
     p.add_argument("--every", type=int, default=1, help="DPS on one step in this many (the app uses 3)")
     canvas_args(p, methods=False)
-    p.add_argument("--cells", help="latent extent ROWSxCOLS of a new canvas (default: --init's, or 64x64)")
+    p.add_argument("--cells", help="latent extent COLSxROWS of a new canvas (default: --init's, or 64x64)")
     p.set_defaults(fn=cmd_layout)
 
     p = sub.add_parser("extend", help="outpaint: grow a latent file by whole cells on any side")

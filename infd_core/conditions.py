@@ -174,7 +174,7 @@ def region_mask(boxes: list[Box], size: int | tuple[int, int], margin: float) ->
     """Where a set of boxes acts on a latent of ``size`` cells (``n`` or ``(h, w)``): ``[h, w]`` (rows
     y, columns x) in [0, 1]; 1 at cell centres inside any box, falling linearly to 0 at ``margin``
     outside it (Chebyshev distance, in fractions of the canvas's shorter side: on a square
-    canvas, image fractions; on a 64 x 192 panorama a margin of 0.125 is 8 cells either way)."""
+    canvas, image fractions; on a 192 x 64-cell panorama a margin of 0.125 is 8 cells either way)."""
     h, w = _extent(size)
     short = min(h, w)
     cy = (torch.arange(h, dtype=torch.float32) + 0.5) / h  # cell centres in [0, 1]

@@ -14,6 +14,11 @@ The one coordinate convention of infd, stated here and nowhere else:
 * **Boxes.** :class:`Box` is what users, layouts and the viewer speak: ``(x0, y0, x1, y1)``
   as fractions of the image width/height in [0, 1], x first like every image tool,
   (x0, y0) top-left. Boxes are converted to the field frame only here.
+* **Sizes.** An extent is ``(height, width)``, **rows first** like the tensors' ``[..., H, W]``, in
+  code: :class:`Size` (a named tuple, so ``size.width`` reads as what it is), for pixels and latent
+  cells alike. Text a person types or reads says ``WIDTHxHEIGHT``, **width first** like every image
+  tool (``--size 8192x2730``, ``--cells 192x64``, "a 3000x1500 canvas"): :meth:`Size.parse` and
+  ``str(size)`` are the only conversions. File formats keep the order they document.
 * **Levels.** Rendering the whole image at ``height x width`` pixels is a *level*; a tile or
   sub-region of a level is a range of integer pixel rows and columns of it. Coordinates are
   computed in float64 from absolute pixel indices, so a pixel has bit-identical coordinates
@@ -39,18 +44,52 @@ cell (0.5, 0.5).
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["Box", "PixelRange", "level_grid", "box_grid", "check_level", "nearest_cell", "CELL_TIES", "MAX_SIDE",
-           "CELL_STEP", "MAX_CELLS", "check_cells", "canvas_size", "cells_for_canvas", "cells_aspect_matches", "extend_cells",
-           "box_in_extended"]
+__all__ = ["Box", "PixelRange", "Size", "level_grid", "box_grid", "check_level", "nearest_cell", "CELL_TIES",
+           "MAX_SIDE", "CELL_STEP", "MAX_CELLS", "check_cells", "canvas_size", "cells_for_canvas",
+           "cells_aspect_matches", "extend_cells", "box_in_extended"]
 
 CELL_TIES = ("floor", "grid_sample")
+_SIZE_TEXT = re.compile(r"\s*([0-9]{1,12})\s*[xX]\s*([0-9]{1,12})\s*")
 MAX_SIDE = 1 << 17  # 131072 px: beyond this a level is surely a mistake (and float32 cells lose bits)
 CELL_STEP = 8  # latent extents are multiples of this: the UNet halves a latent three times
 MAX_CELLS = 1024  # cells a side (16 base squares): a decoded field of 4096 x 4096 cells
+
+
+class Size(NamedTuple):
+    """An extent ``(height, width)`` in pixels or latent cells, rows first (see the module docstring).
+
+    ``str(Size(2730, 8192)) == "8192x2730"`` and :meth:`parse` reads that back: text is width first.
+    """
+
+    height: int
+    width: int
+
+    def __str__(self) -> str:
+        return f"{self.width}x{self.height}"
+
+    @classmethod
+    def parse(cls, text: str, what: str = "size") -> "Size":
+        """``"WIDTHxHEIGHT"`` (whole numbers, any case of ``x``) -> ``Size(height, width)``; ValueError
+        naming ``what`` otherwise. Ranges are the caller's to check."""
+        m = _SIZE_TEXT.fullmatch(str(text))
+        if m is None:
+            raise ValueError(f"{what} must be WIDTHxHEIGHT (whole numbers, width first), got {text!r}")
+        return cls(height=int(m[2]), width=int(m[1]))
+
+    @property
+    def aspect(self) -> float:
+        """Width over height."""
+        return self.width / self.height
+
+    @property
+    def longest(self) -> int:
+        return max(self.height, self.width)
 
 
 @dataclass(frozen=True)
@@ -110,8 +149,8 @@ class PixelRange:
     c1: int
 
     @property
-    def shape(self) -> tuple[int, int]:
-        return (self.r1 - self.r0, self.c1 - self.c0)
+    def shape(self) -> Size:
+        return Size(self.r1 - self.r0, self.c1 - self.c0)
 
     def padded(self, pad: int, height: int, width: int) -> "PixelRange":
         """Grow by ``pad`` pixels on every side, clipped to the level ``height x width``."""
@@ -120,7 +159,7 @@ class PixelRange:
 
     def check_within(self, height: int, width: int) -> "PixelRange":
         if not (0 <= self.r0 < self.r1 <= height and 0 <= self.c0 < self.c1 <= width):
-            raise ValueError(f"pixel range {self} is empty or outside the {height}x{width} level")
+            raise ValueError(f"pixel range {self} is empty or outside the {Size(height, width)} level")
         return self
 
 
@@ -199,7 +238,7 @@ def nearest_cell(coord: torch.Tensor, size: torch.Tensor, ties: str = "floor") -
 
 # --- latent extents -----------------------------------------------------------------------------
 
-def check_cells(h: int, w: int, base: int = 64, step: int = CELL_STEP) -> tuple[int, int]:
+def check_cells(h: int, w: int, base: int = 64, step: int = CELL_STEP) -> Size:
     """Validate a latent extent of ``h x w`` cells (rows, columns): integers, multiples of ``step``,
     from ``base`` (the model's square latent) to :data:`MAX_CELLS`. Returns ``(h, w)``."""
     for name, v in (("rows", h), ("columns", w)):
@@ -207,28 +246,28 @@ def check_cells(h: int, w: int, base: int = 64, step: int = CELL_STEP) -> tuple[
             raise ValueError(f"latent {name} must be an integer, got {v!r}")
         if v < base or v > MAX_CELLS or v % step:
             raise ValueError(f"latent {name} must be a multiple of {step} from {base} to {MAX_CELLS} cells, got {v}")
-    return h, w
+    return Size(h, w)
 
 
-def canvas_size(cells: tuple[int, int], side: int, base: int = 64) -> tuple[int, int]:
+def canvas_size(cells: tuple[int, int], side: int, base: int = 64) -> Size:
     """Pixels ``(height, width)`` of an ``h x w``-cell latent at ``side`` pixels per ``base`` cells
     (the square canvas's density), rounded to the nearest pixel, at least 1."""
     h, w = cells
-    return max(1, round(side * h / base)), max(1, round(side * w / base))
+    return Size(max(1, round(side * h / base)), max(1, round(side * w / base)))
 
 
-def cells_for_canvas(height: int, width: int, base: int = 64, step: int = CELL_STEP) -> tuple[int, int]:
+def cells_for_canvas(height: int, width: int, base: int = 64, step: int = CELL_STEP) -> Size:
     """The latent extent ``(h, w)`` for a new picture on a ``height x width`` canvas: ``base`` cells
     on the shorter side, the longer one in proportion, rounded to ``step`` cells (at most
     :data:`MAX_CELLS`): ``(64, 64)`` for a square, ``(64, 192)`` for 6144 x 2048."""
     check_level(height, width)
     long = min(MAX_CELLS, max(base, round(base * max(height, width) / min(height, width) / step) * step))
-    return (base, long) if width >= height else (long, base)
+    return Size(base, long) if width >= height else Size(long, base)
 
 
 def cells_aspect_matches(cells: tuple[int, int], height: int, width: int) -> bool:
     """Whether a ``height x width`` level shows ``cells`` with square pixels, to a pixel's rounding
-    on the shorter side (e.g. 64x192 cells at 2730 x 8192 px)."""
+    on the shorter side (e.g. 192x64 cells at 8192x2730 px)."""
     h, w = cells
     return aspect_matches(w / h, height, width)
 
@@ -241,16 +280,16 @@ def aspect_matches(aspect: float, height: int, width: int) -> bool:
     return abs(height * aspect - width) <= 1.0
 
 
-def aspect_size(aspect: float, side: int) -> tuple[int, int]:
+def aspect_size(aspect: float, side: int) -> Size:
     """Pixels ``(height, width)`` of shape ``aspect`` (width / height) whose longer side is ``side``
     (the other rounded, at least 1): ``(1362, 2048)`` for a 451 x 300 photo at 2048."""
     if aspect >= 1:
-        return max(1, round(side / aspect)), side
-    return side, max(1, round(side * aspect))
+        return Size(max(1, round(side / aspect)), side)
+    return Size(side, max(1, round(side * aspect)))
 
 
 def extend_cells(cells: tuple[int, int], left: int = 0, right: int = 0, up: int = 0,
-                 down: int = 0) -> tuple[tuple[int, int], "PixelRange"]:
+                 down: int = 0) -> tuple[Size, "PixelRange"]:
     """An ``h x w`` latent grown by whole cells on each side: the new extent ``(h', w')`` and where
     the old cells lie in it (a :class:`PixelRange` of cell rows/columns). Negative amounts raise."""
     amounts = {"left": left, "right": right, "up": up, "down": down}
@@ -258,7 +297,7 @@ def extend_cells(cells: tuple[int, int], left: int = 0, right: int = 0, up: int 
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise ValueError(f"extend {name} must be a whole number of cells >= 0, got {v!r}")
     h, w = cells
-    return (h + up + down, w + left + right), PixelRange(up, up + h, left, left + w)
+    return Size(h + up + down, w + left + right), PixelRange(up, up + h, left, left + w)
 
 
 def box_in_extended(box: Box, old: tuple[int, int], new: tuple[int, int], where: "PixelRange") -> Box:

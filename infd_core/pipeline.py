@@ -26,7 +26,7 @@ from . import checkpoint as ckpt
 from .autoencoder import Autoencoder
 from .configs import ModelConfig
 from .diffusion import DEFAULT_STRIDE, Guidance, Known, LowFreq, Step, build_unet, canvas_eps, sample, unet_eps
-from .geometry import Box, PixelRange, box_grid, check_cells, check_level
+from .geometry import Box, PixelRange, Size, box_grid, check_cells, check_level
 from .images import to_tensor
 from .precision import Precision
 from .precision import auto as measured_precision
@@ -88,7 +88,7 @@ class Field:
 
     @property
     def aspect(self) -> float:
-        """Width over height of the image (a panorama of 64 x 192 cells: 3)."""
+        """Width over height of the image (a panorama of 192x64 cells: 3)."""
         return self.phi.shape[-1] / self.phi.shape[-2]
 
 
@@ -164,11 +164,11 @@ class Pipeline:
         n = self.cfg.autoencoder.latent_size
         return (self.cfg.autoencoder.z_channels, n, n)
 
-    def latent_cells(self, cells: tuple[int, int] | None = None) -> tuple[int, int]:
+    def latent_cells(self, cells: tuple[int, int] | None = None) -> Size:
         """A latent extent ``(h, w)`` checked for this model (None: its square, 64 x 64)."""
         n = self.latent_shape[-1]
         if cells is None:
-            return (n, n)
+            return Size(n, n)
         return check_cells(*(int(v) if isinstance(v, (int, np.integer)) and not isinstance(v, bool) else v
                              for v in cells), base=n)
 
@@ -325,4 +325,4 @@ def check_size(height: int, width: int, max_pixels: int | None = None) -> None:
     """Validate an output size, optionally against a pixel budget (the app's export limit)."""
     check_level(height, width)
     if max_pixels is not None and height * width > max_pixels:
-        raise ValueError(f"{width}x{height} exceeds the limit of {max_pixels} pixels")
+        raise ValueError(f"{Size(height, width)} exceeds the limit of {max_pixels} pixels")

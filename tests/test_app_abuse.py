@@ -47,7 +47,7 @@ from app.store import SessionStore, TooManySessions
 from app.tiles import Overloaded, TileWorkers
 from infd_core import configs
 from infd_core.checkpoint import latent_bytes
-from infd_core.geometry import Box
+from infd_core.geometry import Box, Size
 from infd_core.regions import Region
 from infd_core.pipeline import Pipeline
 
@@ -66,7 +66,7 @@ def live():
         yield base, port, app.state.ctx
 
 
-def new_session(ctx, seed: int = 0, canvas: tuple[int, int] = (1024, 1024), client: str | None = None):
+def new_session(ctx, seed: int = 0, canvas: Size = Size(1024, 1024), client: str | None = None):
     s = ctx.store.create(canvas=canvas, client=client)
     z = torch.randn((1, *ctx.pipe.latent_shape), generator=torch.Generator().manual_seed(seed))
     s.commit(State(Picture(z, seed=seed)))
@@ -237,7 +237,7 @@ def _session_zip(overrides: dict) -> bytes:
 @pytest.fixture(scope="module")
 def crafted(live):
     """One session (a 1024² canvas: levels 8-10 have tiles) for all the generated requests."""
-    return new_session(live[2], canvas=(1024, 1024))
+    return new_session(live[2], canvas=Size(1024, 1024))
 
 
 def test_session_files_with_out_of_range_numbers_or_latents_are_refused(live):
@@ -331,7 +331,7 @@ def test_session_json_is_read_in_bounded_chunks_and_nesting_is_checked():
 
 def make_rich(store: SessionStore, client: str) -> tuple:
     """A session with pictures, boxes (one with a reference image), a prompt and an undone step."""
-    s = store.create(canvas=(3000, 1500), client=client)
+    s = store.create(canvas=Size.parse("3000x1500"), client=client)
     ref = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
     for seed in (1, 2):
         s.commit(State(Picture(torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(seed)), seed=seed,
@@ -553,7 +553,7 @@ def test_tile_load_has_no_slow_request_and_no_timeout(live):
     base, _, ctx = live
     clients = int(os.environ.get("INFD_LOAD_CLIENTS", 20))
     seconds = float(os.environ.get("INFD_LOAD_SECONDS", 20))
-    s = new_session(ctx, seed=6, canvas=(8192, 8192))
+    s = new_session(ctx, seed=6, canvas=Size(8192, 8192))
     stats = load_test(base, s.key, s.view.gen, range(8, 14), clients, seconds)
     print(f"\nload {clients} clients x {seconds:g} s: {stats['requests']} answers {stats['statuses']}, "
           f"p50 {stats['p50']:.3f} s, p95 {stats['p95']:.3f} s, p99 {stats['p99']:.3f} s, max {stats['max']:.3f} s, "

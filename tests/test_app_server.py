@@ -33,7 +33,7 @@ from app.sessions import KEEP_VIEWS, Picture, Session, State
 from app.store import SessionStore
 from app.tiles import ByteLRU, TileWorkers
 from infd_core import configs, guidance
-from infd_core.geometry import Box
+from infd_core.geometry import Box, Size
 from infd_core.regions import Region
 from infd_core.pipeline import Pipeline
 from infd_core.images import read_photo
@@ -49,7 +49,7 @@ def server():
         yield client, app.state.ctx
 
 
-def new_session(ctx, seed: int = 0, canvas: tuple[int, int] = (1024, 1024)) -> Session:
+def new_session(ctx, seed: int = 0, canvas: Size = Size(1024, 1024)) -> Session:
     """A session showing a random latent (no sampling needed)."""
     s = ctx.store.create(canvas=canvas)
     z = torch.randn((1, *ctx.pipe.latent_shape), generator=torch.Generator().manual_seed(seed))
@@ -89,7 +89,7 @@ def test_views_of_one_picture_share_the_tiles_of_equal_levels(server):
     client, ctx = server
     s = new_session(ctx, seed=8)
     first = client.get(tile_url(s, 10, 1, 2)).content
-    s.set_canvas(2048, 2048)
+    s.set_canvas(Size(2048, 2048))
     assert s.view.pyramid.max_level == 11
     hits = len(ctx.cache)
     assert client.get(tile_url(s, 10, 1, 2)).content == first and len(ctx.cache) == hits
@@ -155,9 +155,8 @@ def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
     for level, x, y in shown:
         data = ctx.cache.get(ctx.tile_key(view, level, x, y))
         assert data is not None, (level, x, y)
-        side = view.pyramid.level_size(level)[0]
         rng = view.pyramid.tile_range(level, x, y)
-        assert np.array_equal(png(data), ctx.pipe.render(field, side, side, rng))
+        assert np.array_equal(png(data), ctx.pipe.render(field, *view.pyramid.level_size(level), rng))
         assert client.get(tile_url(s, level, x, y, gen=view.gen)).content == data
     assert ctx.cache.get(ctx.tile_key(view, 10, 0, 0)) is None  # only what was shown
     assert ctx.cache.get(ctx.tile_key(view, 9, 0, 0)) is None  # not the coarser levels either
@@ -165,7 +164,7 @@ def test_a_finished_run_prerenders_the_tiles_the_viewer_shows(server):
 
 def test_view_reports_are_bounded_and_checked(server):
     client, ctx = server
-    s = new_session(ctx, seed=8, canvas=(8192, 8192))
+    s = new_session(ctx, seed=8, canvas=Size(8192, 8192))
     assert client.post(f"/view/{s.key}/{s.view.gen}",
                        params=dict(level=13, x0=-5, y0=0, x1=99, y1=99)).status_code == 204
     assert len(s.showing) == 64 and all(lv == 13 and 0 <= x < 32 and 0 <= y < 32 for lv, x, y in s.showing)  # clipped
@@ -177,12 +176,12 @@ def test_view_reports_are_bounded_and_checked(server):
 
 def test_low_levels_are_whole_image_renders(server):
     client, ctx = server
-    s = new_session(ctx, canvas=(1000, 600))
-    p = Pyramid(1000, 600)
-    assert p.max_level == 10 and p.level_size(10) == (1000, 600)
-    assert p.level_size(9) == (500, 300) and p.level_size(0) == (1, 1) and p.min_level == 8
+    s = new_session(ctx, canvas=Size.parse("1000x600"))
+    p = Pyramid(height=600, width=1000)
+    assert p.max_level == 10 and str(p.level_size(10)) == "1000x600"
+    assert str(p.level_size(9)) == "500x300" and p.level_size(0) == (1, 1) and p.min_level == 8
     for level in (0, 3, p.min_level):
-        w, h = p.level_size(level)
+        h, w = p.level_size(level)
         assert png(client.get(tile_url(s, level, 0, 0)).content).shape == (h, w, 3)
 
 
@@ -240,7 +239,7 @@ def test_a_new_picture_gets_a_new_gen_and_old_views_expire(server):
     assert s.view.gen == first + KEEP_VIEWS
     assert client.get(tile_url(s, 8, 0, 0, gen=first)).status_code == 404  # no longer kept
     assert client.get(tile_url(s, 8, 0, 0, gen=first + 1)).status_code == 200
-    s.set_canvas(2048, 1024)
+    s.set_canvas(Size.parse("2048x1024"))
     assert s.view.gen == first + KEEP_VIEWS + 1 and client.get(tile_url(s, 11, 7, 3)).status_code == 200
 
 
@@ -262,8 +261,8 @@ def test_export_deepzoom_zip_has_every_tile(server):
     r = client.get(f"/export/{s.key}/{s.view.gen}/deepzoom.zip?width=600&height=300")
     assert r.status_code == 200
     names = zipfile.ZipFile(io.BytesIO(r.content)).namelist()
-    p = Pyramid(600, 300)
-    assert sum(c * r_ for c, r_ in map(p.tile_count, range(p.max_level + 1))) == len(names) - 1
+    p = Pyramid(height=300, width=600)
+    assert sum(rows * cols for rows, cols in map(p.tile_count, range(p.max_level + 1))) == len(names) - 1
     assert names[0].endswith(".dzi") and any(n.endswith("_files/10/2_1.png") for n in names)
 
 
@@ -296,7 +295,7 @@ def test_too_many_exports_at_once(server):
 
 def test_session_file_round_trip(server):
     client, ctx = server
-    s = new_session(ctx, seed=7, canvas=(3000, 1500))
+    s = new_session(ctx, seed=7, canvas=Size.parse("3000x1500"))
     ref = np.full((20, 30, 3), 200, np.uint8)
     s.commit(s.state.with_box(Region(Box(0.1, 0.2, 0.5, 0.6), prompt="a red apple", weight=2.0, id="b1")))
     s.commit(s.state.with_box(Region(Box(0.5, 0.5, 0.9, 0.9), kind="image", image=ref, placement="soft", id="b2")))
@@ -304,7 +303,7 @@ def test_session_file_round_trip(server):
     r = client.get(f"/session/{s.key}/infd-session.zip")
     assert r.status_code == 200
     loaded = sessionfile.load(r.content, ctx.pipe, max_canvas_side=65536)
-    assert loaded.canvas == (3000, 1500) and loaded.seed == 7 and not loaded.warnings
+    assert str(loaded.canvas) == "3000x1500" and loaded.seed == 7 and not loaded.warnings
     assert torch.equal(loaded.state.picture.latent, s.state.picture.latent)
     assert loaded.state.global_prompt == "a still life"
     assert [b.to_json() for b in loaded.state.boxes] == [b.to_json() for b in s.state.boxes]
@@ -475,7 +474,7 @@ def test_previews_are_paced_by_time_and_none_in_the_last_steps():
 def test_generate_previews_commits_and_cancels(server, monkeypatch):
     _, ctx = server
     monkeypatch.setattr(ctx, "limits", replace(ctx.limits, preview_every=0.0))
-    s = ctx.store.create(canvas=(512, 512))
+    s = ctx.store.create(canvas=Size(512, 512))
     events = list(generate(ctx, s, seed=3, steps=4))
     assert [type(e) for e in events] == [Progress] * 4 + [Finished]
     assert sum(e.preview is not None for e in events[:-1]) == 3  # every step but the last
@@ -492,7 +491,7 @@ def test_guided_generation_is_local_unless_asked_otherwise(server):
     """The "Boxes steer only near themselves" checkbox: guidance masked to the box (the default)
     or plain DPS over the whole latent; the report under the canvas says which."""
     _, ctx = server
-    s = ctx.store.create(canvas=(512, 512))
+    s = ctx.store.create(canvas=Size(512, 512))
     s.commit(State(None, boxes=(Region(Box(0.0, 0.0, 0.25, 0.25), kind="color", color=(1.0, 0.0, 0.0), id="red"),)))
     reports = {}
     for local in (True, False):
@@ -508,7 +507,7 @@ def test_guided_generation_is_local_unless_asked_otherwise(server):
 
 def test_open_photo_encodes_refines_commits_and_cancels(server):
     _, ctx = server
-    s = ctx.store.create(canvas=(512, 512))
+    s = ctx.store.create(canvas=Size(512, 512))
     photo = Image.fromarray(data.chelsea())
     events = list(open_photo(ctx, s, photo, "cat.png"))
     assert [type(e) for e in events] == [Finished]
@@ -535,39 +534,39 @@ def test_an_opened_photo_gets_a_canvas_of_its_shape(server, tmp_path):
     picks is left alone; undoing the opening brings the square back, redo the photo's; a spilled
     session keeps the shape; the handler shows the new canvas in the canvas and export fields."""
     _, ctx = server
-    s = ctx.store.create(canvas=(512, 512))
+    s = ctx.store.create(canvas=Size(512, 512))
     list(generate(ctx, s, seed=1, steps=1))
     square = s.state.picture
     assert square.photo_aspect is None and square.aspect == 1.0
     list(open_photo(ctx, s, Image.fromarray(data.chelsea()), "cat.png"))  # 451 x 300
     cat = s.state.picture
     assert cat.photo_aspect == pytest.approx(451 / 300) and cat.cells == (64, 64)
-    assert s.canvas == (512, 341) and (s.view.pyramid.width, s.view.pyramid.height) == (512, 341)
+    assert str(s.canvas) == "512x341" and s.view.pyramid.size == s.canvas
     s.commit(s.state.with_box(Region(Box(0.0, 0.0, 0.25, 0.25), kind="color", color=(1.0, 0.0, 0.0), id="red")))
     list(generate(ctx, s, seed=2, steps=1, guided=True, scale=0.5))
     guided = s.state.picture
-    assert guided.photo_aspect == cat.photo_aspect and s.canvas == (512, 341)
-    s.set_canvas(400, 400)
+    assert guided.photo_aspect == cat.photo_aspect and str(s.canvas) == "512x341"
+    s.set_canvas(Size(400, 400))
     assert s.canvas == (400, 400) and s.view.picture is guided
-    s.set_canvas(512, 341)
-    assert s.undo() and s.undo() and s.state.picture is cat and s.canvas == (512, 341)
+    s.set_canvas(Size.parse("512x341"))
+    assert s.undo() and s.undo() and s.state.picture is cat and str(s.canvas) == "512x341"
     assert s.undo() and s.state.picture is square and s.canvas == (512, 512)
-    assert s.redo() and s.state.picture is cat and s.canvas == (512, 341)
+    assert s.redo() and s.state.picture is cat and str(s.canvas) == "512x341"
     back = spill.decode(s.key, spill.encode(s), time.time(), 65536)
     assert [p.photo_aspect for p in (st.picture for st in back.history) if p is not None][:2] == [None, cat.photo_aspect]
     with pytest.raises(ValueError, match="photo_aspect"):
         Picture(cat.latent, photo_aspect=0.0)
     strip = tmp_path / "strip.png"  # a 200:1 strip: the shorter side stops at the canvas's 16 px
     Image.new("RGB", (2000, 10), (200, 30, 30)).save(strip)
-    s3 = ctx.store.create(canvas=(1024, 1024))
+    s3 = ctx.store.create(canvas=Size(1024, 1024))
     *_, last = Handlers(ctx).open_photo(s3.key, str(strip), 0)
-    assert s3.canvas == (1024, 16) and last[1] == "Encoded strip.png; loading the view…"
+    assert str(s3.canvas) == "1024x16" and last[1] == "Encoded strip.png; loading the view…"
 
     wide = tmp_path / "wide.png"
     Image.new("RGB", (300, 200), (40, 90, 160)).save(wide)
-    s2 = ctx.store.create(canvas=(2048, 2048))
+    s2 = ctx.store.create(canvas=Size(2048, 2048))
     *_, last = Handlers(ctx).open_photo(s2.key, str(wide), 0)
-    assert s2.canvas == (2048, 1365) and last[2] == "custom" and last[5:] == [2048, 1365]
+    assert str(s2.canvas) == "2048x1365" and last[2] == "custom" and last[5:] == [2048, 1365]
     assert (last[3]["value"], last[3]["visible"], last[4]["value"]) == (2048, True, 1365)
 
 
@@ -582,7 +581,7 @@ def test_uploaded_photos_are_checked(server, tmp_path):
     with pytest.raises(ValueError, match="big.png: the image is 120x100; at most 0.01 megapixels"):
         read_photo(big, max_pixels=10_000)
     assert read_photo(big).size == (120, 100)
-    s = ctx.store.create(canvas=(512, 512))
+    s = ctx.store.create(canvas=Size(512, 512))
     on = Handlers(ctx)
     for path, refine, match in ((None, 0, "No image received"), (str(big), -1, "refine steps must be"),
                                 (str(big), 2.5, "refine steps must be"), (str(garbage), 0, "Could not open the photo")):
@@ -614,7 +613,7 @@ def test_panorama_canvas_extend_undo_tiles_and_session_file(server):
     pixel density) and moves the boxes with their cells; undo brings all back; tiles of the
     panorama are parts of its whole render; a session file holds it."""
     client, ctx = server
-    s = ctx.store.create(canvas=(256, 128))
+    s = ctx.store.create(canvas=Size.parse("256x128"))
     events = list(generate(ctx, s, seed=1, steps=1))
     pano = s.state.picture
     assert isinstance(events[-1], Finished) and pano.cells == (64, 128)
@@ -623,7 +622,7 @@ def test_panorama_canvas_extend_undo_tiles_and_session_file(server):
     wide = s.state.picture
     assert isinstance(events[-1], Finished) and wide.cells == (64, 192)
     assert torch.equal(wide.latent[..., 64:], pano.latent)
-    assert s.canvas == (384, 128)  # 2 px per cell, as before
+    assert str(s.canvas) == "384x128"  # 2 px per cell, as before
     b = s.state.box("k1").box
     assert (b.x0, b.x1) == pytest.approx((2 / 3, 1.0))  # the box moved with its cells
     whole = ctx.pipe.render(ctx.pipe.field(wide.latent), 128, 384)  # level 9 is the 384 x 128 canvas
@@ -632,14 +631,14 @@ def test_panorama_canvas_extend_undo_tiles_and_session_file(server):
     assert r.status_code == 200 and np.array_equal(tile, whole[:, 384 - tile.shape[1]:])
     r = client.get(f"/session/{s.key}/infd-session.zip")
     loaded = sessionfile.load(r.content, ctx.pipe, max_canvas_side=65536)
-    assert loaded.canvas == (384, 128) and torch.equal(loaded.state.picture.latent, wide.latent)
-    assert s.undo() and s.state.picture is pano and s.canvas == (256, 128) and s.state.box("k1").box.x0 == 0.5
+    assert str(loaded.canvas) == "384x128" and torch.equal(loaded.state.picture.latent, wide.latent)
+    assert s.undo() and s.state.picture is pano and str(s.canvas) == "256x128" and s.state.box("k1").box.x0 == 0.5
     cancel_after_first_event(s, extend_picture(ctx, s, side="down", amount=64, seed=3, steps=20))
-    assert s.state.picture is pano and s.view.picture is pano and s.canvas == (256, 128)  # previews undone
+    assert s.state.picture is pano and s.view.picture is pano and str(s.canvas) == "256x128"  # previews undone
     with pytest.raises(ValueError, match="multiple of 8"):
         list(extend_picture(ctx, s, side="up", amount=5, seed=0, steps=1))
     *_, last = Handlers(ctx).extend(s.key, "right", 64, 4, 1)  # the canvas fields show the grown canvas
-    assert s.canvas == (384, 128) and last[2] == "custom" and last[5:] == [384, 128]
+    assert str(s.canvas) == "384x128" and last[2] == "custom" and last[5:] == [384, 128]
     assert (last[3]["value"], last[3]["visible"], last[4]["value"]) == (384, True, 128)
     with pytest.raises(ValueError, match="extend side"):
         list(extend_picture(ctx, s, side="sideways", amount=8, seed=0, steps=1))
@@ -655,7 +654,7 @@ def test_generate_holds_a_composition_with_the_colour_and_sketch_boxes(server, m
     from infd_core.diffusion import block_means
 
     _, ctx = server
-    s = ctx.store.create(canvas=(512, 512))
+    s = ctx.store.create(canvas=Size(512, 512))
     red = Region(Box(0.5, 0.5, 1.0, 1.0), kind="color", color=(0.8, 0.2, 0.2), id="red")
     text = Region(Box(0.0, 0.0, 0.5, 0.5), prompt="a cat", id="cat")
     s.commit(State(None, boxes=(red, text)))
@@ -679,7 +678,7 @@ def test_the_composition_choice_and_the_sketch_editor(server):
 
     _, ctx = server
     on = Handlers(ctx)
-    s = ctx.store.create(canvas=(512, 512))
+    s = ctx.store.create(canvas=Size(512, 512))
     assert on.composition(s, "none", 0) is None
     assert on.composition(s, "lake", 0).name == "the example lake"
     picked = {on.composition(s, "random", seed).name for seed in range(len(compositions.names()))}
@@ -721,10 +720,10 @@ def test_a_loaded_session_is_published_once_at_its_canvas(server):
     s = new_session(ctx, seed=2)
     other = State(Picture(torch.zeros(1, 3, 64, 64), seed=9))
     gen = s.gen
-    assert s.commit(other, canvas=(900, 700))
+    assert s.commit(other, canvas=Size.parse("900x700"))
     assert s.gen == gen + 1 and s.view.picture is other.picture  # one view, of the loaded picture
     assert (s.view.pyramid.width, s.view.pyramid.height) == (900, 700)
-    assert not s.commit(other, canvas=(800, 600)) and s.gen == gen + 2  # same state, new canvas: shown again
+    assert not s.commit(other, canvas=Size.parse("800x600")) and s.gen == gen + 2  # same state, new canvas: shown again
     assert (s.view.pyramid.width, s.view.pyramid.height) == (800, 600)
 
 
@@ -747,13 +746,13 @@ def test_the_apps_guided_edits_run_part_of_the_steps_and_guide_some(server):
     """With a current picture and locality on, Guided runs the last guidance.EDIT of the steps from the
     picture (SDEdit) with DPS on one step in guidance.EVERY; plain DPS runs them all."""
     _, ctx = server
-    s = new_session(ctx, canvas=(512, 512))
+    s = new_session(ctx, canvas=Size(512, 512))
     s.commit(s.state.with_box(Region(Box(0.6, 0.1, 0.95, 0.45), kind="color", color=(0, 0, 1.0), id="c")))
     events = list(generate(ctx, s, seed=2, steps=10, guided=True, scale=0.2))
     assert [e.total for e in events[:-1]] == [round(guidance.EDIT * 10)] * round(guidance.EDIT * 10)
     report = events[-1].report
     assert report["edit"] == guidance.EDIT and report["every"] == guidance.EVERY
-    fresh = ctx.store.create(canvas=(512, 512))
+    fresh = ctx.store.create(canvas=Size(512, 512))
     fresh.commit(replace(fresh.state, boxes=s.state.boxes))
     assert list(generate(ctx, fresh, seed=2, steps=4, guided=True, scale=0.2))[-1].report["every"] == guidance.EVERY_FRESH
     plain = list(generate(ctx, s, seed=2, steps=10, guided=True, scale=0.2, local=False))
@@ -764,7 +763,7 @@ def test_a_box_changing_kind_takes_the_new_kinds_block_size(server):
     from app.handlers import commit_editor
 
     _, ctx = server
-    s = ctx.store.create(canvas=(512, 512))
+    s = ctx.store.create(canvas=Size(512, 512))
     s.commit(State(None, boxes=(Region(Box(0, 0, 0.5, 0.5), kind="sketch", image=np.zeros((16, 16, 3), np.uint8),
                                        coarseness=8, id="b"),)))
     commit_editor(s, "b", "sketch", "", 1.0, "#000000", "hard", 2)

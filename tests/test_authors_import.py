@@ -28,7 +28,7 @@ from infd_core.__main__ import main
 from infd_core.authors import import_authors, read_authors_checkpoint
 from infd_core.autoencoder import Normalize
 from infd_core.checkpoint import CheckpointError, read_config
-from infd_core.geometry import PixelRange, level_grid
+from infd_core.geometry import PixelRange, Size, level_grid
 from infd_core.pipeline import Pipeline, default_model_dir
 
 # The authors': 128, (1, 2, 4), 2, 3, 8192, 256. Every encoder/decoder layer keeps >= 128 channels: there
@@ -549,7 +549,7 @@ def test_an_imported_model_generates_guides_and_serves_tiles_in_the_app(tmp_path
     import_authors(path, tmp_path / "model")
     app = create_app(Pipeline.load(tmp_path / "model"))
     ctx = app.state.ctx
-    s = ctx.store.create(canvas=(512, 512))
+    s = ctx.store.create(canvas=Size(512, 512))
     assert isinstance(list(generate(ctx, s, seed=0, steps=2))[-1], Finished)
     s.commit(State(s.state.picture, (Region(Box(0.5, 0.5, 1, 1), "color", color=(1, 0, 0), id="a"),)))
     done = list(generate(ctx, s, seed=1, steps=2, guided=True, scale=0.5))[-1]

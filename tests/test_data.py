@@ -14,6 +14,7 @@ from PIL import Image
 from skimage import data as skdata
 from torch.utils.data import DataLoader
 
+from infd_core.geometry import Size
 from training import photoset
 from training.data import (
     MAX_PIXELS,
@@ -271,7 +272,7 @@ def test_random_squares_and_cache(tmp_path: Path, coffee: Image.Image) -> None:
     torch.manual_seed(1)
     crop = np.asarray(squares[0])
     torch.manual_seed(1)
-    x0, y0, side = _random_square(600, 400, (0.1, 0.5), 150)  # the same draws
+    x0, y0, side = _random_square(Size(height=400, width=600), (0.1, 0.5), 150)  # the same draws
     assert np.array_equal(crop, np.asarray(coffee)[y0:y0 + side, x0:x0 + side])  # a true sub-image, not resampled
 
 

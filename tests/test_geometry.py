@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from infd_core.geometry import MAX_SIDE, Box, PixelRange, box_grid, box_to_pixels, check_level, level_grid
+from infd_core.geometry import (MAX_SIDE, Box, PixelRange, Size, aspect_size, box_grid, box_to_pixels, canvas_size,
+                                check_level, cells_for_canvas, level_grid)
 
 
 def test_known_pixel_of_the_docstring():
@@ -85,6 +86,22 @@ def test_halo_outside_the_level_continues_the_grid():
 def test_bad_level_sizes(height, width):
     with pytest.raises(ValueError, match="height|width"):
         check_level(height, width)
+
+
+def test_sizes_are_rows_first_in_code_and_width_first_as_text():
+    size = Size.parse("8192x2730")
+    assert size == (2730, 8192) and (size.height, size.width) == (2730, 8192) and str(size) == "8192x2730"
+    assert Size.parse(" 300 X 200 ") == Size(height=200, width=300) and size.longest == 8192 and Size(2, 6).aspect == 3
+    assert Size.parse(str(size)) == size
+    h, w = size  # unpacks like a tensor's trailing shape
+    assert level_grid(*Size.parse("6x2"))[0].shape[:2] == (2, 6)
+    # the helpers that make sizes give Sizes, so their results read and print one way
+    assert str(canvas_size((64, 192), 2048)) == "6144x2048" and str(aspect_size(451 / 300, 2048)) == "2048x1362"
+    assert str(cells_for_canvas(*Size.parse("6144x2048"))) == "192x64"
+    assert isinstance(PixelRange(0, 2, 0, 6).shape, Size)
+    for bad in ("8192", "8192x", "x2730", "1x2x3", "-5x4", "2.5x4", "2²x3", "9" * 13 + "x1", "wide"):
+        with pytest.raises(ValueError, match="WIDTHxHEIGHT"):
+            Size.parse(bad)
 
 
 def test_pixel_ranges():

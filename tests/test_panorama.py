@@ -159,7 +159,7 @@ def test_latent_files_hold_any_extent_and_the_cli_samples_and_extends(tmp_path, 
     save_latent(tmp_path / "p.latent.safetensors", pano)
     assert torch.equal(load_latent(tmp_path / "p.latent.safetensors"), pano)
     out = tmp_path / "pano.png"
-    assert main(["sample", "--preset", "cpu", "--cells", "64x128", "--size", "256x128", "--steps", "1",
+    assert main(["sample", "--preset", "cpu", "--cells", "128x64", "--size", "256x128", "--steps", "1",
                  "--out", str(out), "--quiet"]) == 0
     assert Image.open(out).size == (256, 128)
     z = load_latent(tmp_path / "pano.latent.safetensors")
@@ -172,9 +172,9 @@ def test_latent_files_hold_any_extent_and_the_cli_samples_and_extends(tmp_path, 
 
 
 @pytest.mark.parametrize("argv,match", [
-    (["sample", "--cells", "64x192", "--size", "800x800"], "does not have the aspect"),
-    (["sample", "--cells", "64x100"], "multiple of 8"),
-    (["sample", "--cells", "wide"], "--cells must be ROWSxCOLS"),
+    (["sample", "--cells", "192x64", "--size", "800x800"], "does not have the aspect"),
+    (["sample", "--cells", "100x64"], "multiple of 8"),
+    (["sample", "--cells", "wide"], "--cells must be COLSxROWS"),
     (["extend", "--latent", "{tmp}/p.latent.safetensors", "--right", "3"], "multiples of 8"),
     (["extend", "--latent", "{tmp}/p.latent.safetensors"], "at least one cell"),
 ])

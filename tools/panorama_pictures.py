@@ -1,6 +1,6 @@
 """The README's panorama pictures, from the shipped model:
 
-* ``assets/screenshots/panorama.jpg``: a 3:1 panorama (64 x 192 cells, MultiDiffusion windows),
+* ``assets/screenshots/panorama.jpg``: a 3:1 panorama (192x64 cells, MultiDiffusion windows),
   rendered at 1536 x 512, with a 1:1 crop of the same field rendered at 8192 x 2731 beside it;
 * ``assets/screenshots/extend.jpg``: a 64 x 64 picture, and the same extended right by 64 cells
   (the old cells kept; a thin line marks where the new ones start, below the picture).

@@ -25,7 +25,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.transforms.v2 import functional as TF
 
-from infd_core.geometry import Box, PixelRange, level_grid
+from infd_core.geometry import Box, PixelRange, Size, level_grid
 from infd_core.images import MAX_IMAGE_PIXELS as MAX_PIXELS
 from infd_core.images import load_image, squash, to_rgb, to_tensor
 from infd_core.images import open_image as _open
@@ -155,13 +155,13 @@ def _coin(p: float) -> bool:
     return bool(torch.rand(()).item() < p)
 
 
-def _random_square(width: int, height: int, scale: tuple[float, float], min_side: int = 1) -> tuple[int, int, int]:
-    """``(x0, y0, side)`` of a random pixel square: side = fraction ~U[scale] of the short side
-    (at least ``min_side``, at most the short side), placed uniformly."""
+def _random_square(size: Size, scale: tuple[float, float], min_side: int = 1) -> tuple[int, int, int]:
+    """``(x0, y0, side)`` of a random pixel square in an image of ``size``: side = fraction ~U[scale]
+    of the short side (at least ``min_side``, at most the short side), placed uniformly."""
     lo, hi = scale
-    short = min(width, height)
+    short = min(size)
     side = min(short, max(min_side, 1, round((lo + (hi - lo) * float(torch.rand(()).item())) * short)))
-    return _randint(0, width - side), _randint(0, height - side), side
+    return _randint(0, size.width - side), _randint(0, size.height - side), side
 
 
 def field_crop(img: Image.Image, r: int, y0: int, x0: int, patch: int = 256, enc_size: int = 256,
@@ -303,7 +303,7 @@ class RandomSquares:
 
     def __getitem__(self, index: int) -> Image.Image:
         img = self.images[index]
-        x0, y0, side = _random_square(img.width, img.height, self.scale, self.min_side)
+        x0, y0, side = _random_square(Size(img.height, img.width), self.scale, self.min_side)
         return img.crop((x0, y0, x0 + side, y0 + side))
 
 
@@ -331,19 +331,19 @@ class SquareCrops(Dataset[dict[str, Tensor]]):
     def __len__(self) -> int:
         return len(self.images) * self.repeats
 
-    def draw_box(self, width: int, height: int) -> Box:
-        """The region of a ``width x height`` image to encode."""
+    def draw_box(self, size: Size) -> Box:
+        """The region of an image of ``size`` to encode."""
         if self.crop_scale is None:
             return Box(0.0, 0.0, 1.0, 1.0)
-        x0, y0, side = _random_square(width, height, self.crop_scale)
-        return Box.from_pixels(x0, y0, x0 + side, y0 + side, width, height)
+        x0, y0, side = _random_square(size, self.crop_scale)
+        return Box.from_pixels(x0, y0, x0 + side, y0 + side, size.width, size.height)
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for {len(self)} items")
         img = self.images[index % len(self.images)]
         w, h = img.size
-        box = self.draw_box(w, h)
+        box = self.draw_box(Size(h, w))
         inp = to_tensor(img.resize((self.size, self.size), LANCZOS,
                                    box=(box.x0 * w, box.y0 * h, box.x1 * w, box.y1 * h)))[0]
         if self.hflip and _coin(0.5):

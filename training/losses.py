@@ -122,7 +122,7 @@ def patch_grams(features: Tensor, patch: int) -> Tensor:
     """
     b, c, h, w = features.shape
     if h < patch or w < patch:
-        raise ValueError(f"a {patch}² patch does not fit in a {h}x{w} feature map")
+        raise ValueError(f"a {patch}² patch does not fit in a {w}x{h} feature map")
     f = features[:, :, :h // patch * patch, :w // patch * patch].float()
     f = f.unfold(2, patch, patch).unfold(3, patch, patch)  # [B, C, nh, nw, p, p]
     f = f.permute(0, 2, 3, 1, 4, 5).reshape(b, -1, c, patch * patch)
