@@ -46,9 +46,10 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import torch
+if TYPE_CHECKING:  # torch is imported where a grid is made: the region schema imports Box without it
+    import torch
 
 __all__ = ["Box", "PixelRange", "Size", "level_grid", "box_grid", "check_level", "nearest_cell", "CELL_TIES",
            "MAX_SIDE", "CELL_STEP", "MAX_CELLS", "check_cells", "canvas_size", "cells_for_canvas",
@@ -175,11 +176,15 @@ def check_level(height: int, width: int, max_side: int = MAX_SIDE) -> tuple[int,
 
 def _axis(start: float, size: float, n: int, i0: int, i1: int) -> torch.Tensor:
     """Centres of pixels ``i0..i1-1`` of ``n`` pixels spanning ``[start, start+size]`` (float64)."""
+    import torch
+
     i = torch.arange(i0, i1, dtype=torch.float64)
     return start + (i + 0.5) * (size / n)
 
 
 def _grid(ys: torch.Tensor, xs: torch.Tensor, cell_h: float, cell_w: float) -> tuple[torch.Tensor, torch.Tensor]:
+    import torch
+
     coord = torch.stack(torch.meshgrid(ys, xs, indexing="ij"), dim=-1).float()
     cell = torch.empty_like(coord)
     cell[..., 0] = cell_h
@@ -227,6 +232,8 @@ def nearest_cell(coord: torch.Tensor, size: torch.Tensor, ties: str = "floor") -
     dtype and device). Returns float ``[..., 2]`` integral values. ``ties``: see the module
     docstring ("floor" or "grid_sample").
     """
+    import torch
+
     if ties == "floor":
         idx = ((coord + 1) * 0.5 * size).floor()
     elif ties == "grid_sample":

@@ -13,10 +13,13 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 from PIL import Image, ImageOps
-from torch import Tensor
+
+if TYPE_CHECKING:  # torch is imported by the conversions: reading a photo (the region schema) needs none
+    from torch import Tensor
 
 MAX_PHOTO_PIXELS = 64_000_000  # a user's photo is squashed to the encoder's 256² input: this bounds the decode
 
@@ -82,7 +85,9 @@ def read_photo(path: str | Path, max_pixels: int | None = MAX_PHOTO_PIXELS) -> I
 def to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
     """PIL image / ``[H, W, 3]`` uint8 array / ``[B, 3, H, W]`` (or ``[3, H, W]``) float tensor ->
     ``[B, 3, H, W]`` float32 in [-1, 1] (tensors are taken as already in [-1, 1])."""
-    if isinstance(image, Tensor):
+    import torch
+
+    if isinstance(image, torch.Tensor):
         if image.ndim == 3:
             image = image[None]
         if image.ndim != 4 or image.shape[1] != 3:
@@ -99,6 +104,8 @@ def to_tensor(image: Image.Image | np.ndarray | Tensor) -> Tensor:
 def to_uint8(rgb: Tensor) -> np.ndarray:
     """``[3, H, W]`` (or ``[B, 3, H, W]``) in [-1, 1] -> ``[H, W, 3]`` (``[B, H, W, 3]``) uint8,
     clamped and rounded; detached and moved to the CPU."""
+    import torch
+
     x = ((rgb.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return x.movedim(-3, -1).cpu().numpy()
 

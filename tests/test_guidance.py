@@ -3,6 +3,8 @@ where DPS acts, what a box costs. The shipped model's editing quality: ``test_sh
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -221,6 +223,15 @@ def test_regions_are_checked_ready_before_guiding() -> None:
     assert set(KINDS) == {"text", "image", "sketch", "color", "keep"}
     # adding a kind touches the schema, its mechanics and its wording: each covers every kind
     assert set(PREPARE) == set(wording.LABELS) == set(wording.SUMMARIES) == set(KINDS)
+
+
+def test_the_region_schema_is_on_the_ground_floor() -> None:
+    """The schema (regions, their JSON and limits) and the wording load without torch or the model
+    code, so the app's data files and a layout editor stay light."""
+    probe = ("import sys, infd_core.regions, infd_core.wording; "
+             "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('infd_core.')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == str(["infd_core.geometry", "infd_core.images", "infd_core.regions", "infd_core.wording"])
 
 
 def test_bad_reference_patches_and_layouts() -> None:
